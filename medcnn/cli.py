@@ -1,0 +1,48 @@
+"""``medcnn`` command line: a thin layer over the library.
+
+Each subcommand lives in the module that owns its logic and registers itself through ``COMMANDS``:
+a mapping of name -> "module:function" where the function takes an ``argparse`` subparser to configure
+and returns the callable to run with the parsed arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from medcnn import __version__
+
+# name -> "module:add_parser" ; modules are imported lazily so `medcnn --help` stays fast.
+COMMANDS: dict[str, str] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medcnn", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"medcnn {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, target in COMMANDS.items():
+        module, func = target.split(":")
+        add_parser = getattr(importlib.import_module(module), func)
+        add_parser(sub.add_parser(name))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"medcnn {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Datalists for bundles: the bundle's own split, or any user-supplied labelled list (``--eval_datalist``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["load_datalist", "resolve_data_dir", "DatalistError"]
+
+
+class DatalistError(ValueError):
+    """A datalist file is missing, unreadable, or its entries lack required keys or files."""
+
+
+def resolve_data_dir(default: str | os.PathLike, subdir: str = "") -> str:
+    """Return ``$MEDCNN_DATA_DIR/<subdir>`` when the variable is set, else ``default``.
+
+    Bundles use this for their ``dataset_dir`` default so that the same config runs on a user's machine
+    (command-line override), in this repository's tests and in CI (``MEDCNN_DATA_DIR=../shared/data``).
+    """
+    root = os.environ.get("MEDCNN_DATA_DIR")
+    if root:
+        return str(Path(root).expanduser().resolve() / subdir)
+    return str(Path(default).expanduser())
+
+
+def _resolve(value, base: Path):
+    if isinstance(value, str) and value and not os.path.isabs(value) and not value.startswith(("http:", "https:")):
+        return str((base / value).resolve())
+    if isinstance(value, list):
+        return [_resolve(v, base) for v in value]
+    return value
+
+
+def load_datalist(
+    path: str | os.PathLike,
+    keys: Sequence[str] = ("image", "label"),
+    path_keys: Sequence[str] | None = None,
+    data_list_key: str = "training",
+    check_files: bool = True,
+) -> list[dict]:
+    """Load a labelled datalist for evaluation or training.
+
+    ``path`` is either an MSD-style ``dataset.json`` (every entry of its ``data_list_key`` list is used) or a
+    plain JSON list of dicts. Every entry must have all ``keys``; the values of ``path_keys`` (default: all
+    string-valued ``keys``) are file paths resolved against the JSON file's folder when relative.
+    Raises :class:`DatalistError` naming the file and the entry on any problem.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatalistError(f"datalist {path}: file not found")
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatalistError(f"datalist {path}: not readable as JSON ({exc})") from exc
+    if isinstance(content, dict):
+        if data_list_key not in content:
+            raise DatalistError(f"datalist {path}: an MSD-style dataset.json needs a '{data_list_key}' list")
+        entries = content[data_list_key]
+    else:
+        entries = content
+    if not isinstance(entries, list) or not entries:
+        raise DatalistError(f"datalist {path}: expected a non-empty list of entries")
+    base = path.parent.resolve()
+    out = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise DatalistError(f"datalist {path}: entry {i} is not a JSON object")
+        missing = [k for k in keys if k not in entry]
+        if missing:
+            raise DatalistError(f"datalist {path}: entry {i} lacks key(s) {missing}")
+        item = dict(entry)
+        pkeys = path_keys if path_keys is not None else [k for k in keys if isinstance(entry[k], (str, list))]
+        for k in pkeys:
+            item[k] = _resolve(entry[k], base)
+            if check_files:
+                for f in item[k] if isinstance(item[k], list) else [item[k]]:
+                    if not os.path.exists(f):
+                        raise DatalistError(f"datalist {path}: entry {i} key '{k}': file {f} does not exist")
+        out.append(item)
+    return out

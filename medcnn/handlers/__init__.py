@@ -1,0 +1,6 @@
+"""Ignite handlers that medcnn bundles wire into MONAI workflows."""
+
+from medcnn.handlers.classification import ClassificationReportHandler
+from medcnn.handlers.metrics_json import MetricsJSONWriter, write_metrics_json
+
+__all__ = ["ClassificationReportHandler", "MetricsJSONWriter", "write_metrics_json"]

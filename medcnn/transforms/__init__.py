@@ -1,0 +1,1 @@
+"""medcnn.transforms."""
