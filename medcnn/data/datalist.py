@@ -14,16 +14,14 @@ class DatalistError(ValueError):
     """A datalist file is missing, unreadable, or its entries lack required keys or files."""
 
 
-def resolve_data_dir(default: str | os.PathLike, subdir: str = "") -> str:
-    """Return ``$MEDCNN_DATA_DIR/<subdir>`` when the variable is set, else ``default``.
+def resolve_data_dir(subdir: str, default_root: str | os.PathLike) -> str:
+    """Folder of one dataset: ``$MEDCNN_DATA_DIR/<subdir>`` when the variable is set, else ``<default_root>/<subdir>``.
 
-    Bundles use this for their ``dataset_dir`` default so that the same config runs on a user's machine
-    (command-line override), in this repository's tests and in CI (``MEDCNN_DATA_DIR=../shared/data``).
+    Bundles use this for their ``dataset_dir`` default, so the same config runs on a user's machine (override
+    ``dataset_dir`` on the command line, or set ``MEDCNN_DATA_DIR``), in this repository's tests and in CI.
     """
-    root = os.environ.get("MEDCNN_DATA_DIR")
-    if root:
-        return str(Path(root).expanduser().resolve() / subdir)
-    return str(Path(default).expanduser())
+    root = os.environ.get("MEDCNN_DATA_DIR") or default_root
+    return str(Path(root).expanduser().resolve() / subdir)
 
 
 def _resolve(value, base: Path):
