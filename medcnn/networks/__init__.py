@@ -1,1 +1,5 @@
 """medcnn.networks."""
+
+from medcnn.networks.resnet_classifier import ResNetClassifier
+
+__all__ = ["ResNetClassifier"]

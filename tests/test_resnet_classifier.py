@@ -1,0 +1,68 @@
+"""ResNetClassifier: 2D/3D output shapes, small inputs, CAM target layer, TorchScript, bad parameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medcnn.networks import ResNetClassifier
+
+
+@pytest.mark.parametrize(
+    "dims, size, kwargs",
+    [
+        (2, (64, 64), {}),
+        (2, (28, 28), {"num_blocks": 4}),
+        (2, (28, 28), {}),  # 8 blocks on 28x28: feature map stays at 1x1 once reached
+        (3, (24, 24, 24), {"num_blocks": 3, "channels": 4}),
+    ],
+)
+def test_output_shape(dims, size, kwargs):
+    net = ResNetClassifier(dims, in_channels=2, num_classes=3, **kwargs)
+    out = net(torch.randn(2, 2, *size))
+    assert out.shape == (2, 3)
+    assert torch.isfinite(out).all()
+
+
+def test_cam_target_layer_and_stride():
+    net = ResNetClassifier(2, 1, 2, num_blocks=4, channels=8, cam_layer="blocks.1")
+    assert net.cam_target_layer is net.blocks[1]
+    assert "blocks.1.identity" in net.cam_layer_names()
+    feats = {}
+    handle = net.cam_target_layer.register_forward_hook(lambda m, i, o: feats.setdefault("x", o))
+    net.eval()
+    net(torch.randn(1, 1, 64, 64))
+    handle.remove()
+    assert feats["x"].shape == (1, 16, 16, 16)  # stride 4 at blocks.1
+
+
+def test_kaiming_init_and_channels():
+    net = ResNetClassifier(2, 1, 2, num_blocks=3, channels=[4, 8, 8])
+    assert net.channels == (4, 8, 8)
+    w = net.blocks[0].conv.conv.weight
+    # kaiming normal, fan_out = 4 * 3 * 3 -> std = sqrt(2 / 36)
+    assert abs(float(w.detach().std()) - (2 / 36) ** 0.5) < 0.15
+
+
+def test_torchscript_matches_eager():
+    net = ResNetClassifier(2, 1, 2, num_blocks=3, channels=4).eval()
+    x = torch.randn(2, 1, 32, 32)
+    scripted = torch.jit.script(net)
+    torch.testing.assert_close(scripted(x), net(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"spatial_dims": 4}, "spatial_dims"),
+        ({"num_blocks": 0}, "num_blocks"),
+        ({"channels": [4, 8]}, "channels"),
+        ({"strides": [2, 2, 0, 2, 2, 2, 2, 2]}, "strides"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"cam_layer": "blocks.99"}, "cam_layer"),
+    ],
+)
+def test_bad_parameters(kwargs, word):
+    args = {"spatial_dims": 2, "in_channels": 1, "num_classes": 2, **kwargs}
+    with pytest.raises(ValueError, match=word):
+        ResNetClassifier(**args)
