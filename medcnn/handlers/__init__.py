@@ -1,6 +1,7 @@
 """Ignite handlers that medcnn bundles wire into MONAI workflows."""
 
 from medcnn.handlers.classification import ClassificationReportHandler
+from medcnn.handlers.curves import TrainingCurvesHandler
 from medcnn.handlers.metrics_json import MetricsJSONWriter, write_metrics_json
 
-__all__ = ["ClassificationReportHandler", "MetricsJSONWriter", "write_metrics_json"]
+__all__ = ["ClassificationReportHandler", "TrainingCurvesHandler", "MetricsJSONWriter", "write_metrics_json"]

@@ -1,1 +1,1 @@
-"""medcnn.report."""
+"""Figures and reports."""
