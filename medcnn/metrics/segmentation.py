@@ -1,0 +1,141 @@
+"""Pixel-level segmentation figures for C classes: confusion matrix, accuracy, per-class precision/recall/F1/Dice.
+
+Everything starts from a ``(C, C)`` pixel confusion matrix (rows = true class, columns = predicted class), so
+figures can be accumulated over many images by summing matrices, and every report is reproducible from the
+matrix alone. Undefined ratios (a class absent from both truth and prediction) are NaN, never 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "pixel_confusion_matrix",
+    "normalise_confusion_matrix",
+    "pixel_accuracy",
+    "per_class_scores",
+    "segmentation_report",
+    "adapted_rand_error_2d",
+]
+
+
+def _to_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def pixel_confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """``(C, C)`` int64 pixel counts; ``cm[i, j]`` = pixels of true class ``i`` predicted as ``j``.
+
+    ``y_true`` and ``y_pred`` are class-index maps of the same shape (any shape, e.g. ``(H, W)``, ``(1, H, W)``,
+    ``(B, 1, H, W, D)``; numpy or torch). Values must be integers in ``[0, num_classes)``.
+    """
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    t, p = _to_numpy(y_true), _to_numpy(y_pred)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has shape {t.shape} but y_pred has shape {p.shape}")
+    for name, a in (("y_true", t), ("y_pred", p)):
+        if a.size and (np.issubdtype(a.dtype, np.floating) and not np.all(np.mod(a, 1) == 0)):
+            raise ValueError(f"{name} must hold integer class indices, got non-integer values")
+    t, p = t.astype(np.int64).ravel(), p.astype(np.int64).ravel()
+    for name, a in (("y_true", t), ("y_pred", p)):
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            bad = sorted(set(np.unique(a[(a < 0) | (a >= num_classes)]).tolist()))
+            raise ValueError(f"{name} has class indices {bad[:10]} outside [0, {num_classes})")
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def normalise_confusion_matrix(cm, mode: str = "all") -> np.ndarray:
+    """Float confusion matrix: ``"all"`` divides by the total (entries sum to 1), ``"true"`` by each row's
+    total (rows sum to 1, diagonal = recall), ``"pred"`` by each column's total (diagonal = precision).
+    Empty rows/columns give NaN."""
+    cm = _to_numpy(cm).astype(np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square (C, C), got shape {cm.shape}")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if mode == "all":
+            total = cm.sum()
+            return cm / total if total else np.full_like(cm, np.nan)
+        if mode == "true":
+            return cm / cm.sum(axis=1, keepdims=True)
+        if mode == "pred":
+            return cm / cm.sum(axis=0, keepdims=True)
+    raise ValueError(f"mode must be 'all', 'true' or 'pred', got {mode!r}")
+
+
+def pixel_accuracy(cm) -> float:
+    """Fraction of pixels whose predicted class equals the true class (trace / total); NaN for no pixels."""
+    cm = _to_numpy(cm)
+    total = cm.sum()
+    return float(np.trace(cm) / total) if total else math.nan
+
+
+def per_class_scores(cm) -> dict[str, list[float]]:
+    """Per-class ``precision``, ``recall``, ``f1``, ``dice`` and ``iou`` (lists of length C) from a confusion matrix.
+
+    Pixel F1 and Dice are the same quantity, ``2 TP / (2 TP + FP + FN)``; both names are given because
+    segmentation papers say Dice and classification papers say F1.
+    """
+    cm = _to_numpy(cm).astype(np.float64)
+    tp = np.diag(cm)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> list[float]:
+        return [float(n / d) if d else math.nan for n, d in zip(num, den, strict=True)]
+
+    dice = ratio(2 * tp, 2 * tp + fp + fn)
+    return {
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "f1": dice,
+        "dice": list(dice),
+        "iou": ratio(tp, tp + fp + fn),
+    }
+
+
+def segmentation_report(cm, class_names: Sequence[str]) -> dict[str, float | list]:
+    """Flat dict of figures for a metrics.json: ``pixel_accuracy``, ``<name>_{dice,precision,recall,iou}``
+    per class, ``mean_dice`` (over classes with a defined Dice), ``confusion_matrix`` (counts) and
+    ``confusion_matrix_normalised`` (fractions of all pixels)."""
+    cm = _to_numpy(cm)
+    if len(class_names) != cm.shape[0]:
+        raise ValueError(f"{len(class_names)} class names for a {cm.shape[0]}-class confusion matrix")
+    scores = per_class_scores(cm)
+    report: dict[str, float | list] = {"pixel_accuracy": pixel_accuracy(cm)}
+    for i, name in enumerate(class_names):
+        for key in ("dice", "precision", "recall", "iou"):
+            report[f"{name}_{key}"] = scores[key][i]
+    defined = [d for d in scores["dice"] if not math.isnan(d)]
+    report["mean_dice"] = float(np.mean(defined)) if defined else math.nan
+    report["confusion_matrix"] = cm.astype(np.int64).tolist()
+    report["confusion_matrix_normalised"] = normalise_confusion_matrix(cm, "all").tolist()
+    return report
+
+
+def adapted_rand_error_2d(true_boundary, pred_boundary, connectivity: int = 1) -> tuple[float, float, float]:
+    """Adapted Rand error of the regions enclosed by boundary masks ``(H, W)`` (1 = boundary/membrane).
+
+    The ISBI 2012 neuron-segmentation score: the non-boundary pixels of each mask are split into connected
+    components (4-connectivity by default), and ``skimage.metrics.adapted_rand_error`` compares the two
+    region labellings, ignoring pixels that are boundary in the ground truth. Returns
+    ``(error, precision, recall)``; 0 error = the same regions.
+    """
+    from skimage.measure import label
+    from skimage.metrics import adapted_rand_error
+
+    t, p = _to_numpy(true_boundary).squeeze(), _to_numpy(pred_boundary).squeeze()
+    if t.shape != p.shape or t.ndim != 2:
+        raise ValueError(f"boundary masks must be two (H, W) arrays of one shape, got {t.shape} and {p.shape}")
+    true_regions = label(t == 0, connectivity=connectivity)
+    pred_regions = label(p == 0, connectivity=connectivity)
+    if not true_regions.any():
+        return math.nan, math.nan, math.nan
+    err, prec, rec = adapted_rand_error(true_regions, pred_regions, ignore_labels=(0,))
+    return float(err), float(prec), float(rec)
