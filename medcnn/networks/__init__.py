@@ -1,5 +1,19 @@
 """medcnn.networks."""
 
 from medcnn.networks.resnet_classifier import ResNetClassifier
+from medcnn.networks.segmentation import (
+    SEGMENTATION_NETWORKS,
+    SEGMENTATION_NETWORKS_3D,
+    build_segmentation_network,
+    deep_supervision_loss,
+    segmentation_divisor,
+)
 
-__all__ = ["ResNetClassifier"]
+__all__ = [
+    "ResNetClassifier",
+    "SEGMENTATION_NETWORKS",
+    "SEGMENTATION_NETWORKS_3D",
+    "build_segmentation_network",
+    "deep_supervision_loss",
+    "segmentation_divisor",
+]

@@ -1,0 +1,157 @@
+"""A small registry of MONAI segmentation networks, selectable by name from a bundle config override.
+
+Every entry builds a network mapping ``(B, in_channels, *S)`` to logits ``(B, out_channels, *S)`` for 2D or 3D
+images (``spatial_dims`` 2 or 3), with compact defaults sized for CPU training on small volumes (e.g. the
+~35x50x36 hippocampus crops); any keyword argument of the MONAI class overrides a default::
+
+    net = build_segmentation_network("segresnet", spatial_dims=3, in_channels=1, out_channels=3, init_filters=16)
+
+``segmentation_divisor(name)`` gives the factor every spatial side must be divisible by (use it for
+``DivisiblePad``). ``segresnet_ds`` returns a list of outputs (full resolution first) in training mode; wrap the
+loss in :class:`monai.losses.DeepSupervisionLoss` (see :func:`deep_supervision_loss`). In eval mode it returns
+a plain tensor like every other entry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from monai.losses import DeepSupervisionLoss
+from monai.networks.nets import AttentionUnet, BasicUNet, DynUNet, FlexibleUNet, SegResNet, SegResNetDS, UNet
+from torch import nn
+
+__all__ = [
+    "SEGMENTATION_NETWORKS",
+    "SEGMENTATION_NETWORKS_3D",
+    "build_segmentation_network",
+    "segmentation_divisor",
+    "deep_supervision_loss",
+]
+
+
+def _unet(spatial_dims: int, in_channels: int, out_channels: int, **kw) -> nn.Module:
+    args = {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "num_res_units": 2, "norm": "batch"}
+    args.update(kw)
+    return UNet(spatial_dims, in_channels, out_channels, **args)
+
+
+def _segresnet(spatial_dims: int, in_channels: int, out_channels: int, **kw) -> nn.Module:
+    args = {"init_filters": 16, "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1), "norm": "batch"}
+    args.update(kw)
+    return SegResNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
+
+
+def _segresnet_ds(spatial_dims: int, in_channels: int, out_channels: int, **kw) -> nn.Module:
+    args = {"init_filters": 16, "blocks_down": (1, 2, 2, 4), "dsdepth": 3, "norm": "batch"}
+    args.update(kw)
+    return SegResNetDS(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
+
+
+def _dynunet(spatial_dims: int, in_channels: int, out_channels: int, **kw) -> nn.Module:
+    strides = kw.pop("strides", (1, 2, 2, 2))
+    args = {
+        "kernel_size": [3] * len(strides),
+        "strides": strides,
+        "upsample_kernel_size": list(strides[1:]),
+        "filters": (16, 32, 64, 128)[: len(strides)] if len(strides) <= 4 else None,
+        "norm_name": "batch",
+        "res_block": True,
+    }
+    args.update(kw)
+    return DynUNet(spatial_dims, in_channels, out_channels, **args)
+
+
+def _basicunet(spatial_dims: int, in_channels: int, out_channels: int, **kw) -> nn.Module:
+    args = {"features": (16, 16, 32, 64, 128, 16), "norm": "batch"}
+    args.update(kw)
+    return BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
+
+
+def _attention_unet(spatial_dims: int, in_channels: int, out_channels: int, **kw) -> nn.Module:
+    args = {"channels": (16, 32, 64, 128), "strides": (2, 2, 2)}
+    args.update(kw)
+    return AttentionUnet(spatial_dims, in_channels, out_channels, **args)
+
+
+def _flexible_unet(spatial_dims: int, in_channels: int, out_channels: int, **kw) -> nn.Module:
+    if kw.get("pretrained"):
+        raise ValueError("flexible_unet: pretrained encoder weights are not supported (no downloads)")
+    args = {"backbone": "resnet18", "pretrained": False, "decoder_channels": (128, 64, 32, 16, 16)}
+    args.update(kw)
+    return FlexibleUNet(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, **args)
+
+
+def _stride_divisor(strides) -> int:
+    """Product of per-level strides (an int or a per-axis sequence: the largest factor is taken)."""
+    return math.prod(max(s) if isinstance(s, (list, tuple)) else int(s) for s in strides)
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "unet": _unet,
+    "segresnet": _segresnet,
+    "segresnet_ds": _segresnet_ds,
+    "dynunet": _dynunet,
+    "basicunet": _basicunet,
+    "attention_unet": _attention_unet,
+    "flexible_unet": _flexible_unet,
+}
+
+_DIVISORS: dict[str, Callable[[dict], int]] = {
+    "unet": lambda kw: _stride_divisor(kw.get("strides", (2, 2, 2))),
+    "segresnet": lambda kw: 2 ** (len(kw.get("blocks_down", (1, 2, 2, 4))) - 1),
+    "segresnet_ds": lambda kw: 2 ** (len(kw.get("blocks_down", (1, 2, 2, 4))) - 1),
+    "dynunet": lambda kw: _stride_divisor(kw.get("strides", (1, 2, 2, 2))),
+    "basicunet": lambda kw: 16,
+    "attention_unet": lambda kw: _stride_divisor(kw.get("strides", (2, 2, 2))),
+    "flexible_unet": lambda kw: 32,
+}
+
+#: Names accepted by :func:`build_segmentation_network` (2D and 3D).
+SEGMENTATION_NETWORKS: tuple[str, ...] = tuple(_BUILDERS)
+#: The entries meant for volumetric training (``flexible_unet`` is the 2D ResNet-encoder entry; it builds in 3D
+#: too but is an order of magnitude larger, so the 3D comparison leaves it out).
+SEGMENTATION_NETWORKS_3D: tuple[str, ...] = tuple(n for n in SEGMENTATION_NETWORKS if n != "flexible_unet")
+
+
+def _check_name(name: str) -> str:
+    key = str(name).lower().replace("-", "_")
+    if key not in _BUILDERS:
+        raise ValueError(f"unknown segmentation network '{name}'; valid names: {', '.join(SEGMENTATION_NETWORKS)}")
+    return key
+
+
+def build_segmentation_network(
+    name: str, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2, **kwargs
+) -> nn.Module:
+    """Build registry entry ``name``: ``(B, in_channels, *S)`` -> logits ``(B, out_channels, *S)``.
+
+    ``spatial_dims`` is 2 or 3; sides of ``S`` must be divisible by :func:`segmentation_divisor`. ``kwargs``
+    override the compact defaults (keyword arguments of the MONAI class). Raises ``ValueError`` naming the valid
+    names for an unknown ``name``.
+    """
+    key = _check_name(name)
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"segmentation network '{name}': spatial_dims must be 2 or 3, got {spatial_dims}")
+    return _BUILDERS[key](int(spatial_dims), int(in_channels), int(out_channels), **kwargs)
+
+
+def segmentation_divisor(name: str, **kwargs) -> int:
+    """Factor each input side must be divisible by for network ``name`` built with ``kwargs``."""
+    return int(_DIVISORS[_check_name(name)](kwargs))
+
+
+class _FloatTargetDeepSupervisionLoss(DeepSupervisionLoss):
+    """MONAI's DeepSupervisionLoss with the target cast to float (nearest resizing of integer labels fails)."""
+
+    def forward(self, input, target):  # noqa: A002 - MONAI's signature
+        return super().forward(input, target.float() if not target.is_floating_point() else target)
+
+
+def deep_supervision_loss(loss: nn.Module, weight_mode: str = "exp") -> nn.Module:
+    """Wrap ``loss`` so it accepts a deep-supervision list of outputs (or a single tensor) against one target.
+
+    Each output ``(B, C, *S_k)`` is scored against the target ``(B, 1, *S)`` resized (nearest) to ``S_k``;
+    the losses are summed with weights halving per level (``weight_mode="exp"``).
+    """
+    return _FloatTargetDeepSupervisionLoss(loss, weight_mode=weight_mode)
