@@ -15,7 +15,9 @@ import sys
 from medcnn import __version__
 
 # name -> "module:add_parser" ; modules are imported lazily so `medcnn --help` stays fast.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "convert": "medcnn.convert:add_parser",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
