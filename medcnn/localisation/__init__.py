@@ -1,1 +1,33 @@
-"""medcnn.localisation."""
+"""Weakly supervised localisation: CAM method -> heatmap -> threshold -> mask -> Dice.
+
+Public API:
+
+- :func:`localise` (``model, images, method, target_layer, class_idx`` -> heatmaps ``(B, 1, *S)`` in [0, 1]),
+- :func:`cam_to_mask` (heatmaps -> binary masks: fraction of max or Otsu, optional largest component),
+- :func:`cam_dice` (per-image Dice with MONAI's ``DiceMetric``),
+- :func:`select_threshold` / :func:`calibrate_cam` (threshold rule chosen on validation data),
+- :func:`evaluate_cam` (CAM Dice of a labelled dataset),
+- :data:`CAM_METHODS`, :func:`available_cam_methods`, :func:`get_cam_method`, :class:`CAMMethod` (methods from
+  MONAI and the grad-cam package behind one interface).
+
+The Ignite handler that computes CAM Dice during an evaluation is :class:`medcnn.handlers.cam.CAMDiceHandler`.
+"""
+
+from medcnn.localisation.masks import THRESHOLD_MODES, cam_dice, cam_to_mask, select_threshold
+from medcnn.localisation.methods import (
+    CAM_METHODS,
+    CAMMethod,
+    GradCAMPackageCAM,
+    MonaiCAM,
+    UnsupportedCAMError,
+    available_cam_methods,
+    get_cam_method,
+    resolve_target_layer,
+)
+from medcnn.localisation.pipeline import calibrate_cam, evaluate_cam, localise, localise_items, mask_rule
+
+__all__ = [
+    "CAM_METHODS", "CAMMethod", "GradCAMPackageCAM", "MonaiCAM", "THRESHOLD_MODES", "UnsupportedCAMError",
+    "available_cam_methods", "calibrate_cam", "cam_dice", "cam_to_mask", "evaluate_cam", "get_cam_method",
+    "localise", "localise_items", "mask_rule", "resolve_target_layer", "select_threshold",
+]

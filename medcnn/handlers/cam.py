@@ -1,0 +1,159 @@
+"""Ignite handler: CAM localisation Dice (and optional heatmap / mask files) during an evaluation."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from medcnn.localisation.masks import cam_dice, cam_to_mask
+from medcnn.localisation.methods import get_cam_method
+from medcnn.localisation.pipeline import calibrate_cam
+
+__all__ = ["CAMDiceHandler"]
+
+logger = logging.getLogger(__name__)
+
+
+def _batch_field(batch: Any, key: str) -> Any:
+    """``batch[key]`` stacked over items, for a collated dict or a decollated list of dicts (MONAI)."""
+    if isinstance(batch, dict):
+        return batch.get(key)
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], dict):
+        if key not in batch[0]:
+            return None
+        values = [item[key] for item in batch]
+        if isinstance(values[0], (torch.Tensor, np.ndarray)):
+            return torch.stack([torch.as_tensor(v) for v in values])
+        return values
+    raise ValueError(f"CAMDiceHandler: cannot read {key!r} from a batch of type {type(batch).__name__}")
+
+
+class CAMDiceHandler:
+    """Compute CAM heatmaps of every evaluation batch, threshold them and score them with Dice.
+
+    On ``STARTED`` the threshold rule is chosen on ``calibration_data`` when given (validation data, never the
+    test set; see :func:`medcnn.localisation.calibrate_cam`), otherwise ``threshold`` / ``mode`` /
+    ``largest_component`` are used. On every iteration the images with label 1 (``positive_label``) and a mask
+    are localised and scored; with ``output_dir`` every image's heatmap and mask are saved
+    (:func:`medcnn.localisation.io.save_localisation`). On ``EPOCH_COMPLETED`` ``state.metrics`` gets
+    ``<prefix>dice``, ``<prefix>dice_std``, ``<prefix>threshold``, ``<prefix>threshold_mode``,
+    ``<prefix>largest_component``, ``<prefix>method``, ``<prefix>layer`` and ``<prefix>n_images``.
+
+    Args:
+        network: the classifier (the evaluator's network).
+        method: CAM method name (``medcnn.localisation.CAM_METHODS``).
+        target_layer: module name, ``None`` = the network's ``cam_target_layer_name``.
+        threshold, mode, largest_component: the mask rule (see :func:`medcnn.localisation.cam_to_mask`).
+        calibration_data: validation samples to choose the rule on, or ``None``.
+        class_idx: the class whose evidence is mapped (1 = object present).
+        keys: batch keys of image, label, mask.
+        output_dir: folder for heatmap / mask files, or ``None``.
+        prefix: prefix of the metric names.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        method: str = "gradcam",
+        target_layer: str | None = None,
+        threshold: float = 0.5,
+        mode: str = "fraction",
+        largest_component: bool = False,
+        calibration_data: Any = None,
+        class_idx: int = 1,
+        keys: Sequence[str] = ("image", "label", "mask"),
+        output_dir: str | os.PathLike | None = None,
+        prefix: str = "cam_",
+        positive_label: int = 1,
+    ) -> None:
+        self.network = network
+        self.cam = get_cam_method(method, network, target_layer)
+        self.method = str(method)
+        self.target_layer = self.cam.target_layer
+        self.threshold, self.mode, self.largest_component = float(threshold), str(mode), bool(largest_component)
+        cam_to_mask(torch.ones(1, 2, 2), self.threshold, self.mode)  # validate the rule early
+        self.calibration_data = calibration_data
+        self.class_idx = int(class_idx)
+        self.keys = tuple(keys)
+        self.output_dir = output_dir
+        self.prefix = prefix
+        self.positive_label = int(positive_label)
+        self._dice: list[float] = []
+        self._count = 0
+        self.calibration: dict | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._calibrate)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
+
+    def _calibrate(self, engine: Engine) -> None:
+        if self.calibration_data is None or self.calibration is not None:
+            return
+        rule = calibrate_cam(self.network, self.calibration_data, self.method, self.target_layer,
+                             class_idx=self.class_idx, keys=self.keys)
+        self.threshold = 0.5 if rule["threshold"] is None else float(rule["threshold"])
+        self.mode, self.largest_component = rule["mode"], bool(rule["largest_component"])
+        self.calibration = {k: v for k, v in rule.items() if k != "table"}
+        logger.info("CAM rule chosen on %d validation images: %s", rule["n_images"], self.calibration)
+
+    def _reset(self, engine: Engine) -> None:
+        self._dice, self._count = [], 0
+
+    def _collect(self, engine: Engine) -> None:
+        image_key, label_key, mask_key = self.keys
+        batch = engine.state.batch
+        images = torch.as_tensor(_batch_field(batch, image_key))
+        labels = _batch_field(batch, label_key)
+        labels = torch.as_tensor(np.asarray([int(torch.as_tensor(v).reshape(-1)[0]) for v in labels]))
+        masks = _batch_field(batch, mask_key)
+        save = self.output_dir is not None
+        select = torch.ones_like(labels, dtype=torch.bool) if save else labels == self.positive_label
+        if not bool(select.any()):
+            return
+        heatmaps = self.cam(images[select], self.class_idx).cpu()
+        pred = cam_to_mask(heatmaps, self.threshold, self.mode, self.largest_component)
+        sel_labels = labels[select]
+        if masks is not None:
+            true = torch.as_tensor(masks)[select].cpu()
+            pos = sel_labels == self.positive_label
+            if bool(pos.any()):
+                self._dice += cam_dice(pred[pos], true[pos]).tolist()
+        if save:
+            self._save(batch, images[select], heatmaps, pred, None if masks is None else torch.as_tensor(masks)[select],
+                       torch.nonzero(select).reshape(-1).tolist(), sel_labels)
+        self._count += int(select.sum())
+
+    def _save(self, batch, images, heatmaps, pred, true, index, labels) -> None:
+        from medcnn.localisation.io import save_localisation
+
+        ids = _batch_field(batch, "id")
+        for j, i in enumerate(index):
+            name = str(ids[i]) if ids is not None else f"image_{self._count + j:05d}"
+            save_localisation(self.output_dir, name, images[j], heatmaps[j], pred[j],
+                              None if true is None else true[j], title=f"{name} label {int(labels[j])}")
+
+    def _publish(self, engine: Engine) -> None:
+        dice = np.asarray(self._dice, dtype=float)
+        p = self.prefix
+        engine.state.metrics.update({
+            p + "dice": float(dice.mean()) if dice.size else float("nan"),
+            p + "dice_std": float(dice.std()) if dice.size else float("nan"),
+            p + "n_images": int(dice.size),
+            p + "threshold": self.threshold,
+            p + "threshold_mode": self.mode,
+            p + "largest_component": self.largest_component,
+            p + "method": self.method,
+            p + "layer": self.target_layer,
+        })
+        logger.info("CAM Dice %.4f +- %.4f on %d positive images (%s at %s, %s %.2f, lcc %s)",
+                    engine.state.metrics[p + "dice"], engine.state.metrics[p + "dice_std"], dice.size, self.method,
+                    self.target_layer, self.mode, self.threshold, self.largest_component)

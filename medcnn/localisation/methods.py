@@ -1,0 +1,281 @@
+"""Class activation map methods behind one interface.
+
+:class:`CAMMethod` does what every method shares (modelled on ``pytorch_grad_cam.base_cam.BaseCAM``):
+resolve and check the target layer, run in eval mode with gradients enabled, upsample the raw map to the
+input size (bilinear / trilinear), normalise every map to [0, 1], restore the model's train/eval mode and
+remove every hook the backend registered. A method only implements :meth:`CAMMethod.raw_maps`, which
+returns maps of shape ``(B, *S')`` at any resolution.
+
+Backends: MONAI's ``GradCAM`` / ``GradCAMpp`` and the ``grad-cam`` package (``pytorch_grad_cam``) methods.
+``CAM_METHODS`` lists them by name; :func:`get_cam_method` builds one, :func:`available_cam_methods` says
+which work for a dimensionality.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "CAMMethod",
+    "MonaiCAM",
+    "GradCAMPackageCAM",
+    "CAM_METHODS",
+    "UnsupportedCAMError",
+    "get_cam_method",
+    "available_cam_methods",
+    "resolve_target_layer",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class UnsupportedCAMError(ValueError):
+    """A CAM method does not support the requested dimensionality (or model)."""
+
+
+def resolve_target_layer(model: nn.Module, target_layer: str | None) -> str:
+    """Module name of the CAM target layer; ``None`` -> the model's ``cam_target_layer_name``.
+
+    Raises:
+        ValueError: naming the layer and listing valid choices when it does not exist.
+    """
+    if target_layer is None:
+        target_layer = getattr(model, "cam_target_layer_name", None)
+        if target_layer is None:
+            raise ValueError("target_layer is required: the model has no default `cam_target_layer_name`")
+    names = dict(model.named_modules())
+    if not isinstance(target_layer, str) or target_layer not in names or target_layer == "":
+        if hasattr(model, "cam_layer_names"):
+            choices = model.cam_layer_names()
+        else:
+            choices = [n for n in names if n][:30]
+        raise ValueError(f"unknown CAM target_layer {target_layer!r}; choose a module name such as {choices}")
+    return target_layer
+
+
+@contextmanager
+def _released_hooks(model: nn.Module):
+    """Remove every forward / backward hook added to ``model``'s modules inside the block (backends leak some)."""
+    attrs = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    before = {(id(m), a): set(getattr(m, a, {}).keys()) for m in model.modules() for a in attrs}
+    try:
+        yield
+    finally:
+        for m in model.modules():
+            for a in attrs:
+                hooks = getattr(m, a, None)
+                if hooks is None:
+                    continue
+                for key in list(hooks.keys()):
+                    if key not in before.get((id(m), a), set()):
+                        del hooks[key]
+                        for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                                      "_forward_pre_hooks_with_kwargs"):
+                            getattr(m, extra, {}).pop(key, None)
+            # full backward hooks also flip this flag; keep it consistent with what is left
+            if hasattr(m, "_is_full_backward_hook") and not m._backward_hooks:
+                m._is_full_backward_hook = None
+
+
+def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise every map of ``(B, 1, *S)`` to [0, 1] (a constant map becomes all zeros)."""
+    flat = maps.reshape(maps.shape[0], -1)
+    lo = flat.min(dim=1, keepdim=True).values
+    hi = flat.max(dim=1, keepdim=True).values
+    scale = torch.where(hi - lo > 1e-12, hi - lo, torch.ones_like(hi))
+    out = (flat - lo) / scale
+    out = torch.where(hi - lo > 1e-12, out, torch.zeros_like(out))
+    return out.reshape(maps.shape)
+
+
+class CAMMethod:
+    """Base class: ``method(images, class_idx)`` -> heatmaps ``(B, 1, *S)`` in [0, 1] at the input size.
+
+    Args:
+        model: a classifier ``(B, C, *S) -> (B, num_classes)`` logits.
+        target_layer: module name (``dict(model.named_modules())`` key); ``None`` uses the model's
+            ``cam_target_layer_name`` (see :class:`medcnn.networks.ResNetClassifier`).
+    """
+
+    name = "base"
+    #: dimensionalities (2, 3) the method supports
+    spatial_dims: tuple[int, ...] = (2, 3)
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None) -> None:
+        self.model = model
+        self.target_layer = resolve_target_layer(model, target_layer)
+
+    def raw_maps(self, images: torch.Tensor, class_idx: list[int]) -> torch.Tensor:
+        """Unnormalised, non-negative maps ``(B, *S')`` at any resolution (implemented by each method)."""
+        raise NotImplementedError
+
+    def check_supported(self, images: torch.Tensor) -> None:
+        """Raise :class:`UnsupportedCAMError` / ``ValueError`` when ``images`` cannot be processed."""
+        if images.ndim not in (4, 5):
+            raise ValueError(f"CAM images must be (B, C, H, W) or (B, C, H, W, D), got shape {tuple(images.shape)}")
+        dims = images.ndim - 2
+        if dims not in self.spatial_dims:
+            raise UnsupportedCAMError(
+                f"CAM method {self.name!r} does not support {dims}D images (supports {self.spatial_dims}D); "
+                f"use one of {available_cam_methods(dims)}"
+            )
+
+    def __call__(self, images: torch.Tensor, class_idx: int | Sequence[int] | None = None) -> torch.Tensor:
+        """Heatmaps ``(B, 1, *S)`` in [0, 1] for ``images`` ``(B, C, *S)``; ``class_idx`` None = predicted class."""
+        images = torch.as_tensor(images)
+        self.check_supported(images)
+        images = images.detach().clone().float()
+        if hasattr(images, "as_tensor"):
+            images = images.as_tensor()
+        device = next(self.model.parameters()).device
+        images = images.to(device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.enable_grad(), torch.inference_mode(False), _released_hooks(self.model):
+                if class_idx is None:
+                    with torch.no_grad():
+                        class_idx = self.model(images).argmax(dim=1).tolist()
+                elif isinstance(class_idx, int):
+                    class_idx = [class_idx] * images.shape[0]
+                class_idx = [int(c) for c in class_idx]
+                if len(class_idx) != images.shape[0]:
+                    raise ValueError(f"class_idx has {len(class_idx)} entries for a batch of {images.shape[0]}")
+                maps = self.raw_maps(images, class_idx)
+        finally:
+            self.model.train(was_training)
+            self.model.zero_grad(set_to_none=True)
+        maps = torch.as_tensor(maps, dtype=torch.float32, device=device).detach()
+        maps = maps.reshape(images.shape[0], 1, *maps.shape[-(images.ndim - 2):])
+        maps = torch.nan_to_num(maps.clamp_min(0.0))
+        if tuple(maps.shape[2:]) != tuple(images.shape[2:]):
+            mode = "bilinear" if images.ndim == 4 else "trilinear"
+            maps = F.interpolate(maps, size=images.shape[2:], mode=mode, align_corners=False)
+        return normalise_maps(maps)
+
+
+class MonaiCAM(CAMMethod):
+    """MONAI ``monai.visualize`` CAM (``GradCAM`` or ``GradCAMpp``); raw map at the target layer's resolution."""
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None, variant: str = "GradCAM") -> None:
+        super().__init__(model, target_layer)
+        import monai.visualize
+
+        self.cam_class = getattr(monai.visualize, variant)
+        self.name = {"GradCAM": "monai_gradcam", "GradCAMpp": "monai_gradcampp"}.get(variant, variant)
+
+    def raw_maps(self, images: torch.Tensor, class_idx: list[int]) -> torch.Tensor:
+        cam = self.cam_class(nn_module=self.model, target_layers=self.target_layer)
+        # MONAI scores one class index per call: group the batch by class
+        maps: list[torch.Tensor | None] = [None] * images.shape[0]
+        # MONAI's GradCAMpp broadcasts the class score against the gradient wrongly for batches > 1: one by one
+        groups = ([[i] for i in range(len(class_idx))] if self.cam_class.__name__ == "GradCAMpp"
+                  else [[i for i, k in enumerate(class_idx) if k == c] for c in sorted(set(class_idx))])
+        for idx in groups:
+            m = cam.compute_map(images[idx], class_idx=class_idx[idx[0]])
+            for j, i in enumerate(idx):
+                maps[i] = m[j]
+        out = torch.stack([m.reshape(m.shape[-(images.ndim - 2):]) for m in maps])  # type: ignore[union-attr]
+        return out.detach()
+
+
+class GradCAMPackageCAM(CAMMethod):
+    """A ``pytorch_grad_cam`` method (``GradCAM``, ``HiResCAM``, ``LayerCAM``, ...) at feature resolution.
+
+    The package's own resizing (cv2 for 2D, spline zoom for 3D) is bypassed so every method shares the same
+    upsampling in :class:`CAMMethod`.
+    """
+
+    def __init__(
+        self, model: nn.Module, target_layer: str | None = None, cam_class: str = "GradCAM",
+        name: str | None = None, spatial_dims: tuple[int, ...] = (2, 3),
+    ) -> None:
+        super().__init__(model, target_layer)
+        import pytorch_grad_cam
+
+        base = getattr(pytorch_grad_cam, cam_class)
+        self.cam_class = type(f"FeatureRes{cam_class}", (_FeatureResolutionMixin, base), {})
+        self.name = name or cam_class.lower()
+        self.spatial_dims = spatial_dims
+
+    def raw_maps(self, images: torch.Tensor, class_idx: list[int]) -> torch.Tensor:
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        layer = self.model.get_submodule(self.target_layer)
+        with self.cam_class(model=self.model, target_layers=[layer]) as cam:
+            maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(c) for c in class_idx])
+        return torch.as_tensor(np.asarray(maps))
+
+
+class _FeatureResolutionMixin:
+    """Override ``BaseCAM.compute_cam_per_layer`` to keep maps at the target layer's resolution (no resize)."""
+
+    def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):  # noqa: D401 - grad-cam API
+        acts = [a.cpu().data.numpy() for a in self.activations_and_grads.activations]
+        grads = [g.cpu().data.numpy() for g in self.activations_and_grads.gradients]
+        out = []
+        for i, layer in enumerate(self.target_layers):
+            a = acts[i] if i < len(acts) else None
+            g = grads[i] if i < len(grads) else None
+            cam = self.get_cam_image(input_tensor, layer, targets, a, g, eigen_smooth)
+            out.append(np.maximum(cam, 0)[:, None])
+        return out
+
+    def aggregate_multi_layers(self, cam_per_target_layer):
+        return np.mean(np.concatenate(cam_per_target_layer, axis=1), axis=1)
+
+
+def _monai(variant: str):
+    return lambda model, target_layer=None: MonaiCAM(model, target_layer, variant)
+
+
+def _package(cam_class: str, name: str, dims: tuple[int, ...] = (2, 3)):
+    return lambda model, target_layer=None: GradCAMPackageCAM(model, target_layer, cam_class, name, dims)
+
+
+#: name -> factory ``(model, target_layer) -> CAMMethod``; ``monai_*`` use MONAI, the others pytorch_grad_cam.
+CAM_METHODS = {
+    "monai_gradcam": _monai("GradCAM"),
+    "monai_gradcampp": _monai("GradCAMpp"),
+    "gradcam": _package("GradCAM", "gradcam"),
+    "gradcampp": _package("GradCAMPlusPlus", "gradcampp"),
+    "hirescam": _package("HiResCAM", "hirescam"),
+    "layercam": _package("LayerCAM", "layercam"),
+    "xgradcam": _package("XGradCAM", "xgradcam"),
+    "gradcam_elementwise": _package("GradCAMElementWise", "gradcam_elementwise"),
+    "eigencam": _package("EigenCAM", "eigencam"),
+    "eigengradcam": _package("EigenGradCAM", "eigengradcam"),
+    # ScoreCAM upsamples activations with 2D-only code inside pytorch_grad_cam
+    "scorecam": _package("ScoreCAM", "scorecam", (2,)),
+}
+
+
+def available_cam_methods(spatial_dims: int | None = None) -> list[str]:
+    """Names in ``CAM_METHODS`` (those supporting ``spatial_dims`` when given)."""
+    if spatial_dims is None:
+        return list(CAM_METHODS)
+    return [n for n in CAM_METHODS if spatial_dims in _SUPPORT.get(n, (2, 3))]
+
+
+_SUPPORT = {"scorecam": (2,)}
+
+
+def get_cam_method(name: str, model: nn.Module, target_layer: str | None = None) -> CAMMethod:
+    """Build CAM method ``name`` (see ``CAM_METHODS``) for ``model`` at ``target_layer``.
+
+    Raises:
+        ValueError: for an unknown method name or target layer (the message names it and lists valid ones).
+    """
+    if isinstance(name, CAMMethod):
+        return name
+    key = str(name).lower()
+    if key not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {name!r}; choose one of {sorted(CAM_METHODS)}")
+    return CAM_METHODS[key](model, target_layer)
