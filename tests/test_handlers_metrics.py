@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from medcnn.handlers import ClassificationReportHandler, MetricsJSONWriter
 from medcnn.handlers.metrics_json import to_jsonable
