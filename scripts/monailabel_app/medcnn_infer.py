@@ -1,0 +1,217 @@
+"""MONAI Label infer tasks for the medcnn bundles (runs inside the MONAI Label environment only).
+
+- :class:`MedcnnSegmentationTask`: a bundle whose output is a label image. MONAI Label's ``BundleInferTask``
+  (the bundle's ``inference.json`` preprocessing, network, inferer and postprocessing, weights from
+  ``models/model.pt``), plus two things 3D Slicer needs: the result NIfTI is written on the input's own grid
+  (same shape, same affine and qform/sform as the uploaded image), and a 2D bundle accepts the 3D volume Slicer
+  sends (a 2D image loaded in Slicer is an ``(H, W, 1)`` volume; a stack of slices is run slice by slice).
+- :class:`MedcnnCAMTask`: a classifier bundle (its output is class probabilities). It appears in Slicer as a
+  segmentation model whose one label is the positive class: the Grad-CAM region of that class, thresholded with
+  the bundle's CAM rule, empty when the image is predicted negative. The class probabilities, the predicted class
+  and the CAM rule are in the result JSON (``params`` of the response).
+
+The CAM rule is read from the bundle: ``models/cam_rule.json`` (the dict of
+``medcnn.localisation.calibrate_cam``) if present, else top-level ``cam_method`` / ``cam_target_layer`` /
+``cam_threshold`` / ``cam_mode`` / ``cam_largest_component`` / ``cam_class_idx`` ids of ``inference.json``,
+else Grad-CAM on the network's ``cam_target_layer_name`` with threshold 0.5 of the maximum, class 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd, SaveImaged
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.transform.post import Restored
+
+logger = logging.getLogger(__name__)
+
+NIFTI_EXT = (".nii", ".nii.gz")
+
+
+def bundle_metadata(path: str) -> dict:
+    """The bundle's ``configs/metadata.json`` as a dict."""
+    with open(os.path.join(path, "configs", "metadata.json")) as f:
+        return json.load(f)
+
+
+def is_classifier(meta: dict) -> bool:
+    """True when the bundle's first output is class probabilities / logits rather than a label image."""
+    out = next(iter(meta.get("network_data_format", {}).get("outputs", {}).values()), {})
+    return str(out.get("type", "image")).lower() in ("probabilities", "probability", "logits", "scores", "class")
+
+
+def make_infer_task(path: str, conf: dict) -> BundleInferTask:
+    """The infer task for the bundle folder ``path``: CAM task for classifiers, segmentation task otherwise."""
+    cls = MedcnnCAMGridTask if is_classifier(bundle_metadata(path)) else MedcnnSegmentationTask
+    task = cls(path, conf)
+    device = conf.get("device", "auto")
+    if task.is_valid() and device and device != "auto":
+        task._config["device"] = [device]
+    return task
+
+
+def _label_array(pred: Any, spatial_ndim: int) -> np.ndarray:
+    """``pred`` (tensor/array, optional leading channel or one-hot channels) -> integer array of ``spatial_ndim``."""
+    arr = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+    if arr.ndim == spatial_ndim + 1:
+        arr = arr[0] if arr.shape[0] == 1 else np.argmax(arr, axis=0)
+    if arr.ndim != spatial_ndim:
+        raise ValueError(f"prediction of shape {arr.shape} does not have {spatial_ndim} spatial dimensions")
+    return np.rint(arr).astype(np.uint8)
+
+
+def save_on_input_grid(label: np.ndarray, ref: nib.Nifti1Image, path: str) -> None:
+    """Write ``label`` as NIfTI with the reference image's affine, qform/sform codes and units."""
+    out = nib.Nifti1Image(label.astype(np.uint8), ref.affine)
+    hdr = ref.header
+    out.set_sform(ref.header.get_sform(), code=int(hdr["sform_code"]))
+    out.set_qform(ref.header.get_qform(), code=int(hdr["qform_code"]))
+    out.header.set_xyzt_units(*hdr.get_xyzt_units())
+    out.set_data_dtype(np.uint8)
+    nib.save(out, path)
+
+
+class _NiftiGridMixin:
+    """Runs the task on NIfTI inputs so that the result is on the input's grid (2D bundles: slice by slice)."""
+
+    dimension: int
+    labels: Any
+
+    def _run_one(self, request: dict) -> tuple[np.ndarray, dict]:
+        req = dict(request, skip_writer=True)
+        _, data = BundleInferTask.__call__(self, req)  # type: ignore[arg-type]
+        return data["pred"], data
+
+    def __call__(self, request, callbacks=None):
+        path = request.get("image")
+        if callbacks or not (isinstance(path, str) and path.lower().endswith(NIFTI_EXT) and os.path.isfile(path)):
+            return BundleInferTask.__call__(self, request, callbacks)  # MONAI Label's own writer
+        begin = time.time()
+        ref = nib.load(path)
+        shape = ref.shape
+        result: dict = {}
+        if self.dimension == 2 and len(shape) >= 3:
+            if len(shape) > 3:
+                raise ValueError(f"{os.path.basename(path)}: a 2D model needs a 2D image or a stack of 2D slices, "
+                                 f"got shape {shape}")
+            slices = []
+            with tempfile.TemporaryDirectory(prefix="medcnn-slice-") as tmp:
+                data2d = np.asanyarray(ref.dataobj)
+                for k in range(shape[2]):
+                    f = os.path.join(tmp, f"slice_{k:04d}.nii.gz")
+                    nib.save(nib.Nifti1Image(np.ascontiguousarray(data2d[:, :, k]), ref.affine), f)
+                    pred, data = self._run_one(dict(request, image=f))
+                    slices.append(_label_array(pred, 2))
+                    result = data.get("result") or result
+            label = np.stack(slices, axis=-1)
+        else:
+            pred, data = self._run_one(request)
+            spatial = tuple(shape[:3]) if len(shape) > 3 else tuple(shape)  # 4D NIfTI: channels last
+            label = _label_array(pred, len(spatial))
+            result = data.get("result") or {}
+            if label.shape != spatial:
+                raise ValueError(f"{os.path.basename(path)}: result shape {label.shape} differs from the input's "
+                                 f"{spatial}; the bundle's postprocessing must invert its spatial transforms")
+        out = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
+        save_on_input_grid(label, ref, out)
+        result_json = dict(result) if isinstance(result, dict) else {"result": result}
+        result_json["label_names"] = self.labels
+        result_json["latencies"] = {"total": round(time.time() - begin, 2)}
+        logger.info("medcnn result %s: shape %s, labels present %s", out, label.shape, np.unique(label).tolist())
+        return out, result_json
+
+
+class MedcnnSegmentationTask(_NiftiGridMixin, BundleInferTask):
+    """A medcnn segmentation bundle as a MONAI Label segmentation model."""
+
+    def __init__(self, path: str, conf: dict):
+        super().__init__(path, conf, type=InferType.SEGMENTATION, post_filter=[SaveImaged], load_strict=True)
+
+
+def _cam_rule(path: str, bundle_config) -> dict:
+    """CAM settings of the bundle (see the module docstring for where they come from)."""
+    rule = {"method": "gradcam", "target_layer": None, "threshold": 0.5, "mode": "fraction",
+            "largest_component": False, "class_idx": 1}
+    rule_file = os.path.join(path, "models", "cam_rule.json")
+    if os.path.isfile(rule_file):
+        with open(rule_file) as f:
+            rule.update({k: v for k, v in json.load(f).items() if k in rule})
+    else:
+        for k in rule:
+            if bundle_config.get(f"cam_{k}") is not None:
+                rule[k] = bundle_config.get_parsed_content(f"cam_{k}")
+    return rule
+
+
+class MedcnnCAMTask(BundleInferTask):
+    """A medcnn classifier bundle served as the thresholded Grad-CAM region of its positive class."""
+
+    def __init__(self, path: str, conf: dict):
+        super().__init__(path, conf, type=InferType.SEGMENTATION, post_filter=[SaveImaged], load_strict=True)
+        if not self.valid:
+            return
+        meta = bundle_metadata(path)
+        out = next(iter(meta["network_data_format"]["outputs"].values()))
+        self.class_names = {int(k): str(v) for k, v in out.get("channel_def", {}).items()}
+        self.rule = _cam_rule(path, self.bundle_config)
+        pos = int(self.rule["class_idx"])
+        self.positive_name = self.class_names.get(pos, f"class_{pos}")
+        self.labels = {self.positive_name: 1}
+        self.description = (f"{self.description} [3D Slicer: the {self.rule['method']} region of class "
+                            f"'{self.positive_name}'; class probabilities in the result JSON]")
+
+    def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+        from medcnn.localisation import cam_to_mask, localise
+
+        network = self._get_network(device, data)
+        image = data[self.input_key]
+        x = torch.as_tensor(image).float()[None].to(torch.device(device))
+        with torch.no_grad():
+            logits = network(x).float()
+        probs = torch.softmax(logits, dim=1)[0] if logits.shape[1] > 1 else torch.cat(
+            [1 - torch.sigmoid(logits[0]), torch.sigmoid(logits[0])])
+        pos = int(self.rule["class_idx"])
+        predicted = int(torch.argmax(probs))
+        heat = localise(network, x, method=self.rule["method"], target_layer=self.rule["target_layer"],
+                        class_idx=pos)
+        mask = cam_to_mask(heat, float(self.rule["threshold"]), self.rule["mode"],
+                           bool(self.rule["largest_component"]))[0].float().cpu()
+        if predicted != pos:
+            mask.zero_()
+        meta = copy.deepcopy(image.meta) if isinstance(image, MetaTensor) else {}
+        ops = copy.deepcopy(image.applied_operations) if isinstance(image, MetaTensor) else []
+        data[self.output_label_key] = MetaTensor(mask, meta=meta, applied_operations=ops)
+        data["result"] = {
+            "class_probabilities": {self.class_names.get(i, f"class_{i}"): round(float(p), 6)
+                                    for i, p in enumerate(probs.tolist())},
+            "predicted_class": self.class_names.get(predicted, f"class_{predicted}"),
+            "cam": {k: self.rule[k] for k in ("method", "target_layer", "threshold", "mode", "largest_component")},
+        }
+        return data
+
+    def post_transforms(self, data=None):
+        pre = self.pre_transforms(data)
+        post = []
+        try:
+            post.append(Invertd(keys=self.output_label_key, transform=Compose(pre), orig_keys=self.input_key,
+                                nearest_interp=True))
+        except Exception as e:  # noqa: BLE001 - a non-invertible pipeline falls back to resizing
+            logger.warning("CAM mask: cannot invert preprocessing (%s); resizing only", e)
+        post.append(Restored(keys=self.output_label_key, ref_image=self.input_key))
+        return post
+
+
+class MedcnnCAMGridTask(_NiftiGridMixin, MedcnnCAMTask):
+    """:class:`MedcnnCAMTask` with the result written on the input's grid."""

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Create (or reuse) the separate, pinned environment that serves the medcnn bundles through MONAI Label 0.8.5.
+#
+# Why a second environment: MONAI Label 0.8.5 needs pydicom < 3 (pydicom-seg breaks on pydicom 3), numpy < 2
+# and jsonschema < 4 (both via pydicom-seg), and dicomweb-client 0.59.1, which conflict with the main
+# environment (pydicom 3, numpy 2, jsonschema >= 4.20). The main .venv is never touched.
+#
+# Usage: scripts/monailabel_env.sh            (environment in $MEDCNN_MONAILABEL_VENV, default <repo>/.venv-monailabel)
+#        MEDCNN_MONAILABEL_VENV=/some/dir scripts/monailabel_env.sh
+#        PYTHON=python3.11 scripts/monailabel_env.sh
+# Steps: torch/torchvision (the project's pins) -> sam2 built without CUDA extension and without build isolation
+# (monailabel declares it; only its SAM2 tasks import it) -> monailabel==0.8.5 and medcnn's runtime dependencies
+# under the constraints below -> medcnn itself, editable, with --no-deps (its jsonschema>=4.20 pin is only for
+# bundle metadata verification, which is not needed to serve) -> an import smoke check.
+# Writes <venv>/medcnn-monailabel-env.json with the installed versions and the build time in seconds.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${MEDCNN_MONAILABEL_VENV:-$root/.venv-monailabel}"
+python="${PYTHON:-python3}"
+start=$(date +%s)
+
+constraints="$(mktemp)"
+trap 'rm -f "$constraints"' EXIT
+cat >"$constraints" <<'EOF'
+torch==2.14.1
+torchvision==0.29.1
+monai==1.6.1
+monailabel==0.8.5
+numpy<2
+pydicom<3
+dicomweb-client==0.59.1
+jsonschema<4
+sam2==1.1.0
+EOF
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "medcnn-monailabel: creating virtual environment $venv"
+  "$python" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+
+echo "medcnn-monailabel: [1/4] torch, torchvision"
+"${pip[@]}" install --quiet -c "$constraints" torch==2.14.1 torchvision==0.29.1 'numpy<2' 'setuptools>=61' wheel
+
+echo "medcnn-monailabel: [2/4] sam2 (no CUDA extension, built against the installed torch)"
+SAM2_BUILD_CUDA=0 "${pip[@]}" install --quiet --no-build-isolation -c "$constraints" sam2==1.1.0
+
+echo "medcnn-monailabel: [3/4] monailabel 0.8.5 and medcnn's runtime dependencies"
+"${pip[@]}" install --quiet -c "$constraints" \
+  monailabel==0.8.5 monai==1.6.1 \
+  'pytorch-ignite>=0.5,<0.6' 'nibabel>=5.2' 'itk>=5.3' 'grad-cam>=1.5,<1.6' 'tifffile>=2024.1' \
+  'scikit-image>=0.22' 'matplotlib>=3.8' 'tensorboard>=2.15' 'fire>=0.5' 'pyyaml>=6' 'tqdm>=4.66' \
+  'scipy>=1.11' 'pillow>=10'
+
+echo "medcnn-monailabel: [4/4] medcnn (editable, --no-deps)"
+"${pip[@]}" install --quiet --no-deps -e "$root"
+
+elapsed=$(( $(date +%s) - start ))
+"$venv/bin/python" - "$venv" "$elapsed" <<'EOF'
+import json
+import sys
+from importlib.metadata import version
+
+import numpy
+import pydicom
+
+import medcnn
+import monailabel  # noqa: F401
+
+names = ["monailabel", "monai", "torch", "torchvision", "numpy", "pydicom", "dicomweb-client", "pydicom-seg",
+         "jsonschema", "sam2", "pytorch-ignite", "nibabel", "grad-cam", "fastapi", "uvicorn", "medcnn"]
+versions = {n: version(n) for n in names}
+assert int(numpy.__version__.split(".")[0]) < 2, numpy.__version__
+assert int(pydicom.__version__.split(".")[0]) < 3, pydicom.__version__
+assert versions["monailabel"] == "0.8.5", versions["monailabel"]
+assert medcnn.__version__
+out = {"versions": versions, "build_seconds": int(sys.argv[2])}
+with open(f"{sys.argv[1]}/medcnn-monailabel-env.json", "w") as f:
+    json.dump(out, f, indent=1)
+print(json.dumps(out))
+EOF
+echo "medcnn-monailabel: environment ready in $venv (${elapsed} s)"

@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Serve the medcnn bundles to 3D Slicer through MONAI Label 0.8.5, offline.
+
+Usage (from the repository root)::
+
+    scripts/monailabel_env.sh                                   # once: builds .venv-monailabel (pinned)
+    python scripts/monailabel_server.py --studies /path/to/images [--port 8000] [--bundles a,b] [--device cpu]
+
+Then in 3D Slicer: MONAI Label module -> server http://127.0.0.1:8000 -> fetch -> choose a model -> Run.
+
+What it does: finds every ``bundles/*/configs/metadata.json`` whose bundle has ``configs/inference.json`` and
+trained weights (``models/model.pt`` or ``models/model.ts``), checks the studies folder, the port and the
+MONAI Label environment, assembles a MONAI Label app (``scripts/monailabel_app``; the bundles are linked as
+local models under ``<app>/model/<name>``, the ``monaibundle`` layout, so nothing is fetched from a model
+zoo), then replaces itself with ``<venv>/bin/python -m monailabel.main start_server``.
+
+The pre-flight checks use only the standard library, so this file runs (and is tested) in any Python; only
+the server itself needs the MONAI Label environment. Exit code 2 and a one-line ``error:`` message for bad
+input (missing studies folder, port in use, bundle without weights, missing environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger("medcnn.monailabel")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+APP_TEMPLATE = Path(__file__).resolve().parent / "monailabel_app"
+DEFAULT_VENV = REPO_ROOT / ".venv-monailabel"
+WEIGHT_FILES = ("model.pt", "model.ts")
+
+
+class LaunchError(ValueError):
+    """A problem found before the server starts (bad studies folder, port, bundle or environment)."""
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """One bundle as MONAI Label will see it: folder, name and whether it can be served."""
+
+    name: str
+    path: Path
+    has_inference: bool
+    weights: Path | None
+
+    @property
+    def servable(self) -> bool:
+        return self.has_inference and self.weights is not None
+
+    def problem(self) -> str:
+        """Why this bundle cannot be served ('' when it can)."""
+        if not self.has_inference:
+            return f"bundle {self.name!r} ({self.path}) has no configs/inference.json"
+        if self.weights is None:
+            return (f"bundle {self.name!r} ({self.path}) has no trained weights: expected models/model.pt "
+                    f"(or models/model.ts); train it first with its configs/train.json")
+        return ""
+
+
+def inspect_bundle(path: str | os.PathLike) -> BundleInfo:
+    """Describe the bundle folder ``path`` (raises LaunchError when it is not a bundle at all)."""
+    p = Path(path).resolve()
+    if not (p / "configs" / "metadata.json").is_file():
+        raise LaunchError(f"{p} is not a MONAI bundle: configs/metadata.json is missing")
+    weights = next((p / "models" / w for w in WEIGHT_FILES if (p / "models" / w).is_file()), None)
+    has_inf = any((p / "configs" / c).is_file() for c in ("inference.json", "inference.yaml"))
+    return BundleInfo(name=p.name, path=p, has_inference=has_inf, weights=weights)
+
+
+def discover_bundles(bundles_dir: str | os.PathLike = REPO_ROOT / "bundles") -> list[BundleInfo]:
+    """Every bundle folder under ``bundles_dir`` (one with configs/metadata.json), sorted by name."""
+    root = Path(bundles_dir)
+    return [inspect_bundle(m.parent.parent) for m in sorted(root.glob("*/configs/metadata.json"))]
+
+
+def select_bundles(requested: list[str] | None, bundles_dir: str | os.PathLike = REPO_ROOT / "bundles"
+                   ) -> list[BundleInfo]:
+    """The bundles to serve.
+
+    ``requested`` None: every discovered bundle that has weights (the others are skipped with a warning).
+    ``requested`` names or folders: each must exist and have weights, else LaunchError naming it.
+    """
+    if requested:
+        out = []
+        for item in requested:
+            cand = Path(item)
+            folder = cand if cand.is_dir() else Path(bundles_dir) / item
+            if not folder.is_dir():
+                raise LaunchError(f"bundle {item!r} not found (looked for {folder})")
+            info = inspect_bundle(folder)
+            if not info.servable:
+                raise LaunchError(info.problem())
+            out.append(info)
+    else:
+        found = discover_bundles(bundles_dir)
+        for b in found:
+            if not b.servable:
+                logger.warning("skipping %s", b.problem())
+        out = [b for b in found if b.servable]
+        if not out:
+            raise LaunchError(f"no servable bundle under {bundles_dir}: none has configs/inference.json and "
+                              f"models/model.pt")
+    names = [b.name for b in out]
+    if len(set(names)) != len(names):
+        raise LaunchError(f"two bundles share a folder name: {names}")
+    return out
+
+
+def check_studies(studies: str | os.PathLike) -> Path:
+    """The studies folder, resolved; LaunchError when it does not exist or is not a folder."""
+    p = Path(studies).expanduser()
+    if not p.exists():
+        raise LaunchError(f"studies folder {p} does not exist (create it, or give the folder holding your images)")
+    if not p.is_dir():
+        raise LaunchError(f"studies folder {p} is not a folder")
+    return p.resolve()
+
+
+def check_port(host: str, port: int) -> None:
+    """LaunchError when ``host:port`` cannot be bound (already in use, or not a local address)."""
+    if not 0 < int(port) < 65536:
+        raise LaunchError(f"port {port} is out of range 1-65535")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a listener blocks, TIME_WAIT does not
+        try:
+            s.bind((host, int(port)))
+        except OSError as e:
+            raise LaunchError(f"port {port} on {host} is not free ({e.strerror}); choose another with --port, "
+                              f"or stop the process that uses it") from None
+
+
+def check_venv(venv: str | os.PathLike) -> Path:
+    """The MONAI Label environment's python; LaunchError when it is missing or has no monailabel."""
+    v = Path(venv)
+    py = v / "bin" / "python"
+    if not py.exists():
+        raise LaunchError(f"MONAI Label environment {v} not found: build it with scripts/monailabel_env.sh "
+                          f"(or pass --venv)")
+    if not list((v / "lib").glob("python3*/site-packages/monailabel/__init__.py")):
+        raise LaunchError(f"{v} has no monailabel installed: rebuild it with scripts/monailabel_env.sh")
+    return py
+
+
+def assemble_app(app_dir: str | os.PathLike, bundles: list[BundleInfo]) -> Path:
+    """Copy the medcnn MONAI Label app to ``app_dir`` (replacing it) and link each bundle as ``model/<name>``."""
+    app = Path(app_dir)
+    if app.exists():
+        if not (app / ".medcnn-monailabel-app").exists():
+            raise LaunchError(f"app folder {app} exists and was not made by this launcher; choose another --app-dir")
+        shutil.rmtree(app)
+    shutil.copytree(APP_TEMPLATE, app, ignore=shutil.ignore_patterns("__pycache__"))
+    (app / ".medcnn-monailabel-app").write_text("made by scripts/monailabel_server.py; rebuilt at every start\n")
+    (app / "model").mkdir()
+    for b in bundles:
+        (app / "model" / b.name).symlink_to(b.path, target_is_directory=True)
+    return app
+
+
+def server_command(python: Path, app: Path, studies: Path, bundles: list[BundleInfo], host: str, port: int,
+                   device: str) -> list[str]:
+    """The ``monailabel start_server`` command line for the assembled app."""
+    return [str(python), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
+            "--host", host, "--port", str(port),
+            "--conf", "models", ",".join(b.name for b in bundles),
+            "--conf", "device", device,
+            "--conf", "preload", "false",
+            "--conf", "skip_trainers", "true"]
+
+
+def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the server: offline, no zoo, no automatic scoring, one OpenMP thread by default."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update({
+        "MONAI_ZOO_SOURCE": "local",             # never the MONAI hosting / NGC model zoo
+        "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+        "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+        "MONAI_LABEL_TRACKING_ENABLED": "false",
+        "HF_HUB_OFFLINE": "1",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+    })
+    return env
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options of the launcher."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--studies", required=True, help="folder of images the MONAI Label datastore serves")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--bundles", default=None,
+                    help="comma-separated bundle names (under bundles/) or folders; default: every bundle with weights")
+    ap.add_argument("--bundles-dir", default=str(REPO_ROOT / "bundles"))
+    ap.add_argument("--venv", default=os.environ.get("MEDCNN_MONAILABEL_VENV", str(DEFAULT_VENV)),
+                    help="MONAI Label environment made by scripts/monailabel_env.sh")
+    ap.add_argument("--app-dir", default=None,
+                    help="where the app is assembled (default: ~/.cache/medcnn/monailabel/app-<port>)")
+    ap.add_argument("--device", default="auto", help="'auto' (cuda when available, else cpu), 'cpu' or 'cuda'")
+    ap.add_argument("--check", action="store_true", help="run the checks, assemble the app, print the command, exit")
+    return ap.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """Run every pre-flight check and assemble the app; returns (command, environment). Raises LaunchError."""
+    studies = check_studies(args.studies)
+    requested = [b.strip() for b in args.bundles.split(",") if b.strip()] if args.bundles else None
+    bundles = select_bundles(requested, args.bundles_dir)
+    check_port(args.host, args.port)
+    python = check_venv(args.venv)
+    if args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise LaunchError(f"--device must be auto, cpu or cuda[:N], got {args.device!r}")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medcnn" / "monailabel"
+    app = assemble_app(args.app_dir or cache / f"app-{args.port}", bundles)
+    logger.info("serving %d bundle(s): %s", len(bundles), ", ".join(b.name for b in bundles))
+    return server_command(python, app, studies, bundles, args.host, args.port, args.device), server_env()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check, assemble and exec the MONAI Label server (exit 2 with a clear message on bad input)."""
+    logging.basicConfig(level=logging.INFO, format="medcnn-monailabel: %(levelname)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        cmd, env = prepare(args)
+    except LaunchError as e:
+        print(f"medcnn-monailabel: error: {e}", file=sys.stderr)
+        return 2
+    print("medcnn-monailabel: " + " ".join(cmd), flush=True)
+    if args.check:
+        print(json.dumps({"command": cmd}))
+        return 0
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""End to end: the medcnn bundles served by MONAI Label 0.8.5, called exactly as the 3D Slicer plugin calls it.
+
+Starts ``scripts/monailabel_server.py`` on 127.0.0.1 (a free port) with a temporary studies folder, then
+``GET /info/``, ``PUT /datastore/?image=<id>`` (multipart upload), ``POST /infer/<model>?image=<id>`` (multipart
+answer: ``params`` JSON + the label NIfTI) and checks the label has the input's shape and affine and only the
+model's declared label values. The server is always stopped (fixture teardown).
+
+Served: every repository bundle with weights (the hippocampus bundle and every 2D bundle are run when they
+exist), plus three tiny fixture bundles made here with random weights (3D segmentation, 2D segmentation, 2D
+classifier served as a Grad-CAM region) so that each path of the medcnn MONAI Label app is exercised whatever
+bundles the repository has.
+
+Needs the separate MONAI Label environment (scripts/monailabel_env.sh); skipped with the reason when it is
+missing. Marker: ``monailabel``.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "monailabel_server.py"
+VENV = Path(os.environ.get("MEDCNN_MONAILABEL_VENV", ROOT / ".venv-monailabel"))
+STARTUP_TIMEOUT = float(os.environ.get("MEDCNN_MONAILABEL_STARTUP_TIMEOUT", "600"))
+INFER_TIMEOUT = 900
+
+pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
+
+
+def _load_launcher():
+    spec = importlib.util.spec_from_file_location("monailabel_server_e2e", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+launcher = _load_launcher()
+
+try:
+    launcher.check_venv(VENV)
+    if not (VENV / "medcnn-monailabel-env.json").is_file():
+        raise launcher.LaunchError(f"{VENV} is incomplete (its build did not finish): rerun scripts/monailabel_env.sh")
+except launcher.LaunchError as e:
+    pytest.skip(f"MONAI Label environment not usable: {e}", allow_module_level=True)
+
+
+# ----------------------------------------------------------------------------------------------- fixture bundles
+def _metadata(spatial_shape, out_type: str, channel_def: dict, description: str) -> dict:
+    return {"version": "0.0.1", "monai_version": "1.6.1", "description": description,
+            "required_packages_version": {"medcnn": "0.1.0"},
+            "network_data_format": {
+                "inputs": {"image": {"type": "image", "num_channels": 1, "spatial_shape": spatial_shape}},
+                "outputs": {"pred": {"type": out_type, "num_channels": len(channel_def), "channel_def": channel_def}}}}
+
+
+def _write_bundle(folder: Path, meta: dict, inference: dict, network) -> Path:
+    import torch
+
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    (folder / "configs" / "metadata.json").write_text(json.dumps(meta, indent=1))
+    (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))
+    torch.save(network.state_dict(), folder / "models" / "model.pt")
+    return folder
+
+
+def make_fixture_bundles(root: Path) -> dict[str, Path]:
+    """Three tiny bundles with random weights, wired like the repository's bundles."""
+    import torch
+
+    from medcnn.networks import ResNetClassifier, build_segmentation_network
+
+    torch.manual_seed(0)
+    device = "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')"
+    seg3 = {
+        "imports": ["$import medcnn.networks"], "bundle_root": ".", "device": device,
+        "network_def": {"_target_": "medcnn.networks.build_segmentation_network", "name": "unet",
+                        "spatial_dims": 3, "in_channels": 1, "out_channels": 3},
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True},
+            {"_target_": "DivisiblePadd", "keys": "image", "k": 16}]},
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image"},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]}}
+    seg2 = json.loads(json.dumps(seg3))
+    seg2["network_def"].update(spatial_dims=2, out_channels=2)
+    seg2["preprocessing"]["transforms"] = [t for t in seg2["preprocessing"]["transforms"]
+                                           if t["_target_"] != "Orientationd"]
+    cls = {
+        "imports": ["$import medcnn.networks"], "bundle_root": ".", "device": device,
+        "network_def": {"_target_": "medcnn.networks.ResNetClassifier", "spatial_dims": 2, "in_channels": 1,
+                        "num_classes": 2, "num_blocks": 3, "cam_layer": "blocks.1"},
+        "network": "$@network_def.to(@device)",
+        "cam_method": "gradcam", "cam_threshold": 0.5,
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"}, {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "ScaleIntensityd", "keys": "image"},
+            {"_target_": "Resized", "keys": "image", "spatial_size": [64, 64]}]},
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True}]}}
+    # a classifier whose positive class wins on any input, so that its CAM mask is not empty
+    clf = ResNetClassifier(2, 1, 2, num_blocks=3, cam_layer="blocks.1")
+    with torch.no_grad():
+        clf.fc2.bias.copy_(torch.tensor([-20.0, 20.0]))
+    return {
+        "fixture3d_segmentation": _write_bundle(
+            root / "fixture3d_segmentation", _metadata(["16*n"] * 3, "image",
+                                                       {"0": "background", "1": "anterior", "2": "posterior"},
+                                                       "fixture 3D segmentation"),
+            seg3, build_segmentation_network("unet", 3, 1, 3)),
+        "fixture2d_segmentation": _write_bundle(
+            root / "fixture2d_segmentation", _metadata(["16*n"] * 2, "image", {"0": "background", "1": "membrane"},
+                                                       "fixture 2D segmentation"),
+            seg2, build_segmentation_network("unet", 2, 1, 2)),
+        "fixture2d_localisation": _write_bundle(
+            root / "fixture2d_localisation", _metadata([64, 64], "probabilities", {"0": "absent", "1": "object"},
+                                                       "fixture 2D classifier"),
+            cls, clf),
+    }
+
+
+# -------------------------------------------------------------------------------------------------- HTTP client
+def _multipart(fields: dict[str, str], files: dict[str, Path]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    out = bytearray()
+    for k, v in fields.items():
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").encode()
+    for k, p in files.items():
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"; filename=\"{p.name}\"\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\n").encode()
+        out += p.read_bytes() + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
+
+
+def _request(method: str, url: str, body: bytes | None = None, content_type: str | None = None,
+             timeout: float = 60) -> tuple[int, str, bytes]:
+    req = urllib.request.Request(url, data=body, method=method)
+    if content_type:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read()
+
+
+def _parse_multipart(content_type: str, body: bytes) -> dict[str, bytes]:
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+            for part in msg.iter_parts()}
+
+
+class SlicerLikeClient:
+    """The REST calls the 3D Slicer MONAI Label plugin makes (its MONAILabelClient), with urllib only."""
+
+    def __init__(self, base: str):
+        self.base = base
+
+    def info(self) -> dict:
+        status, _, body = _request("GET", f"{self.base}/info/")
+        assert status == 200, body[:500]
+        return json.loads(body)
+
+    def upload_image(self, path: Path, image_id: str) -> dict:
+        body, ct = _multipart({"params": "{}"}, {"file": path})
+        q = urllib.parse.quote_plus(image_id)
+        status, _, resp = _request("PUT", f"{self.base}/datastore/?image={q}", body, ct)
+        assert status == 200, resp[:500]
+        return json.loads(resp)
+
+    def infer(self, model: str, image_id: str, tmp: Path) -> tuple[Path, dict]:
+        body, ct = _multipart({"params": "{}"}, {})
+        url = f"{self.base}/infer/{urllib.parse.quote_plus(model)}?image={urllib.parse.quote_plus(image_id)}"
+        status, rct, resp = _request("POST", url, body, ct, timeout=INFER_TIMEOUT)
+        assert status == 200, f"{model}: HTTP {status}: {resp[:2000]!r}"
+        assert rct.startswith("multipart/"), f"{model}: expected a label image, got {rct}: {resp[:500]!r}"
+        parts = _parse_multipart(rct, resp)
+        out = tmp / f"{model}_{image_id}_result.nii.gz"
+        out.write_bytes(parts["image"])
+        return out, json.loads(parts["params"])
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def _hippocampus_case(data_dir) -> tuple[Path, Path]:
+    root = Path(data_dir("msd_hippocampus"))
+    entry = json.loads((root / "dataset.json").read_text())["training"][0]
+    return (root / entry["image"]).resolve(), (root / entry["label"]).resolve()
+
+
+def _moved(src_array: np.ndarray, out: Path, affine: np.ndarray | None = None) -> Path:
+    """Save ``src_array`` as NIfTI with a non-trivial affine (origin moved, anisotropic in-plane spacing kept 1)."""
+    aff = np.eye(4) if affine is None else affine.copy()
+    aff[:3, 3] = [-17.5, 12.25, 3.0]
+    nib.save(nib.Nifti1Image(src_array, aff), out)
+    return out
+
+
+def _slicer_2d_volume(image2d: np.ndarray, out: Path) -> Path:
+    """A 2D image as 3D Slicer uploads it: an ``(H, W, 1)`` NIfTI volume."""
+    return _moved(np.ascontiguousarray(image2d)[..., None], out)
+
+
+def _2d_input(name: str, meta: dict, data_dir, tmp: Path) -> Path | None:
+    """A realistic 2D input for the bundle ``name`` (known bundles) or noise of its declared size (fixtures)."""
+    if name == "em_membrane_segmentation":
+        from monai.transforms import LoadImage
+
+        png = Path(data_dir("isbi2012_em_membranes")) / "train" / "images" / "0.png"
+        return _slicer_2d_volume(np.asarray(LoadImage(image_only=True)(png)).astype(np.uint8), tmp / f"{name}.nii.gz")
+    if name == "pneumonia_classification":
+        npz = np.load(Path(data_dir("pneumoniamnist")) / "pneumoniamnist.npz")
+        return _slicer_2d_volume(npz["test_images"][0], tmp / f"{name}.nii.gz")
+    if name == "synthetic_localisation":
+        from medcnn.data.synthetic import synthetic_datalist
+
+        item = next(i for i in synthetic_datalist(8, seed=123) if int(np.asarray(i["label"]).ravel()[0]) == 1)
+        return _slicer_2d_volume(np.asarray(item["image"], dtype=np.float32).squeeze(), tmp / f"{name}.nii.gz")
+    inp = next(iter(meta["network_data_format"]["inputs"].values()))
+    if int(inp.get("num_channels", 1)) != 1:
+        return None
+    size = [s if isinstance(s, int) else 64 for s in inp["spatial_shape"]]
+    rng = np.random.default_rng(0)
+    return _slicer_2d_volume(rng.normal(size=size[:2]).astype(np.float32), tmp / f"{name}.nii.gz")
+
+
+# ---------------------------------------------------------------------------------------------------- server
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Start the server (repository bundles with weights + fixture bundles); always stop it."""
+    tmp = tmp_path_factory.mktemp("monailabel")
+    fixtures = make_fixture_bundles(tmp / "fixture_bundles")
+    try:
+        repo = launcher.select_bundles(None)
+    except launcher.LaunchError:
+        repo = []
+    studies = tmp / "studies"
+    studies.mkdir()
+    port = _free_port()
+    log = tmp / "server.log"
+    bundles = [str(b.path) for b in repo] + [str(p) for p in fixtures.values()]
+    cmd = [sys.executable, str(SCRIPT), "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
+           "--venv", str(VENV), "--app-dir", str(tmp / "app"), "--device", "cpu", "--bundles", ",".join(bundles)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with open(log, "w") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.time()
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                status, _, _ = _request("GET", f"{base}/info/", timeout=10)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if time.time() - t0 > STARTUP_TIMEOUT:
+                pytest.fail(f"server not up after {STARTUP_TIMEOUT} s:\n{log.read_text()[-4000:]}")
+            time.sleep(1)
+        startup = time.time() - t0
+        print(f"MONAI Label server up in {startup:.1f} s with {len(bundles)} bundles")
+        yield {"client": SlicerLikeClient(base), "repo": {b.name: b for b in repo}, "fixtures": fixtures,
+               "tmp": tmp, "log": log}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        assert proc.poll() is not None
+
+
+def _check_label(result: Path, reference: Path, labels: dict, spatial_shape: tuple[int, ...]) -> np.ndarray:
+    ref, out = nib.load(reference), nib.load(result)
+    assert out.shape == spatial_shape, f"{result.name}: shape {out.shape} != input {spatial_shape}"
+    np.testing.assert_allclose(out.affine, ref.affine, atol=1e-4, err_msg=f"{result.name}: affine differs")
+    arr = np.asarray(out.dataobj)
+    allowed = {0, *(int(v) for v in labels.values())}
+    assert set(np.unique(arr).astype(int).tolist()) <= allowed, f"{result.name}: values outside {allowed}"
+    return arr
+
+
+# ------------------------------------------------------------------------------------------------------ tests
+def test_info_lists_every_bundle_with_labels_and_dimension(served):
+    info = served["client"].info()
+    models = info["models"]
+    for name, folder in [*((n, b.path) for n, b in served["repo"].items()), *served["fixtures"].items()]:
+        assert name in models, f"{name} missing from /info/: {sorted(models)}"
+        m = models[name]
+        meta = json.loads((Path(folder) / "configs" / "metadata.json").read_text())
+        inp = next(iter(meta["network_data_format"]["inputs"].values()))
+        assert m["type"] == "segmentation"
+        assert m["dimension"] == len(inp["spatial_shape"])
+        assert m["labels"] and all(isinstance(v, int) and v > 0 for v in m["labels"].values()), m["labels"]
+    assert models["fixture3d_segmentation"]["labels"] == {"anterior": 1, "posterior": 2}
+    assert models["fixture2d_localisation"]["labels"] == {"object": 1}
+    assert not any(k.startswith("sam") for k in models), "SAM2 (downloads weights) must be off"
+
+
+def test_hippocampus_3d_upload_and_infer(served, data_dir):
+    client, tmp = served["client"], served["tmp"]
+    image, label = _hippocampus_case(data_dir)
+    src = nib.load(image)
+    upload = _moved(np.asarray(src.dataobj), tmp / "hippo_case.nii.gz", src.affine)
+    assert client.upload_image(upload, "hippo_case")
+    models = client.info()["models"]
+    names = [n for n in ("hippocampus_segmentation", "fixture3d_segmentation") if n in models]
+    if "hippocampus_segmentation" not in served["repo"]:
+        print("hippocampus_segmentation has no weights yet: only the 3D fixture bundle is run")
+    for name in names:
+        result, params = client.infer(name, "hippo_case", tmp)
+        arr = _check_label(result, upload, models[name]["labels"], src.shape)
+        assert params["label_names"] == models[name]["labels"]
+        if name == "hippocampus_segmentation":
+            truth = np.asarray(nib.load(label).dataobj).astype(int)
+            for k in (1, 2):  # on the input's grid, the prediction overlaps the reference (catches flips/shifts)
+                dice = 2 * np.sum((arr == k) & (truth == k)) / max(1, np.sum(arr == k) + np.sum(truth == k))
+                assert dice > 0.5, f"hippocampus label {k}: Dice {dice:.2f} with the reference"
+
+
+def test_2d_bundles_upload_and_infer(served, data_dir):
+    client, tmp = served["client"], served["tmp"]
+    models = client.info()["models"]
+    folders = {**{n: b.path for n, b in served["repo"].items()}, **served["fixtures"]}
+    ran = []
+    for name, folder in folders.items():
+        if models[name]["dimension"] != 2:
+            continue
+        meta = json.loads((Path(folder) / "configs" / "metadata.json").read_text())
+        inp = _2d_input(name, meta, data_dir, tmp)
+        if inp is None:
+            print(f"{name}: no single-channel 2D input known, not run")
+            continue
+        image_id = f"{name}_input"
+        client.upload_image(inp, image_id)
+        result, params = client.infer(name, image_id, tmp)
+        arr = _check_label(result, inp, models[name]["labels"], nib.load(inp).shape)
+        if "probabilities" in str(meta["network_data_format"]["outputs"]):
+            probs = params["class_probabilities"]
+            assert abs(sum(probs.values()) - 1) < 1e-4 and params["predicted_class"] in probs
+            if name == "fixture2d_localisation":  # biased to the positive class: a non-empty CAM region
+                assert params["predicted_class"] == "object" and arr.any()
+        ran.append(name)
+    assert {"fixture2d_segmentation", "fixture2d_localisation"} <= set(ran)
+    repo_2d = [n for n in served["repo"] if models[n]["dimension"] == 2]
+    assert not repo_2d or set(repo_2d) & set(ran), f"no repository 2D bundle was run ({repo_2d})"
+    print(f"2D bundles run: {ran}")
+
+
+def test_unknown_model_and_missing_image_are_errors_not_crashes(served):
+    client = served["client"]
+    body, ct = _multipart({"params": "{}"}, {})
+    status, _, _ = _request("POST", f"{client.base}/infer/no_such_model?image=hippo_case", body, ct)
+    assert status >= 400
+    status, _, _ = _request("POST", f"{client.base}/infer/fixture3d_segmentation?image=not_uploaded", body, ct)
+    assert status >= 400
+    assert client.info()["models"]  # still serving

@@ -1,0 +1,160 @@
+"""Pre-flight checks of scripts/monailabel_server.py: bad input is refused with a clear message before any server
+starts. Runs in the main environment (the launcher's checks need only the standard library)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "monailabel_server.py"
+
+
+def _load_launcher():
+    spec = importlib.util.spec_from_file_location("monailabel_server", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["monailabel_server"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+launcher = _load_launcher()
+
+
+def _bundle(root: Path, name: str, weights: bool = True, inference: bool = True) -> Path:
+    b = root / name
+    (b / "configs").mkdir(parents=True)
+    (b / "models").mkdir()
+    (b / "configs" / "metadata.json").write_text(json.dumps({"version": "0.1.0"}))
+    if inference:
+        (b / "configs" / "inference.json").write_text("{}")
+    if weights:
+        (b / "models" / "model.pt").write_bytes(b"weights")
+    return b
+
+
+@pytest.fixture
+def layout(tmp_path):
+    bundles = tmp_path / "bundles"
+    _bundle(bundles, "seg_a")
+    _bundle(bundles, "cls_b")
+    _bundle(bundles, "untrained_c", weights=False)
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("#!/bin/sh\n")
+    (venv / "lib" / "python3.11" / "site-packages" / "monailabel").mkdir(parents=True)
+    (venv / "lib" / "python3.11" / "site-packages" / "monailabel" / "__init__.py").write_text("")
+    return {"bundles": bundles, "studies": studies, "venv": venv, "tmp": tmp_path}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _args(layout, *extra):
+    return ["--studies", str(layout["studies"]), "--bundles-dir", str(layout["bundles"]), "--venv",
+            str(layout["venv"]), "--app-dir", str(layout["tmp"] / "app"), "--port", str(_free_port()), *extra]
+
+
+def test_discovery_serves_only_bundles_with_weights(layout, caplog):
+    chosen = launcher.select_bundles(None, layout["bundles"])
+    assert [b.name for b in chosen] == ["cls_b", "seg_a"]
+    assert "untrained_c" in caplog.text and "no trained weights" in caplog.text
+
+
+@pytest.mark.parametrize("weights,inference,msg", [(False, True, "no trained weights"),
+                                                   (True, False, "no configs/inference.json")])
+def test_requested_bundle_without_weights_or_inference_is_refused(layout, weights, inference, msg):
+    _bundle(layout["bundles"], "broken", weights=weights, inference=inference)
+    with pytest.raises(launcher.LaunchError, match=msg):
+        launcher.select_bundles(["broken"], layout["bundles"])
+    with pytest.raises(launcher.LaunchError, match="not found"):
+        launcher.select_bundles(["no_such_bundle"], layout["bundles"])
+
+
+def test_no_servable_bundle_is_refused(tmp_path):
+    _bundle(tmp_path, "untrained", weights=False)
+    with pytest.raises(launcher.LaunchError, match="no servable bundle"):
+        launcher.select_bundles(None, tmp_path)
+
+
+def test_missing_studies_folder_is_refused(tmp_path):
+    with pytest.raises(launcher.LaunchError, match="does not exist"):
+        launcher.check_studies(tmp_path / "missing")
+    (tmp_path / "file.nii.gz").write_bytes(b"")
+    with pytest.raises(launcher.LaunchError, match="is not a folder"):
+        launcher.check_studies(tmp_path / "file.nii.gz")
+
+
+def test_port_in_use_is_refused():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(launcher.LaunchError, match=f"port {port} .* not free"):
+            launcher.check_port("127.0.0.1", port)
+    launcher.check_port("127.0.0.1", port)  # free again once the listener is closed
+
+
+def test_missing_environment_is_refused(tmp_path):
+    with pytest.raises(launcher.LaunchError, match="scripts/monailabel_env.sh"):
+        launcher.check_venv(tmp_path / "nothing")
+
+
+def test_check_assembles_local_app_and_command(layout, capsys):
+    assert launcher.main(_args(layout, "--check")) == 0
+    cmd = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["command"]
+    assert cmd[1:4] == ["-m", "monailabel.main", "start_server"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--conf") + 2] == "cls_b,seg_a"
+    app = Path(cmd[cmd.index("--app") + 1])
+    assert (app / "main.py").is_file() and (app / "medcnn_infer.py").is_file()
+    assert sorted(p.name for p in (app / "model").iterdir()) == ["cls_b", "seg_a"]
+    assert (app / "model" / "seg_a").resolve() == (layout["bundles"] / "seg_a").resolve()
+    env = launcher.server_env({})
+    assert env["MONAI_ZOO_SOURCE"] == "local" and env["OMP_NUM_THREADS"] == "1"
+
+
+def test_app_folder_not_made_by_launcher_is_not_overwritten(layout):
+    foreign = layout["tmp"] / "app"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("user data")
+    with pytest.raises(launcher.LaunchError, match="not made by this launcher"):
+        launcher.prepare(launcher.parse_args(_args(layout)))
+    assert (foreign / "precious.txt").read_text() == "user data"
+
+
+@pytest.mark.parametrize("case", ["studies", "port", "weights"])
+def test_command_line_exits_2_with_message_before_starting(layout, case):
+    args = _args(layout)
+    busy = None
+    if case == "studies":
+        args[1] = str(layout["tmp"] / "no_studies")
+        expected = "does not exist"
+    elif case == "port":
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        args[args.index("--port") + 1] = str(busy.getsockname()[1])
+        expected = "not free"
+    else:
+        args += ["--bundles", "untrained_c"]
+        expected = "no trained weights"
+    try:
+        res = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+    finally:
+        if busy is not None:
+            busy.close()
+    assert res.returncode == 2
+    assert "error:" in res.stderr and expected in res.stderr
+    assert "start_server" not in res.stdout
