@@ -1,5 +1,6 @@
 """medcnn.networks."""
 
+from medcnn.networks.classic_cnn import ClassicCNN, small_image_classifier
 from medcnn.networks.resnet_classifier import ResNetClassifier
 from medcnn.networks.segmentation import (
     SEGMENTATION_NETWORKS,
@@ -10,6 +11,8 @@ from medcnn.networks.segmentation import (
 )
 
 __all__ = [
+    "ClassicCNN",
+    "small_image_classifier",
     "ResNetClassifier",
     "SEGMENTATION_NETWORKS",
     "SEGMENTATION_NETWORKS_3D",

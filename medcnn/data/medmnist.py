@@ -1,0 +1,230 @@
+"""MedMNIST-style ``.npz`` files (any MedMNIST 2D set) as MONAI-style datalists of ``{"image", "label"}`` dicts.
+
+A MedMNIST ``.npz`` holds, per split ``<split>`` (``train``, ``val``, ``test``), an array ``<split>_images`` of shape
+``(N, H, W)`` (grey) or ``(N, H, W, C)`` (colour), and ``<split>_labels`` of shape ``(N,)`` or ``(N, 1)`` with
+integer class indices. :func:`load_medmnist_split` reads and validates one split; :func:`medmnist_datalist` turns it
+into a list of dicts whose ``image`` is a channel-first float MetaTensor ``(C, H, W)`` in ``[0, 1]`` that remembers
+its origin (``filename_or_obj`` = ``"<file>:<split>_images[<i>]"``), and whose ``label`` is an ``int``;
+:func:`classification_datalist` also reads a user's JSON list of ``{"image": png, "label": int}`` entries or a JSON
+pointer ``{"npz": file, "split": name}`` (``--eval_datalist``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from medcnn.data.datalist import DatalistError, load_datalist
+
+__all__ = [
+    "MedMNISTError",
+    "load_medmnist_split",
+    "medmnist_datalist",
+    "png_datalist",
+    "classification_datalist",
+    "class_weights",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class MedMNISTError(ValueError):
+    """A MedMNIST-style file is missing, lacks a key, or holds inconsistent images / labels."""
+
+
+def _n_classes(n_classes: int | None, class_names: Sequence[str] | None, where: str) -> int | None:
+    if class_names is not None:
+        if n_classes is not None and n_classes != len(class_names):
+            raise MedMNISTError(
+                f"{where}: n_classes={n_classes} but {len(class_names)} class names {list(class_names)}"
+            )
+        return len(class_names)
+    if n_classes is not None and n_classes < 2:
+        raise MedMNISTError(f"{where}: n_classes must be >= 2, got {n_classes}")
+    return n_classes
+
+
+def _check_labels(labels: np.ndarray, n_classes: int | None, where: str) -> np.ndarray:
+    """Integer class indices ``(N,)`` from ``(N,)`` / ``(N, 1)`` labels, all in ``[0, n_classes)``."""
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise MedMNISTError(
+            f"{where}: labels must have shape (N,) or (N, 1) (single-label classification), got {labels.shape}"
+        )
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+            raise MedMNISTError(f"{where}: labels must be integer class indices, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if n_classes is not None:
+        bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+        if bad.size:
+            raise MedMNISTError(
+                f"{where}: {bad.size} label(s) outside the declared classes 0..{n_classes - 1}, "
+                f"e.g. index {int(bad[0])} has label {int(labels[bad[0]])}"
+            )
+    elif labels.size and labels.min() < 0:
+        raise MedMNISTError(f"{where}: negative label {int(labels.min())}")
+    return labels
+
+
+def load_medmnist_split(
+    path: str | os.PathLike,
+    split: str = "train",
+    n_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, H, W)`` / ``(N, H, W, C)`` (as stored) and labels ``(N,)`` int64 of one split of an ``.npz``.
+
+    Raises :class:`MedMNISTError` naming the file and key when the file is missing or not an ``.npz``, a
+    ``<split>_images`` / ``<split>_labels`` key is missing, the image array is not ``(N, H, W[, C])``, the two arrays
+    have different lengths, or a label is outside the declared classes (``n_classes``, or ``len(class_names)``).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MedMNISTError(f"MedMNIST file {path}: not found")
+    n_classes = _n_classes(n_classes, class_names, f"MedMNIST file {path}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise MedMNISTError(f"MedMNIST file {path}: not a readable .npz archive ({exc})") from exc
+    with archive:
+        if not hasattr(archive, "files"):
+            raise MedMNISTError(f"MedMNIST file {path}: expected an .npz archive of named arrays, got a single array")
+        img_key, lbl_key = f"{split}_images", f"{split}_labels"
+        missing = [k for k in (img_key, lbl_key) if k not in archive.files]
+        if missing:
+            raise MedMNISTError(
+                f"MedMNIST file {path}: missing key(s) {missing} for split '{split}' (keys present: {archive.files})"
+            )
+        images, labels = archive[img_key], archive[lbl_key]
+    if images.ndim not in (3, 4) or images.shape[0] == 0:
+        raise MedMNISTError(
+            f"MedMNIST file {path} key '{img_key}': expected a non-empty (N, H, W) or (N, H, W, C) array, "
+            f"got shape {images.shape}"
+        )
+    if labels.shape[0] != images.shape[0]:
+        raise MedMNISTError(
+            f"MedMNIST file {path}: '{img_key}' has {images.shape[0]} images but '{lbl_key}' has "
+            f"{labels.shape[0]} labels"
+        )
+    labels = _check_labels(labels, n_classes, f"MedMNIST file {path} key '{lbl_key}'")
+    return images, labels
+
+
+def _to_channel_first(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` -> ``(1, H, W)``; ``(H, W, C)`` -> ``(C, H, W)``; float32, uint8 scaled to ``[0, 1]``."""
+    arr = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+    scale = 255.0 if arr.dtype == np.uint8 else 1.0
+    return np.ascontiguousarray(arr, dtype=np.float32) / scale
+
+
+def medmnist_datalist(
+    path: str | os.PathLike,
+    split: str = "train",
+    n_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[dict]:
+    """MONAI-style items ``{"image": MetaTensor (C, H, W) float32 in [0, 1], "label": int}`` of one split.
+
+    ``limit`` keeps the first ``limit`` images (tiny runs in tests). Validation as in :func:`load_medmnist_split`.
+    """
+    images, labels = load_medmnist_split(path, split, n_classes, class_names)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    name = str(Path(path).expanduser().resolve())
+    return [
+        {
+            "image": MetaTensor(
+                torch.from_numpy(_to_channel_first(img)), meta={"filename_or_obj": f"{name}:{split}_images[{i}]"}
+            ),
+            "label": int(lbl),
+        }
+        for i, (img, lbl) in enumerate(zip(images, labels, strict=True))
+    ]
+
+
+def png_datalist(
+    entries: Sequence[dict], n_classes: int | None = None, source: str = "datalist", grey: bool = True
+) -> list[dict]:
+    """Read ``{"image": png/jpg path, "label": int}`` entries into items like :func:`medmnist_datalist`.
+
+    Images are read with Pillow as grey level (``grey=True``; colour images are converted) or RGB, 8-bit scaled to
+    ``[0, 1]``. Labels must be integers in ``[0, n_classes)``; errors name ``source`` and the entry.
+    """
+    from PIL import Image
+
+    out = []
+    for i, entry in enumerate(entries):
+        fname = entry["image"]
+        label = entry["label"]
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise MedMNISTError(f"{source}: entry {i} ({fname}) label must be an integer class index, got {label!r}")
+        if n_classes is not None and not 0 <= int(label) < n_classes:
+            raise MedMNISTError(
+                f"{source}: entry {i} ({fname}) label {label} is outside the declared classes 0..{n_classes - 1}"
+            )
+        try:
+            with Image.open(fname) as im:
+                arr = np.asarray(im.convert("L" if grey else "RGB"))
+        except OSError as exc:
+            raise MedMNISTError(f"{source}: entry {i}: cannot read image {fname} ({exc})") from exc
+        out.append(
+            {
+                "image": MetaTensor(torch.from_numpy(_to_channel_first(arr)), meta={"filename_or_obj": str(fname)}),
+                "label": int(label),
+            }
+        )
+    return out
+
+
+def classification_datalist(
+    path: str | os.PathLike,
+    split: str = "test",
+    n_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> list[dict]:
+    """Items for ``--eval_datalist``: a MedMNIST-style ``.npz`` (split ``split``), or a JSON file.
+
+    The JSON is either a pointer ``{"npz": "<file.npz>", "split": "<split>"}`` (``split`` optional, default
+    ``split``), or a plain list / MSD-style ``{"training": [...]}`` list of ``{"image": "<png>", "label": <int>}``.
+    Relative paths resolve against the JSON file's folder. Errors name the file and the problem.
+    """
+    path = Path(path).expanduser()
+    if path.suffix == ".npz":
+        return medmnist_datalist(path, split, n_classes, class_names)
+    if not path.is_file():
+        raise DatalistError(f"datalist {path}: file not found")
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatalistError(f"datalist {path}: not readable as JSON ({exc})") from exc
+    if isinstance(content, dict) and "npz" in content:
+        npz = Path(content["npz"]).expanduser()
+        npz = npz if npz.is_absolute() else path.parent / npz
+        logger.info("datalist %s points at %s split %s", path, npz, content.get("split", split))
+        return medmnist_datalist(npz, content.get("split", split), n_classes, class_names)
+    n_classes = _n_classes(n_classes, class_names, f"datalist {path}")
+    entries = load_datalist(path, keys=("image", "label"), path_keys=("image",))
+    return png_datalist(entries, n_classes, source=f"datalist {path}")
+
+
+def class_weights(labels: Sequence[int] | np.ndarray, n_classes: int | None = None) -> torch.Tensor:
+    """Inverse-frequency class weights ``N / (K * n_k)`` ``(K,)`` float32 (mean weight per image = 1).
+
+    Raises ``ValueError`` when a class has no example (its weight would be infinite).
+    """
+    y = np.asarray([int(v["label"]) if isinstance(v, dict) else int(v) for v in labels], dtype=np.int64)
+    k = int(n_classes) if n_classes is not None else int(y.max()) + 1
+    counts = np.bincount(y, minlength=k)[:k]
+    if np.any(counts == 0):
+        raise ValueError(f"class_weights: class(es) {np.flatnonzero(counts == 0).tolist()} have no example")
+    return torch.as_tensor(y.size / (k * counts), dtype=torch.float32)
