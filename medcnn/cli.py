@@ -17,6 +17,7 @@ from medcnn import __version__
 # name -> "module:add_parser" ; modules are imported lazily so `medcnn --help` stays fast.
 COMMANDS: dict[str, str] = {
     "convert": "medcnn.convert:add_parser",
+    "report": "medcnn.report.pdf:add_parser",
 }
 
 

@@ -1,0 +1,158 @@
+"""Ignite handler: one PDF report per evaluated case (see :func:`medcnn.report.pdf.write_case_report`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from medcnn.report.pdf import load_json_or_none, write_case_report
+
+__all__ = ["PDFReportHandler"]
+
+logger = logging.getLogger(__name__)
+
+
+def _items(output: Any) -> list[dict]:
+    """Decollated list of dicts (MONAI evaluators) or a collated dict with a batch dimension -> list of dicts."""
+    if isinstance(output, Mapping):
+        n = next((len(v) for v in output.values() if isinstance(v, (torch.Tensor, np.ndarray, list))), 0)
+        return [{k: (v[i] if isinstance(v, (torch.Tensor, np.ndarray, list)) and len(v) == n else v)
+                 for k, v in output.items()} for i in range(n)]
+    if isinstance(output, (list, tuple)) and all(isinstance(o, Mapping) for o in output):
+        return [dict(o) for o in output]
+    raise ValueError(f"PDFReportHandler: cannot read cases from an engine output of type {type(output).__name__}")
+
+
+def _to_mask(x, threshold: float) -> np.ndarray:
+    """``(C, *spatial)`` prediction/label -> ``(1, *spatial)`` 0/1: argmax > 0 if C > 1, else ``x > threshold``."""
+    a = torch.as_tensor(x).detach().cpu().float()
+    if a.ndim >= 3 and a.shape[0] > 1:
+        return (a.argmax(0, keepdim=True) > 0).to(torch.uint8).numpy()
+    return (a > threshold).to(torch.uint8).numpy()
+
+
+def _case_name(item: Mapping, image_key: str, index: int) -> str:
+    img = item.get(image_key)
+    src = getattr(img, "meta", {}).get("filename_or_obj") if hasattr(img, "meta") else None
+    if isinstance(src, (list, tuple)):
+        src = src[0] if src else None
+    stem = Path(str(src)).name if src else f"case_{index:04d}"
+    stem = re.sub(r"\.(nii\.gz|nii|png|jpe?g|tiff?|dcm|npy|npz)$", "", stem, flags=re.IGNORECASE)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or f"case_{index:04d}"
+
+
+class PDFReportHandler:
+    """Attach to an evaluator; at ``COMPLETED`` write ``<output_dir>/<case>_report.pdf`` for each case seen.
+
+    Per iteration it keeps (on CPU) the image's first channel, the predicted mask, and optionally the reference
+    mask and a CAM heatmap of every item of ``output_transform(engine.state.output)``; at completion the
+    evaluator's metrics (plus ``metrics_json`` if given and present) and ``curves_json`` go into every report.
+
+    Args:
+        output_dir: folder for the PDFs (created).
+        image_key, pred_key: keys of the image and the prediction in the engine output items.
+        label_key: key of the reference mask, or ``None``.
+        cam_key: key of a CAM heatmap ``(1, *spatial)``, or ``None``.
+        metrics_json: a ``metrics.json`` path whose figures are added (engine metrics win on clashes).
+        curves_json: a ``curves.json`` path (``TrainingCurvesHandler``) for the training-curves page.
+        threshold: for one-channel predictions/labels (probabilities); multi-channel ones use argmax > 0.
+        max_cases: keep at most this many cases (memory bound for slice-wise 2D evaluation); ``None`` = all.
+        output_transform: maps ``engine.state.output`` to the items (default: identity).
+        class_names, finding_name, template, max_slices: passed to :func:`write_case_report`.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        image_key: str = "image",
+        pred_key: str = "pred",
+        label_key: str | None = "label",
+        cam_key: str | None = None,
+        metrics_json: str | os.PathLike | None = None,
+        curves_json: str | os.PathLike | None = None,
+        threshold: float = 0.5,
+        max_cases: int | None = 20,
+        output_transform: Callable[[Any], Any] | None = None,
+        class_names: Sequence[str] = ("background", "tumour"),
+        finding_name: str = "tumour-like region",
+        template: str | None = None,
+        max_slices: int = 6,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.image_key, self.pred_key, self.label_key, self.cam_key = image_key, pred_key, label_key, cam_key
+        self.metrics_json, self.curves_json = metrics_json, curves_json
+        self.threshold = threshold
+        self.max_cases = max_cases
+        self.output_transform = output_transform or (lambda x: x)
+        self.report_kwargs = {"class_names": tuple(class_names), "finding_name": finding_name,
+                              "template": template, "max_slices": max_slices}
+        self.cases: list[dict[str, Any]] = []
+        self.written: list[Path] = []
+        self._skipped = 0
+
+    def attach(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self._started, Events.STARTED):
+            engine.add_event_handler(Events.STARTED, self._started)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+            engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _started(self, engine: Engine) -> None:
+        self.cases, self.written, self._skipped = [], [], 0
+
+    def _collect(self, engine: Engine) -> None:
+        for item in _items(self.output_transform(engine.state.output)):
+            if self.max_cases is not None and len(self.cases) >= self.max_cases:
+                self._skipped += 1
+                continue
+            for key in (self.image_key, self.pred_key):
+                if key not in item:
+                    raise KeyError(f"PDFReportHandler: engine output has no '{key}' (keys: {sorted(item)})")
+            image = item[self.image_key]
+            spacing = [float(v) for v in image.pixdim] if hasattr(image, "pixdim") else None
+            case = {
+                "name": _case_name(item, self.image_key, len(self.cases)),
+                "image": torch.as_tensor(image).detach().cpu().float()[:1].numpy(),
+                "pred": _to_mask(item[self.pred_key], self.threshold),
+                "spacing": spacing,
+                "source": str(getattr(image, "meta", {}).get("filename_or_obj", "")),
+            }
+            if self.label_key and self.label_key in item:
+                case["label"] = _to_mask(item[self.label_key], self.threshold)
+            if self.cam_key and self.cam_key in item:
+                case["cam"] = torch.as_tensor(item[self.cam_key]).detach().cpu().float()[:1].numpy()
+            self.cases.append(case)
+
+    def _write(self, engine: Engine) -> None:
+        metrics: dict[str, Any] = {}
+        if self.metrics_json and Path(self.metrics_json).is_file():
+            metrics.update(load_json_or_none(self.metrics_json, "metrics") or {})
+        for key, value in engine.state.metrics.items():
+            if isinstance(value, torch.Tensor):
+                value = value.item() if value.numel() == 1 else value.tolist()
+            metrics[key] = value
+        curves = None
+        if self.curves_json and Path(self.curves_json).is_file():
+            curves = load_json_or_none(self.curves_json, "curves")
+        names: dict[str, int] = {}
+        for case in self.cases:
+            name = case["name"]
+            names[name] = names.get(name, 0) + 1
+            if names[name] > 1:
+                name = f"{name}_{names[name]}"
+            path = write_case_report(
+                self.output_dir / f"{name}_report.pdf", case["image"], case["pred"], cam=case.get("cam"),
+                label=case.get("label"), metrics=metrics, curves=curves, case_id=name, spacing=case["spacing"],
+                sources={"image": case["source"]}, **self.report_kwargs,
+            )
+            self.written.append(path)
+        if self._skipped:
+            logger.info("PDFReportHandler: %d cases beyond max_cases=%s got no report", self._skipped, self.max_cases)
+        logger.info("PDFReportHandler: %d reports in %s", len(self.written), self.output_dir)

@@ -1,0 +1,156 @@
+"""PDF case report: text read back with pypdf, pages rendered to PNG with pypdfium2, CLI and Ignite handler."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from medcnn.report.pdf import write_case_report
+from medcnn.report.summary import case_facts, render_summary
+
+pypdf = pytest.importorskip("pypdf")
+pdfium = pytest.importorskip("pypdfium2")
+
+METRICS = {"auc": 0.9731, "accuracy": 0.9412, "sensitivity": 0.9, "specificity": 0.95, "cam_dice": 0.6123,
+           "n_cases": 3, "confusion_matrix": [[50, 3], [4, 40]]}
+CURVES = {"epoch": [1, 2, 3], "time_s": [4.0, 8.1, 12.2], "loss": [0.9, 0.5, 0.3], "dice": [0.4, 0.7],
+          "dice_x": [1, 3], "dice_time_s": [4.0, 12.2]}
+
+
+def phantom(shape=(48, 40, 6)):
+    """A head-like ellipse with a bright 'tumour' ball on slices 2-4; returns image, label, pred, cam."""
+    x, y, z = np.meshgrid(*[np.arange(s, dtype=float) for s in shape], indexing="ij")
+    image = 100.0 * (((x - 24) / 20) ** 2 + ((y - 20) / 17) ** 2 < 1)
+    ball = ((x - 30) / 6) ** 2 + ((y - 14) / 6) ** 2 + ((z - 3) / 1.2) ** 2 < 1
+    image[ball] += 150
+    pred = ball.copy()
+    pred[:, :, 4] = False  # the model misses one slice
+    cam = np.exp(-(((x - 30) / 8) ** 2 + ((y - 14) / 8) ** 2 + ((z - 3) / 2) ** 2))
+    return image.astype(np.float32), ball.astype(np.uint8), pred.astype(np.uint8), cam.astype(np.float32)
+
+
+def pdf_text(path) -> str:
+    return "\n".join(page.extract_text() for page in pypdf.PdfReader(str(path)).pages)
+
+
+def render(path, page: int) -> np.ndarray:
+    doc = pdfium.PdfDocument(str(path))
+    try:
+        return np.asarray(doc[page].render(scale=1.0).to_pil().convert("RGB"))
+    finally:
+        doc.close()
+
+
+def test_summary_template():
+    _, label, pred, cam = phantom()
+    facts = case_facts(pred, spacing=(1.0, 1.0, 2.0), label=label, cam=cam, metrics=METRICS)
+    text = render_summary(facts)
+    n_pos = int((pred.reshape(-1, 6).sum(0) > 0).sum())
+    assert f"found a tumour-like region in {n_pos} of 6 slices" in text
+    assert "AUC 0.97" in text and "not a diagnosis" in text
+    assert f"{2 * (pred & label).sum() / (pred.sum() + label.sum()):.2f}" in text  # the case Dice
+    empty = render_summary(case_facts(np.zeros((8, 8, 3))))
+    assert "in 0 of 3 slices" in empty
+    assert render_summary(facts, "$n_positive/$n_slices positive") == f"{n_pos}/6 positive"
+    with pytest.raises(ValueError, match="unknown or malformed field"):
+        render_summary(facts, "$no_such_field")
+
+
+def test_pdf_report_text_and_rendering(tmp_path):
+    image, label, pred, cam = phantom()
+    img = MetaTensor(torch.from_numpy(image)[None], affine=torch.diag(torch.tensor([0.9, 0.9, 3.0, 1.0])))
+    out = write_case_report(tmp_path / "case7.pdf", img, pred[None], cam=cam, label=label, metrics=METRICS,
+                            curves=CURVES, case_id="case-007")
+    text = pdf_text(out)
+    assert len(pypdf.PdfReader(str(out)).pages) == 3
+    assert "medcnn case report: case-007" in text
+    assert "The model found a tumour-like region in 2 of 6 slices (slices 3 to 4)" in " ".join(text.split())
+    for value in ("0.9731", "0.9412", "0.6123", "cam_dice"):  # the metrics table
+        assert value in text
+    dice = 2 * (pred & label).sum() / (pred.sum() + label.sum())
+    assert f"{dice:.4f}" in text  # per-case Dice in the table
+    assert "best dice 0.7000 at epoch 3" in text  # curves page
+    # page 1 (summary, table, confusion matrix) and page 2 (overlays) render to non-blank images
+    page0, page1 = render(out, 0), render(out, 1)
+    assert page0.shape[0] > 500 and (page0.min(axis=2) < 200).mean() > 0.02
+    green = (page1[..., 1] > 180) & (page1[..., 0] < 120) & (page1[..., 2] < 120)
+    assert green.sum() > 30  # the predicted-region outline is drawn
+    assert (page1.std(axis=2) > 40).sum() > 100  # and the CAM colours
+    with pytest.raises(ValueError, match="does not match the image shape"):
+        write_case_report(tmp_path / "bad.pdf", img, pred[:10], metrics=METRICS)
+
+
+def test_cli_report_from_nifti_and_dicom(tmp_path, capsys):
+    from medcnn.cli import main
+
+    image, label, pred, cam = phantom()
+    affine = np.diag([0.9, 0.9, 3.0, 1.0])
+    for name, arr in (("img", image), ("pred", pred), ("cam", cam), ("label", label)):
+        nib.save(nib.Nifti1Image(arr, affine), tmp_path / f"{name}.nii.gz")
+    (tmp_path / "metrics.json").write_text(json.dumps(METRICS))
+    (tmp_path / "curves.json").write_text(json.dumps(CURVES))
+    rc = main(["report", "--image", str(tmp_path / "img.nii.gz"), "--pred", str(tmp_path / "pred.nii.gz"),
+               "--cam", str(tmp_path / "cam.nii.gz"), "--label", str(tmp_path / "label.nii.gz"),
+               "--metrics", str(tmp_path / "metrics.json"), "--curves", str(tmp_path / "curves.json"),
+               "--output", str(tmp_path / "out" / "r.pdf"), "--case-id", "PHANTOM-1"])
+    assert rc == 0
+    text = " ".join(pdf_text(tmp_path / "out" / "r.pdf").split())
+    assert "PHANTOM-1" in text and "2 of 6 slices" in text and "0.9731" in text
+    volume = pred.sum() * 0.9 * 0.9 * 3.0 / 1000
+    assert f"measures {volume:.1f} mL" in text  # spacing from the NIfTI header gives the volume
+    # a prediction on another grid is refused with the file named
+    nib.save(nib.Nifti1Image(pred[:20], affine), tmp_path / "small.nii.gz")
+    rc = main(["report", "--image", str(tmp_path / "img.nii.gz"), "--pred", str(tmp_path / "small.nii.gz"),
+               "--output", str(tmp_path / "x.pdf")])
+    assert rc == 1 and "small.nii.gz" in capsys.readouterr().err
+    # a DICOM series folder as the image
+    from test_dicom import make_series  # tests/ is on sys.path (pytest rootdir-less test modules)
+
+    make_series(tmp_path / "dcm", n=6, rows=12, cols=10)
+    mask = np.zeros((10, 12, 6), np.uint8)
+    mask[3:6, 4:8, 2:4] = 1
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "dmask.nii.gz")
+    rc = main(["report", "--image", str(tmp_path / "dcm"), "--pred", str(tmp_path / "dmask.nii.gz"),
+               "--output", str(tmp_path / "d.pdf")])
+    assert rc == 0 and "2 of 6 slices" in " ".join(pdf_text(tmp_path / "d.pdf").split())
+
+
+def test_handler_writes_one_report_per_case(tmp_path):
+    from monai.bundle import ConfigParser
+    from monai.engines import SupervisedEvaluator
+    from monai.handlers import MeanDice, from_engine
+    from monai.transforms import AsDiscreted
+
+    image, label, _, _ = phantom((32, 28, 5))
+    data = [{"image": MetaTensor(torch.from_numpy(image)[None], meta={"filename_or_obj": f"/data/case{i}.nii.gz"}),
+             "label": torch.from_numpy(label)[None]} for i in range(2)]
+
+    class Threshold(torch.nn.Module):
+        def forward(self, x):  # two-channel "logits": foreground where the image is bright
+            return torch.cat([200 - x, x - 200], dim=1)
+
+    (tmp_path / "curves.json").write_text(json.dumps(CURVES))
+    handler = ConfigParser({"h": {"_target_": "medcnn.handlers.report.PDFReportHandler",
+                                  "output_dir": str(tmp_path / "reports"), "curves_json": str(tmp_path / "curves.json"),
+                                  "label_key": "label"}}).get_parsed_content("h")
+    loader = torch.utils.data.DataLoader(data, batch_size=2, collate_fn=__import__("monai").data.list_data_collate)
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=loader, network=Threshold(),
+        postprocessing=AsDiscreted(keys=["pred", "label"], argmax=[True, False], to_onehot=[2, 2]),
+        key_val_metric={
+            "val_dice": MeanDice(include_background=False, output_transform=from_engine(["pred", "label"]))
+        },
+        val_handlers=[handler],
+    )
+    evaluator.run()
+    assert [p.name for p in handler.written] == ["case0_report.pdf", "case1_report.pdf"]
+    text = " ".join(pdf_text(handler.written[0]).split())
+    assert "val_dice" in text and f"{evaluator.state.metrics['val_dice']:.4f}" in text
+    n_pos = int((label.reshape(-1, 5).sum(0) > 0).sum())
+    assert f"The model found a tumour-like region in {n_pos} of 5 slices" in text
+    assert "Training curves" in text
