@@ -3,5 +3,7 @@
 from medcnn.handlers.classification import ClassificationReportHandler
 from medcnn.handlers.curves import TrainingCurvesHandler
 from medcnn.handlers.metrics_json import MetricsJSONWriter, write_metrics_json
+from medcnn.handlers.report import PDFReportHandler
 
 __all__ = ["ClassificationReportHandler", "TrainingCurvesHandler", "MetricsJSONWriter", "write_metrics_json"]
+__all__ += ["PDFReportHandler"]
