@@ -1,0 +1,246 @@
+"""BraTS-style brain-tumour cases -> 2D axial slice items (FLAIR + T1c channels, slice label, whole-tumour mask).
+
+A BraTS case is a folder (or a datalist entry) with co-registered NIfTI volumes of the same shape
+``(H, W, D)``, axial slices along the last axis:
+
+========== ================================== =====================================================
+key        default file name in a case folder content
+========== ================================== =====================================================
+flair      ``Flair_subtrMeanDivStd.nii.gz``   FLAIR, float
+t1c        ``T1c_subtrMeanDivStd.nii.gz``     T1 post-contrast, float
+label      ``OTMultiClass.nii.gz``            0 background, 1 necrosis, 2 oedema, 3 non-enhancing, 4 enhancing
+brainmask  ``brainmask.nii.gz`` (optional)    brain > 0.5; without it, brain = any channel above its minimum
+========== ================================== =====================================================
+
+Slices are kept when their brain area is at least ``min_brain_fraction`` of the case's largest axial
+brain area (drops the skull-cap slices with a few brain pixels). A slice is tumour-positive (``label`` 1)
+when its whole-tumour area (labels 1-4) is at least ``min_tumour_pixels``; slices with a smaller, non-zero
+tumour area are *ambiguous* (flag ``ambiguous``): a classifier should not be taught that they are tumour-free,
+so :func:`brats_slices` can drop them (``drop_ambiguous=True``) while segmentation keeps them (their mask is
+exact). Splits are by case, never by slice; :func:`split_slices_by_block` carves a validation subset out of
+the training cases in contiguous slice blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = [
+    "BRATS_FILE_NAMES",
+    "BRATS_KEYS",
+    "BRATS_MODALITIES",
+    "BratsDataError",
+    "brats_case_datalist",
+    "load_brats_case",
+    "extract_brats_slices",
+    "brats_slices",
+    "split_slices_by_block",
+    "slice_summary",
+]
+
+logger = logging.getLogger(__name__)
+
+BRATS_MODALITIES: tuple[str, ...] = ("flair", "t1c")
+BRATS_KEYS: tuple[str, ...] = ("flair", "t1c", "label")  # required keys of a datalist entry ("brainmask" optional)
+BRATS_FILE_NAMES: dict[str, str] = {
+    "flair": "Flair_subtrMeanDivStd.nii.gz",
+    "t1c": "T1c_subtrMeanDivStd.nii.gz",
+    "label": "OTMultiClass.nii.gz",
+    "brainmask": "brainmask.nii.gz",
+}
+BRATS_LABELS = (0, 1, 2, 3, 4)
+
+
+class BratsDataError(ValueError):
+    """A BraTS case is unusable: a file is missing/unreadable, shapes differ, or label values are invalid."""
+
+
+def brats_case_datalist(
+    dataset_dir: str | os.PathLike, cases: Sequence[str], file_names: Mapping[str, str] | None = None
+) -> list[dict]:
+    """Datalist entries ``{"case", "flair", "t1c", "label"[, "brainmask"]}`` for case folders under ``dataset_dir``.
+
+    Raises :class:`BratsDataError` naming the missing folder or file. ``brainmask`` is included when present.
+    """
+    names = {**BRATS_FILE_NAMES, **(file_names or {})}
+    root = Path(dataset_dir).expanduser()
+    if isinstance(cases, str):
+        cases = [cases]
+    entries = []
+    for case in cases:
+        folder = root / case
+        if not folder.is_dir():
+            raise BratsDataError(f"{folder}: BraTS case folder not found (dataset_dir={root})")
+        entry: dict = {"case": str(case)}
+        for key in (*BRATS_KEYS, "brainmask"):
+            path = folder / names[key]
+            if path.is_file():
+                entry[key] = str(path)
+            elif key != "brainmask":
+                raise BratsDataError(f"{path}: missing {key} file of BraTS case {case}")
+        entries.append(entry)
+    return entries
+
+
+def _read(path: str | os.PathLike, key: str) -> np.ndarray:
+    path = str(path)
+    if not os.path.isfile(path):
+        raise BratsDataError(f"{path}: missing {key} file")
+    try:
+        data = np.asarray(nib.load(path).dataobj)
+    except Exception as exc:  # nibabel raises several types for corrupt files
+        raise BratsDataError(f"{path}: cannot read {key} as NIfTI ({exc})") from exc
+    data = np.squeeze(data)
+    if data.ndim != 3:
+        raise BratsDataError(f"{path}: {key} must be a 3D volume (H, W, D), got shape {data.shape}")
+    return data
+
+
+def load_brats_case(entry: Mapping, modalities: Sequence[str] = BRATS_MODALITIES) -> dict:
+    """Read one case: ``image`` (C, H, W, D) float32, ``label`` (H, W, D) uint8 in 0-4, ``brainmask`` (H, W, D) bool.
+
+    Raises :class:`BratsDataError` naming the file when a file is missing or unreadable, when a modality,
+    the label or the brain mask has a different shape from the first modality, when an image holds NaN/inf,
+    or when the label has values outside 0-4.
+    """
+    case = str(entry.get("case") or Path(str(entry[modalities[0]])).parent.name)
+    for key in (*modalities, "label"):
+        if key not in entry:
+            raise BratsDataError(f"BraTS case {case}: datalist entry lacks key '{key}'")
+    channels = []
+    ref_shape, ref_path = None, None
+    for key in modalities:
+        img = _read(entry[key], key)
+        if ref_shape is None:
+            ref_shape, ref_path = img.shape, entry[key]
+        elif img.shape != ref_shape:
+            raise BratsDataError(
+                f"{entry[key]}: {key} has shape {img.shape} but {ref_path} has {ref_shape}; modalities must match"
+            )
+        if not np.all(np.isfinite(img)):
+            raise BratsDataError(f"{entry[key]}: {key} contains NaN or infinite values")
+        channels.append(img.astype(np.float32, copy=False))
+    image = np.stack(channels)
+    label = _read(entry["label"], "label")
+    if label.shape != ref_shape:
+        raise BratsDataError(f"{entry['label']}: label has shape {label.shape} but {ref_path} has {ref_shape}")
+    if not np.all(np.isfinite(label)):
+        raise BratsDataError(f"{entry['label']}: label contains NaN or infinite values")
+    values = np.unique(label)
+    bad = [v for v in values.tolist() if v not in BRATS_LABELS]
+    if bad:
+        raise BratsDataError(
+            f"{entry['label']}: label values {bad[:10]} outside the BraTS labels 0-4 "
+            "(0 background, 1 necrosis, 2 oedema, 3 non-enhancing, 4 enhancing)"
+        )
+    if entry.get("brainmask"):
+        mask = _read(entry["brainmask"], "brainmask")
+        if mask.shape != ref_shape:
+            raise BratsDataError(
+                f"{entry['brainmask']}: brainmask has shape {mask.shape} but {ref_path} has {ref_shape}"
+            )
+        brain = mask > 0.5
+    else:  # background outside the brain is each channel's constant minimum in normalised BraTS data
+        brain = np.any(image > image.reshape(len(channels), -1).min(axis=1)[:, None, None, None], axis=0)
+    return {"case": case, "image": image, "label": label.astype(np.uint8), "brainmask": brain}
+
+
+def extract_brats_slices(
+    volume: Mapping,
+    min_brain_fraction: float = 0.1,
+    min_tumour_pixels: int = 50,
+    drop_ambiguous: bool = False,
+    mask_key: str = "mask",
+    class_key: str = "label",
+) -> list[dict]:
+    """Axial slice items of a case loaded by :func:`load_brats_case`.
+
+    Each item: ``image`` (C, H, W) float32, ``<mask_key>`` (1, H, W) uint8 whole tumour (labels 1-4),
+    ``<class_key>`` int (1 when the tumour area >= ``min_tumour_pixels``), ``ambiguous`` (0 < area <
+    ``min_tumour_pixels``), ``case``, ``slice_index``, ``tumour_pixels``, ``brain_pixels``. A classifier uses the
+    defaults (``label`` = slice class); a segmentation bundle passes ``mask_key="label"`` and another ``class_key``.
+    """
+    if mask_key == class_key:
+        raise ValueError(f"mask_key and class_key must differ, both are {mask_key!r}")
+    if not 0.0 <= min_brain_fraction <= 1.0:
+        raise ValueError(f"min_brain_fraction must be in [0, 1], got {min_brain_fraction}")
+    if min_tumour_pixels < 1:
+        raise ValueError(f"min_tumour_pixels must be >= 1, got {min_tumour_pixels}")
+    image, label, brain = volume["image"], volume["label"], volume["brainmask"]
+    brain_area = brain.sum(axis=(0, 1))
+    tumour = label > 0
+    tumour_area = tumour.sum(axis=(0, 1))
+    keep = (brain_area > 0) & (brain_area >= min_brain_fraction * brain_area.max())
+    items = []
+    for z in np.nonzero(keep)[0]:
+        area = int(tumour_area[z])
+        ambiguous = 0 < area < min_tumour_pixels
+        if ambiguous and drop_ambiguous:
+            continue
+        items.append({
+            "image": np.ascontiguousarray(image[..., z]),
+            mask_key: tumour[None, :, :, z].astype(np.uint8),
+            class_key: int(area >= min_tumour_pixels),
+            "ambiguous": bool(ambiguous),
+            "case": volume["case"],
+            "slice_index": int(z),
+            "tumour_pixels": area,
+            "brain_pixels": int(brain_area[z]),
+        })
+    return items
+
+
+def brats_slices(
+    cases: Sequence[Mapping],
+    min_brain_fraction: float = 0.1,
+    min_tumour_pixels: int = 50,
+    drop_ambiguous: bool = False,
+    modalities: Sequence[str] = BRATS_MODALITIES,
+    mask_key: str = "mask",
+    class_key: str = "label",
+) -> list[dict]:
+    """Slice items (see :func:`extract_brats_slices`) of every case entry, in case then slice order."""
+    if isinstance(cases, Mapping):
+        cases = [cases]
+    if not cases:
+        raise BratsDataError("no BraTS cases given")
+    items: list[dict] = []
+    for entry in cases:
+        volume = load_brats_case(entry, modalities)
+        case_items = extract_brats_slices(
+            volume, min_brain_fraction, min_tumour_pixels, drop_ambiguous, mask_key=mask_key, class_key=class_key
+        )
+        logger.info("%s: %s", volume["case"], slice_summary(case_items, class_key))
+        items += case_items
+    return items
+
+
+def split_slices_by_block(
+    items: Sequence[Mapping], block: int = 10, every: int = 4, offset: int = 2, validation: bool = False
+) -> list[dict]:
+    """Training or validation part of ``items``: slices whose ``slice_index // block % every == offset`` validate.
+
+    Contiguous blocks keep neighbouring (nearly identical) slices on the same side, so validation is less
+    optimistic than a random slice split; the test case is never among ``items``.
+    """
+    if block < 1 or every < 2 or not 0 <= offset < every:
+        raise ValueError(f"split_slices_by_block: need block >= 1, every >= 2, 0 <= offset < every; got "
+                         f"{block}, {every}, {offset}")
+    return [dict(i) for i in items if ((i["slice_index"] // block) % every == offset) == validation]
+
+
+def slice_summary(items: Sequence[Mapping], class_key: str = "label") -> dict:
+    """Counts of slices, tumour-positive, negative and ambiguous slices, and the cases covered."""
+    return {
+        "n_slices": len(items),
+        "n_positive": sum(int(i[class_key]) for i in items),
+        "n_negative": sum(1 for i in items if not i[class_key] and not i["ambiguous"]),
+        "n_ambiguous": sum(1 for i in items if i["ambiguous"]),
+        "cases": sorted({i["case"] for i in items}),
+    }

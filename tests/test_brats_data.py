@@ -1,0 +1,164 @@
+"""BraTS slice extraction: labels and masks agree, splits are by case / slice block, bad cases are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medcnn.data import (
+    BRATS_FILE_NAMES,
+    BratsDataError,
+    brats_case_datalist,
+    brats_slices,
+    load_brats_case,
+    split_slices_by_block,
+)
+from medcnn.data.brats import extract_brats_slices, slice_summary
+
+AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _save(path: Path, data: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(data, AFFINE), str(path))
+
+
+def make_brats_case(
+    root: Path, name: str, shape=(40, 40, 12), tumour_slices=range(4, 9), seed: int = 0, brainmask: bool = True
+) -> Path:
+    """Write a small synthetic BraTS-style case: ellipse brain, a bright multi-label 'tumour' on some slices."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    h, w, d = shape
+    yy, xx = np.mgrid[:h, :w]
+    brain2d = ((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.38 * w)) ** 2 <= 1
+    brain = np.repeat(brain2d[..., None], d, axis=2)
+    brain[..., 0] = False  # first slice outside the brain
+    label = np.zeros(shape, np.float32)
+    cy, cx = h // 2 + 3, w // 2 - 4
+    for z in tumour_slices:
+        r = 3 + (z % 3)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        core = (yy - cy) ** 2 + (xx - cx) ** 2 <= max(1, r - 2) ** 2
+        label[..., z][disc] = 2
+        label[..., z][core] = 4
+    if d > 10:
+        label[cy, cx, 10] = 1  # one-pixel tumour: an ambiguous slice
+    flair = np.where(brain, rng.normal(0, 1, shape), -5.0).astype(np.float32)
+    flair[label > 0] += 4.0
+    t1c = np.where(brain, rng.normal(0, 1, shape), -4.0).astype(np.float32)
+    t1c[label == 4] += 3.0
+    _save(folder / BRATS_FILE_NAMES["flair"], flair)
+    _save(folder / BRATS_FILE_NAMES["t1c"], t1c)
+    _save(folder / BRATS_FILE_NAMES["label"], label)
+    if brainmask:
+        _save(folder / BRATS_FILE_NAMES["brainmask"], brain.astype(np.float64))
+    return folder
+
+
+def test_slices_labels_and_masks_agree(tmp_path):
+    make_brats_case(tmp_path, "caseA")
+    entry = brats_case_datalist(tmp_path, ["caseA"])[0]
+    assert set(entry) == {"case", "flair", "t1c", "label", "brainmask"}
+    volume = load_brats_case(entry)
+    assert volume["image"].shape == (2, 40, 40, 12) and volume["label"].dtype == np.uint8
+    items = extract_brats_slices(volume, min_tumour_pixels=5)
+    assert [i["slice_index"] for i in items] == list(range(1, 12))  # slice 0 has no brain
+    for it in items:
+        z = it["slice_index"]
+        assert it["image"].shape == (2, 40, 40) and it["mask"].shape == (1, 40, 40)
+        np.testing.assert_array_equal(it["mask"][0], volume["label"][..., z] > 0)
+        np.testing.assert_array_equal(it["image"], volume["image"][..., z])
+        assert it["tumour_pixels"] == int(it["mask"].sum())
+        assert it["label"] == int(it["tumour_pixels"] >= 5)
+        assert it["ambiguous"] == (0 < it["tumour_pixels"] < 5)
+    assert [i["slice_index"] for i in items if i["label"]] == [4, 5, 6, 7, 8]
+    assert [i["slice_index"] for i in items if i["ambiguous"]] == [10]
+    # a classifier drops the ambiguous slice; a segmentation keeps it with its exact mask under another key
+    kept = brats_slices([entry], min_tumour_pixels=5, drop_ambiguous=True)
+    assert 10 not in [i["slice_index"] for i in kept] and len(kept) == 10
+    seg = brats_slices([entry], min_tumour_pixels=5, mask_key="label", class_key="tumour_present")
+    assert seg[9]["label"].sum() == 1 and seg[9]["tumour_present"] == 0
+    assert slice_summary(items) == {"n_slices": 11, "n_positive": 5, "n_negative": 5, "n_ambiguous": 1,
+                                    "cases": ["caseA"]}
+
+
+def test_brain_fallback_without_mask_and_brain_fraction(tmp_path):
+    make_brats_case(tmp_path, "nomask", brainmask=False)
+    entry = brats_case_datalist(tmp_path, ["nomask"])[0]
+    assert "brainmask" not in entry
+    volume = load_brats_case(entry)
+    assert not volume["brainmask"][..., 0].any() and volume["brainmask"][..., 5].sum() > 500
+    assert len(extract_brats_slices(volume, min_brain_fraction=1.0)) == 11  # all brain slices are equal
+
+
+def test_split_by_case_and_by_slice_block(tmp_path):
+    for i, name in enumerate(["c1", "c2", "c3"]):
+        make_brats_case(tmp_path, name, shape=(32, 32, 40), tumour_slices=range(10, 30), seed=i)
+    train = brats_slices(brats_case_datalist(tmp_path, ["c1", "c2"]))
+    test = brats_slices(brats_case_datalist(tmp_path, ["c3"]))
+    assert {i["case"] for i in train} == {"c1", "c2"} and {i["case"] for i in test} == {"c3"}
+    fit = split_slices_by_block(train, block=5, every=4, offset=2)
+    val = split_slices_by_block(train, block=5, every=4, offset=2, validation=True)
+    key = lambda items: {(i["case"], i["slice_index"]) for i in items}  # noqa: E731
+    assert key(fit).isdisjoint(key(val)) and key(fit) | key(val) == key(train)
+    assert {i["slice_index"] // 5 % 4 for i in val} == {2}
+    assert {i["label"] for i in val} == {0, 1}
+    with pytest.raises(ValueError, match="offset"):
+        split_slices_by_block(train, every=4, offset=4)
+
+
+def test_missing_case_and_file_are_named(tmp_path):
+    with pytest.raises(BratsDataError, match="nothere"):
+        brats_case_datalist(tmp_path, ["nothere"])
+    folder = make_brats_case(tmp_path, "caseB")
+    (folder / BRATS_FILE_NAMES["t1c"]).unlink()
+    with pytest.raises(BratsDataError, match=r"T1c_subtrMeanDivStd\.nii\.gz: missing t1c"):
+        brats_case_datalist(tmp_path, ["caseB"])
+    entry = {"case": "caseB", "flair": str(folder / BRATS_FILE_NAMES["flair"]),
+             "t1c": str(folder / "gone.nii.gz"), "label": str(folder / BRATS_FILE_NAMES["label"])}
+    with pytest.raises(BratsDataError, match=r"gone\.nii\.gz: missing t1c file"):
+        load_brats_case(entry)
+
+
+def test_modality_shape_mismatch_is_named(tmp_path):
+    folder = make_brats_case(tmp_path, "caseC")
+    _save(folder / BRATS_FILE_NAMES["t1c"], np.zeros((40, 38, 12), np.float32))
+    with pytest.raises(BratsDataError, match=r"T1c_subtrMeanDivStd\.nii\.gz: t1c has shape \(40, 38, 12\) but .*Flair"):
+        load_brats_case(brats_case_datalist(tmp_path, ["caseC"])[0])
+    folder = make_brats_case(tmp_path, "caseD")
+    _save(folder / BRATS_FILE_NAMES["label"], np.zeros((40, 40, 11), np.float32))
+    with pytest.raises(BratsDataError, match=r"OTMultiClass\.nii\.gz: label has shape"):
+        load_brats_case(brats_case_datalist(tmp_path, ["caseD"])[0])
+
+
+def test_bad_label_values_and_nan_are_named(tmp_path):
+    folder = make_brats_case(tmp_path, "caseE")
+    label = np.zeros((40, 40, 12), np.float32)
+    label[5, 5, 5] = 7
+    label[6, 6, 6] = 2.5
+    _save(folder / BRATS_FILE_NAMES["label"], label)
+    with pytest.raises(BratsDataError, match=r"OTMultiClass\.nii\.gz: label values \[2\.5, 7\.0\] outside"):
+        load_brats_case(brats_case_datalist(tmp_path, ["caseE"])[0])
+    folder = make_brats_case(tmp_path, "caseF")
+    flair = np.zeros((40, 40, 12), np.float32)
+    flair[1, 1, 1] = np.nan
+    _save(folder / BRATS_FILE_NAMES["flair"], flair)
+    with pytest.raises(BratsDataError, match=r"Flair_subtrMeanDivStd\.nii\.gz: flair contains NaN"):
+        load_brats_case(brats_case_datalist(tmp_path, ["caseF"])[0])
+    (folder / "broken.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(BratsDataError, match=r"broken\.nii\.gz: cannot read flair"):
+        load_brats_case({"case": "x", "flair": str(folder / "broken.nii.gz"), "t1c": "", "label": ""})
+
+
+def test_real_cases_slice_counts(data_dir):
+    root = data_dir("brats2015_deepmedic_subset")
+    items = brats_slices(brats_case_datalist(root, ["brats_2013_pat0004_1"]))
+    summary = slice_summary(items)
+    # SOURCE.md: 73 tumour slices, 130 brain slices; min_brain_fraction 0.1 drops 7 skull-cap slices
+    assert summary == {"n_slices": 123, "n_positive": 69, "n_negative": 50, "n_ambiguous": 4,
+                       "cases": ["brats_2013_pat0004_1"]}
+    assert sum(1 for i in items if i["tumour_pixels"] > 0) == 73
