@@ -64,3 +64,10 @@ def test_mask_written_as_dicom_reloads_on_same_voxels(study, tmp_path):
     back = load_dicom_series(tmp_path / "pred")
     np.testing.assert_allclose(back.affine, d["t1post"].affine, atol=1e-4)
     np.testing.assert_array_equal(back.numpy(), pred.numpy())
+
+
+@pytest.mark.parametrize("case,n_slices", [("PGBM-002", 32), ("PGBM-003", 40), ("PGBM-006", 35)])
+def test_hippocampus_crops_load_as_1mm_volumes(data_dir, case, n_slices):
+    img = load_dicom_series(data_dir("tcia_brain_tumor_progression_dicom") / "hippocrop" / case)
+    assert img.shape[-1] == n_slices and img.shape[1:3] in {(35, 51), (34, 50), (36, 48)}
+    np.testing.assert_allclose(img.pixdim.numpy(), [1.0, 1.0, 1.0], atol=1e-4)
