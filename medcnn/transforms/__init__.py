@@ -1,5 +1,6 @@
 """medcnn transforms: plain MONAI transforms (array + dictionary versions)."""
 
+from medcnn.transforms.coco import CocoAnnotationError, CocoToMask, CocoToMaskd
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
 from medcnn.transforms.validation import CheckImage, CheckImaged, CheckImageLabeld, InvalidInputError
 
@@ -11,3 +12,4 @@ __all__ = [
     "CheckImageLabeld",
     "InvalidInputError",
 ]
+__all__ += ["CocoAnnotationError", "CocoToMask", "CocoToMaskd"]
