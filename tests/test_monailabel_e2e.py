@@ -21,6 +21,7 @@ import email.policy
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -210,9 +211,35 @@ class SlicerLikeClient:
 
 # ------------------------------------------------------------------------------------------------ inputs
 def _hippocampus_case(data_dir) -> tuple[Path, Path]:
+    """A held-out case of the hippocampus bundle's split (first MSD training case when there is no split)."""
     root = Path(data_dir("msd_hippocampus"))
-    entry = json.loads((root / "dataset.json").read_text())["training"][0]
+    split = ROOT / "bundles" / "hippocampus_segmentation" / "configs" / "split.json"
+    if split.is_file():
+        entry = json.loads(split.read_text())["test"][0]
+    else:
+        entry = json.loads((root / "dataset.json").read_text())["training"][0]
     return (root / entry["image"]).resolve(), (root / entry["label"]).resolve()
+
+
+def _brats_4d(data_dir, out: Path) -> tuple[Path, Path]:
+    """A BraTS case as one 4D NIfTI (H, W, D, 2: FLAIR, T1c), the input of the tumour segmentation model."""
+    case = Path(data_dir("brats2015_deepmedic_subset")) / "brats_2013_pat0004_1"
+    flair, t1c = nib.load(case / "Flair_subtrMeanDivStd.nii.gz"), nib.load(case / "T1c_subtrMeanDivStd.nii.gz")
+    arr = np.stack([np.asarray(flair.dataobj), np.asarray(t1c.dataobj)], axis=-1).astype(np.float32)
+    nib.save(nib.Nifti1Image(arr, flair.affine), out)
+    return out, case / "OTMultiClass.nii.gz"
+
+
+def _expected_dimension(folder: Path, meta: dict) -> int:
+    """Dimension MONAI Label reports: the override's ``monailabel.dimension`` or the input's spatial rank."""
+    for f in (folder / "configs" / "monailabel.json",
+              ROOT / "scripts" / "monailabel_app" / "overrides" / f"{folder.name}.json"):
+        if f.is_file():
+            dim = json.loads(f.read_text()).get("monailabel", {}).get("dimension")
+            if dim:
+                return int(dim)
+            break
+    return len(next(iter(meta["network_data_format"]["inputs"].values()))["spatial_shape"])
 
 
 def _moved(src_array: np.ndarray, out: Path, affine: np.ndarray | None = None) -> Path:
@@ -228,27 +255,28 @@ def _slicer_2d_volume(image2d: np.ndarray, out: Path) -> Path:
     return _moved(np.ascontiguousarray(image2d)[..., None], out)
 
 
-def _2d_input(name: str, meta: dict, data_dir, tmp: Path) -> Path | None:
-    """A realistic 2D input for the bundle ``name`` (known bundles) or noise of its declared size (fixtures)."""
+def _2d_inputs(name: str, meta: dict, data_dir, tmp: Path) -> list[tuple[Path, np.ndarray | None]]:
+    """Realistic 2D inputs (with the object mask when known) for the bundle ``name``, or noise of its size."""
     if name == "em_membrane_segmentation":
-        from monai.transforms import LoadImage
+        from medcnn.data.tiff import read_stack
 
-        png = Path(data_dir("isbi2012_em_membranes")) / "train" / "images" / "0.png"
-        return _slicer_2d_volume(np.asarray(LoadImage(image_only=True)(png)).astype(np.uint8), tmp / f"{name}.nii.gz")
+        stack = read_stack(Path(data_dir("isbi2012_em_membranes")) / "train" / "images")  # (N, H, W) as trained
+        return [(_slicer_2d_volume(stack[0], tmp / f"{name}.nii.gz"), None)]
     if name == "pneumonia_classification":
         npz = np.load(Path(data_dir("pneumoniamnist")) / "pneumoniamnist.npz")
-        return _slicer_2d_volume(npz["test_images"][0], tmp / f"{name}.nii.gz")
-    if name == "synthetic_localisation":
+        return [(_slicer_2d_volume(npz["test_images"][0], tmp / f"{name}.nii.gz"), None)]
+    if name == "synthetic_localisation":  # four positive images of a seed the bundle never trains on
         from medcnn.data.synthetic import synthetic_datalist
 
-        item = next(i for i in synthetic_datalist(8, seed=123) if int(np.asarray(i["label"]).ravel()[0]) == 1)
-        return _slicer_2d_volume(np.asarray(item["image"], dtype=np.float32).squeeze(), tmp / f"{name}.nii.gz")
+        items = [i for i in synthetic_datalist(12, seed=4242) if int(np.asarray(i["label"]).ravel()[0]) == 1][:4]
+        return [(_slicer_2d_volume(np.asarray(it["image"], dtype=np.float32).squeeze(), tmp / f"{name}_{k}.nii.gz"),
+                 np.asarray(it["mask"]).squeeze()) for k, it in enumerate(items)]
     inp = next(iter(meta["network_data_format"]["inputs"].values()))
     if int(inp.get("num_channels", 1)) != 1:
-        return None
+        return []
     size = [s if isinstance(s, int) else 64 for s in inp["spatial_shape"]]
     rng = np.random.default_rng(0)
-    return _slicer_2d_volume(rng.normal(size=size[:2]).astype(np.float32), tmp / f"{name}.nii.gz")
+    return [(_slicer_2d_volume(rng.normal(size=size[:2]).astype(np.float32), tmp / f"{name}.nii.gz"), None)]
 
 
 # ---------------------------------------------------------------------------------------------------- server
@@ -264,9 +292,15 @@ def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("monailabel")
     fixtures = make_fixture_bundles(tmp / "fixture_bundles")
     try:
-        repo = launcher.select_bundles(None)
+        found = launcher.select_bundles(None)
     except launcher.LaunchError:
-        repo = []
+        found = []
+    # a snapshot of configs + weights, so that a bundle retrained meanwhile does not change what is served
+    snap = tmp / "repo_bundles"
+    for b in found:
+        for sub in ("configs", "models"):
+            shutil.copytree(b.path / sub, snap / b.name / sub)
+    repo = [launcher.inspect_bundle(snap / b.name) for b in found]
     studies = tmp / "studies"
     studies.mkdir()
     port = _free_port()
@@ -325,13 +359,27 @@ def test_info_lists_every_bundle_with_labels_and_dimension(served):
         assert name in models, f"{name} missing from /info/: {sorted(models)}"
         m = models[name]
         meta = json.loads((Path(folder) / "configs" / "metadata.json").read_text())
-        inp = next(iter(meta["network_data_format"]["inputs"].values()))
         assert m["type"] == "segmentation"
-        assert m["dimension"] == len(inp["spatial_shape"])
+        assert m["dimension"] == _expected_dimension(Path(folder), meta), name
         assert m["labels"] and all(isinstance(v, int) and v > 0 for v in m["labels"].values()), m["labels"]
     assert models["fixture3d_segmentation"]["labels"] == {"anterior": 1, "posterior": 2}
     assert models["fixture2d_localisation"]["labels"] == {"object": 1}
     assert not any(k.startswith("sam") for k in models), "SAM2 (downloads weights) must be off"
+
+
+def test_brats_tumour_3d_upload_and_infer(served, data_dir):
+    name = "brats_tumour_segmentation"
+    if name not in served["repo"]:
+        pytest.skip(f"{name} has no weights yet")
+    client, tmp = served["client"], served["tmp"]
+    upload, truth_file = _brats_4d(data_dir, tmp / "brats_case.nii.gz")
+    client.upload_image(upload, "brats_case")
+    models = client.info()["models"]
+    result, _ = client.infer(name, "brats_case", tmp)
+    arr = _check_label(result, upload, models[name]["labels"], nib.load(upload).shape[:3])
+    truth = np.asarray(nib.load(truth_file).dataobj) > 0
+    dice = 2 * np.sum((arr > 0) & truth) / max(1, np.sum(arr > 0) + np.sum(truth))
+    assert dice > 0.3, f"whole tumour Dice {dice:.2f} with the reference"
 
 
 def test_hippocampus_3d_upload_and_infer(served, data_dir):
@@ -364,19 +412,28 @@ def test_2d_bundles_upload_and_infer(served, data_dir):
         if models[name]["dimension"] != 2:
             continue
         meta = json.loads((Path(folder) / "configs" / "metadata.json").read_text())
-        inp = _2d_input(name, meta, data_dir, tmp)
-        if inp is None:
+        inputs = _2d_inputs(name, meta, data_dir, tmp)
+        if not inputs:
             print(f"{name}: no single-channel 2D input known, not run")
             continue
-        image_id = f"{name}_input"
-        client.upload_image(inp, image_id)
-        result, params = client.infer(name, image_id, tmp)
-        arr = _check_label(result, inp, models[name]["labels"], nib.load(inp).shape)
-        if "probabilities" in str(meta["network_data_format"]["outputs"]):
+        hits = 0
+        for k, (inp, mask) in enumerate(inputs):
+            image_id = f"{name}_input{k}"
+            client.upload_image(inp, image_id)
+            result, params = client.infer(name, image_id, tmp)
+            arr = _check_label(result, inp, models[name]["labels"], nib.load(inp).shape)
+            if "probabilities" not in str(meta["network_data_format"]["outputs"]):
+                continue
             probs = params["class_probabilities"]
             assert abs(sum(probs.values()) - 1) < 1e-4 and params["predicted_class"] in probs
+            positive = params["predicted_class"] == next(iter(models[name]["labels"]))
+            assert positive or not arr.any(), f"{name}: CAM region on an image predicted negative: {params}"
             if name == "fixture2d_localisation":  # biased to the positive class: a non-empty CAM region
-                assert params["predicted_class"] == "object" and arr.any()
+                assert positive and arr.any()
+            if mask is not None:  # on the input's grid the CAM region of a positive image touches the object
+                hits += int(positive and np.sum((arr[..., 0] > 0) & (mask > 0)) > 0)
+        if name == "synthetic_localisation":
+            assert hits >= len(inputs) - 1, f"{name}: only {hits}/{len(inputs)} positive images found and localised"
         ran.append(name)
     assert {"fixture2d_segmentation", "fixture2d_localisation"} <= set(ran)
     repo_2d = [n for n in served["repo"] if models[n]["dimension"] == 2]

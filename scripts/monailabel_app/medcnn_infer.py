@@ -10,10 +10,18 @@
   the bundle's CAM rule, empty when the image is predicted negative. The class probabilities, the predicted class
   and the CAM rule are in the result JSON (``params`` of the response).
 
+Single-image adaptation: MONAI Label gives a task one image file (what Slicer uploads). A bundle whose
+``inference.json`` expects something else (a TIFF stack plus a slice index, two modality files, in-memory arrays)
+is adapted by an override config merged on top of ``inference.json`` (top-level ids replace, as with several
+``--config_file`` of ``monai.bundle``): the bundle's own ``configs/monailabel.json`` when it ships one, else
+``overrides/<bundle name>.json`` of this app. An override may also hold ``"monailabel": {"dimension": 3}``
+(e.g. a 2D network run slice by slice over a volume by its ``SliceInferer``).
+
 The CAM rule is read from the bundle: ``models/cam_rule.json`` (the dict of
-``medcnn.localisation.calibrate_cam``) if present, else top-level ``cam_method`` / ``cam_target_layer`` /
-``cam_threshold`` / ``cam_mode`` / ``cam_largest_component`` / ``cam_class_idx`` ids of ``inference.json``,
-else Grad-CAM on the network's ``cam_target_layer_name`` with threshold 0.5 of the maximum, class 1.
+``medcnn.localisation.calibrate_cam``) if present, else the ``cam`` dict id (``method``, ``target_layer``,
+``threshold``, ``mode``, ``largest_component``, ``class_idx``, as in the bundles' train.json) or top-level
+``cam_method`` / ``cam_threshold`` / ... ids of the (merged) inference config, else Grad-CAM on the network's
+``cam_target_layer_name`` with threshold 0.5 of the maximum, class 1.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, SaveImaged
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -83,6 +92,35 @@ def save_on_input_grid(label: np.ndarray, ref: nib.Nifti1Image, path: str) -> No
     nib.save(out, path)
 
 
+APP_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def override_files(bundle_path: str) -> list[str]:
+    """The MONAI Label override config of a bundle: its own configs/monailabel.json, else the app's."""
+    own = os.path.join(bundle_path, "configs", "monailabel.json")
+    app = os.path.join(APP_DIR, "overrides", f"{os.path.basename(os.path.normpath(bundle_path))}.json")
+    return [f for f in (own, app) if os.path.isfile(f)][:1]
+
+
+class _BundleAdapterMixin:
+    """Reads the override config, reports labels without index 0 (background in a label map) and the dimension."""
+
+    def _load_bundle_config(self, path, config):
+        parser = ConfigParser()
+        files = [config, *override_files(path)]
+        parser.read_config(files)
+        parser.config.update({self.const.key_bundle_root(): path})
+        if len(files) > 1:
+            logger.info("bundle %s: inference config %s merged with %s", os.path.basename(path), config, files[1:])
+        return parser
+
+    def _adapt_info(self) -> None:
+        self.labels = {k: v for k, v in (self.labels or {}).items() if int(v) > 0}
+        ml = self.bundle_config.get("monailabel") or {}
+        if ml.get("dimension"):
+            self.dimension = int(ml["dimension"])
+
+
 class _NiftiGridMixin:
     """Runs the task on NIfTI inputs so that the result is on the input's grid (2D bundles: slice by slice)."""
 
@@ -133,11 +171,13 @@ class _NiftiGridMixin:
         return out, result_json
 
 
-class MedcnnSegmentationTask(_NiftiGridMixin, BundleInferTask):
+class MedcnnSegmentationTask(_NiftiGridMixin, _BundleAdapterMixin, BundleInferTask):
     """A medcnn segmentation bundle as a MONAI Label segmentation model."""
 
     def __init__(self, path: str, conf: dict):
         super().__init__(path, conf, type=InferType.SEGMENTATION, post_filter=[SaveImaged], load_strict=True)
+        if self.valid:
+            self._adapt_info()
 
 
 def _cam_rule(path: str, bundle_config) -> dict:
@@ -149,13 +189,16 @@ def _cam_rule(path: str, bundle_config) -> dict:
         with open(rule_file) as f:
             rule.update({k: v for k, v in json.load(f).items() if k in rule})
     else:
+        cam = bundle_config.get("cam")
+        if isinstance(cam, dict):
+            rule.update({k: bundle_config.get_parsed_content(f"cam#{k}") for k in rule if k in cam})
         for k in rule:
             if bundle_config.get(f"cam_{k}") is not None:
                 rule[k] = bundle_config.get_parsed_content(f"cam_{k}")
     return rule
 
 
-class MedcnnCAMTask(BundleInferTask):
+class MedcnnCAMTask(_BundleAdapterMixin, BundleInferTask):
     """A medcnn classifier bundle served as the thresholded Grad-CAM region of its positive class."""
 
     def __init__(self, path: str, conf: dict):
@@ -168,6 +211,7 @@ class MedcnnCAMTask(BundleInferTask):
         self.rule = _cam_rule(path, self.bundle_config)
         pos = int(self.rule["class_idx"])
         self.positive_name = self.class_names.get(pos, f"class_{pos}")
+        self._adapt_info()
         self.labels = {self.positive_name: 1}
         self.description = (f"{self.description} [3D Slicer: the {self.rule['method']} region of class "
                             f"'{self.positive_name}'; class probabilities in the result JSON]")
