@@ -29,7 +29,8 @@ def phantom(shape=(48, 40, 6)):
     ball = ((x - 30) / 6) ** 2 + ((y - 14) / 6) ** 2 + ((z - 3) / 1.2) ** 2 < 1
     image[ball] += 150
     pred = ball.copy()
-    pred[:, :, 4] = False  # the model misses one slice
+    if shape[2] > 4:
+        pred[:, :, 4] = False  # the model misses one slice
     cam = np.exp(-(((x - 30) / 8) ** 2 + ((y - 14) / 8) ** 2 + ((z - 3) / 2) ** 2))
     return image.astype(np.float32), ball.astype(np.uint8), pred.astype(np.uint8), cam.astype(np.float32)
 
@@ -55,7 +56,7 @@ def test_summary_template():
     assert "AUC 0.97" in text and "not a diagnosis" in text
     assert f"{2 * (pred & label).sum() / (pred.sum() + label.sum()):.2f}" in text  # the case Dice
     empty = render_summary(case_facts(np.zeros((8, 8, 3))))
-    assert "in 0 of 3 slices" in empty
+    assert "The model found no tumour-like region in any of the 3 slices" in empty
     assert render_summary(facts, "$n_positive/$n_slices positive") == f"{n_pos}/6 positive"
     with pytest.raises(ValueError, match="unknown or malformed field"):
         render_summary(facts, "$no_such_field")
@@ -154,3 +155,41 @@ def test_handler_writes_one_report_per_case(tmp_path):
     n_pos = int((label.reshape(-1, 5).sum(0) > 0).sum())
     assert f"The model found a tumour-like region in {n_pos} of 5 slices" in text
     assert "Training curves" in text
+
+
+def test_handler_for_a_classifier_with_cam(tmp_path):
+    """Weakly supervised path: pred = class probabilities, mask from the CAM, reference mask from the batch."""
+    from ignite.engine import Engine
+
+    from medcnn.handlers.report import PDFReportHandler
+
+    image, label, _, _ = phantom((36, 30, 7))
+    image2d, mask2d = torch.from_numpy(image[..., 3])[None], torch.from_numpy(label[..., 3])[None]
+    assert mask2d.sum() > 50
+    batch = [{"image": MetaTensor(image2d, meta={"filename_or_obj": "/data/slice_012.png"}), "mask": mask2d,
+              "label": torch.tensor([1])}]
+
+    def step(engine, b):
+        return [{"image": b[0]["image"], "label": b[0]["label"], "pred": torch.tensor([0.08, 0.92])}]
+
+    calls = []
+
+    def fake_cam(images, class_idx):  # bright pixels = evidence, like a CAM method (B, 1, H, W) in [0, 1]
+        calls.append(class_idx)
+        return images / images.amax()
+
+    handler = PDFReportHandler(tmp_path, label_key="mask", cam_method=fake_cam, cam_threshold=0.9, max_slices=1)
+    engine = Engine(step)
+    handler.attach(engine)
+    engine.run([batch], max_epochs=1)
+    assert calls == [1] and [p.name for p in handler.written] == ["slice_012_report.pdf"]
+    text = " ".join(pdf_text(handler.written[0]).split())
+    assert "The classifier gives a probability of 0.92 that this image shows a tumour-like region" in text
+    assert "found a tumour-like region in this image" in text
+    assert "Dice score, where 1 is perfect agreement) is 1.00" in text  # CAM mask (>= 0.9 max) = bright ball
+    # a classifier output without any CAM is refused with the case named
+    bad = PDFReportHandler(tmp_path / "bad", label_key="mask")
+    engine = Engine(step)
+    bad.attach(engine)
+    with pytest.raises(ValueError, match="slice_012.png.*no CAM"):
+        engine.run([batch], max_epochs=1)

@@ -65,7 +65,15 @@ class PDFReportHandler:
         curves_json: a ``curves.json`` path (``TrainingCurvesHandler``) for the training-curves page.
         threshold: for one-channel predictions/labels (probabilities); multi-channel ones use argmax > 0.
         max_cases: keep at most this many cases (memory bound for slice-wise 2D evaluation); ``None`` = all.
-        output_transform: maps ``engine.state.output`` to the items (default: identity).
+        output_transform: maps ``engine.state.output`` to the items (default: identity). Keys missing from the
+            output items are looked up in ``engine.state.batch`` (e.g. a classifier bundle's ``"mask"``).
+        cam_method: ``callable(images (B, C, *S), class_idx) -> heatmaps (B, 1, *S)`` (a
+            :class:`medcnn.localisation.methods.CAMMethod`), or ``None``.
+        cam_handler: a :class:`medcnn.handlers.cam.CAMDiceHandler` whose CAM method and (calibrated) mask rule
+            are reused; overrides ``cam_method`` / ``cam_threshold`` / ``cam_mode``.
+        cam_threshold, cam_mode, cam_class_idx: rule turning the heatmap into the predicted mask when the
+            prediction is not a mask (classifier bundles: ``pred`` holds class probabilities, reported as the
+            probability of class ``cam_class_idx``).
         class_names, finding_name, template, max_slices: passed to :func:`write_case_report`.
     """
 
@@ -85,6 +93,11 @@ class PDFReportHandler:
         finding_name: str = "tumour-like region",
         template: str | None = None,
         max_slices: int = 6,
+        cam_method: Callable[..., torch.Tensor] | None = None,
+        cam_handler: Any = None,
+        cam_threshold: float = 0.5,
+        cam_mode: str = "fraction",
+        cam_class_idx: int = 1,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.image_key, self.pred_key, self.label_key, self.cam_key = image_key, pred_key, label_key, cam_key
@@ -94,6 +107,8 @@ class PDFReportHandler:
         self.output_transform = output_transform or (lambda x: x)
         self.report_kwargs = {"class_names": tuple(class_names), "finding_name": finding_name,
                               "template": template, "max_slices": max_slices}
+        self.cam_method, self.cam_handler = cam_method, cam_handler
+        self.cam_threshold, self.cam_mode, self.cam_class_idx = cam_threshold, cam_mode, int(cam_class_idx)
         self.cases: list[dict[str, Any]] = []
         self.written: list[Path] = []
         self._skipped = 0
@@ -107,8 +122,22 @@ class PDFReportHandler:
     def _started(self, engine: Engine) -> None:
         self.cases, self.written, self._skipped = [], [], 0
 
+    def _cam_rule(self) -> tuple[Any, float, str, bool, int]:
+        h = self.cam_handler
+        if h is not None:
+            return h.cam, float(h.threshold), str(h.mode), bool(h.largest_component), int(h.class_idx)
+        return self.cam_method, self.cam_threshold, self.cam_mode, False, self.cam_class_idx
+
     def _collect(self, engine: Engine) -> None:
-        for item in _items(self.output_transform(engine.state.output)):
+        items = _items(self.output_transform(engine.state.output))
+        try:
+            batch_items = _items(engine.state.batch) if engine.state.batch is not None else []
+        except ValueError:
+            batch_items = []
+        if len(batch_items) == len(items):
+            items = [{**b, **o} for b, o in zip(batch_items, items, strict=True)]
+        cam_fn, cam_thr, cam_mode, cam_lcc, cam_cls = self._cam_rule()
+        for item in items:
             if self.max_cases is not None and len(self.cases) >= self.max_cases:
                 self._skipped += 1
                 continue
@@ -116,18 +145,37 @@ class PDFReportHandler:
                 if key not in item:
                     raise KeyError(f"PDFReportHandler: engine output has no '{key}' (keys: {sorted(item)})")
             image = item[self.image_key]
+            spatial = torch.as_tensor(image).ndim - 1
             spacing = [float(v) for v in image.pixdim] if hasattr(image, "pixdim") else None
             case = {
                 "name": _case_name(item, self.image_key, len(self.cases)),
                 "image": torch.as_tensor(image).detach().cpu().float()[:1].numpy(),
-                "pred": _to_mask(item[self.pred_key], self.threshold),
                 "spacing": spacing,
                 "source": str(getattr(image, "meta", {}).get("filename_or_obj", "")),
             }
+            pred = torch.as_tensor(item[self.pred_key]).detach().cpu().float()
+            if pred.ndim > spatial:  # a (C, *spatial) segmentation output
+                case["pred"] = _to_mask(pred, self.threshold)
+            else:  # class scores of a classifier
+                case["probability"] = float(pred.reshape(-1)[min(cam_cls, pred.numel() - 1)])
             if self.label_key and self.label_key in item:
-                case["label"] = _to_mask(item[self.label_key], self.threshold)
+                label = torch.as_tensor(item[self.label_key])
+                if label.ndim > spatial:
+                    case["label"] = _to_mask(label, self.threshold)
             if self.cam_key and self.cam_key in item:
                 case["cam"] = torch.as_tensor(item[self.cam_key]).detach().cpu().float()[:1].numpy()
+            elif cam_fn is not None:
+                heat = cam_fn(torch.as_tensor(image)[None].float(), cam_cls)
+                case["cam"] = torch.as_tensor(heat).detach().cpu().float().reshape(1, *image.shape[1:]).numpy()
+            if "pred" not in case:
+                if "cam" not in case:
+                    raise ValueError(
+                        f"PDFReportHandler: '{self.pred_key}' of {case['source'] or case['name']} is not a mask "
+                        f"(shape {tuple(pred.shape)}) and no CAM is available to derive one"
+                    )
+                from medcnn.localisation.masks import cam_to_mask
+
+                case["pred"] = cam_to_mask(torch.from_numpy(case["cam"]), cam_thr, cam_mode, cam_lcc).numpy()
             self.cases.append(case)
 
     def _write(self, engine: Engine) -> None:
@@ -150,7 +198,7 @@ class PDFReportHandler:
             path = write_case_report(
                 self.output_dir / f"{name}_report.pdf", case["image"], case["pred"], cam=case.get("cam"),
                 label=case.get("label"), metrics=metrics, curves=curves, case_id=name, spacing=case["spacing"],
-                sources={"image": case["source"]}, **self.report_kwargs,
+                sources={"image": case["source"]}, probability=case.get("probability"), **self.report_kwargs,
             )
             self.written.append(path)
         if self._skipped:

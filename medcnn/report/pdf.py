@@ -129,6 +129,7 @@ def write_case_report(
     sources: Mapping[str, str] | None = None,
     transpose: bool = True,
     font_type: int = 3,
+    probability: float | None = None,
 ) -> Path:
     """Write the PDF report of one case and return its path.
 
@@ -144,6 +145,7 @@ def write_case_report(
         sources: names shown in the header, e.g. ``{"image": path, "prediction": path}``.
         transpose: show ``array[:, :, k].T`` (MONAI x-first arrays appear rows-down, as in a DICOM viewer).
         font_type: 3 (matplotlib default, fast) or 42 (TrueType).
+        probability: a classifier's probability that the finding is present (weakly supervised bundles).
     """
     output_path = Path(output_path)
     if output_path.suffix.lower() != ".pdf":
@@ -165,7 +167,7 @@ def write_case_report(
     case_id = case_id or output_path.stem
 
     facts = case_facts(mask, spacing, label=ref, cam=heat, metrics=metrics_d, case_id=case_id,
-                       finding_name=finding_name)
+                       finding_name=finding_name, probability=probability)
     summary = render_summary(facts, template)
 
     case_metrics: dict[str, Any] = {}
@@ -179,6 +181,8 @@ def write_case_report(
         matrices.append((cm_arr, "this case: pixel confusion matrix"))
     if isinstance(metrics_d.get("confusion_matrix"), list):
         matrices.append((np.asarray(metrics_d["confusion_matrix"], dtype=float), "evaluation set: confusion matrix"))
+    if probability is not None:
+        case_metrics["classifier probability"] = float(probability)
     case_metrics["predicted slices"] = f"{facts['n_positive']} of {facts['n_slices']}"
     case_metrics["predicted volume"] = facts["volume"]
 
@@ -234,6 +238,8 @@ def write_case_report(
             ncol = 2 if len(idx) > 1 else 1
             nrow = int(np.ceil(len(idx) / ncol))
             fig, axes = plt.subplots(nrow, ncol, figsize=A4, squeeze=False)
+            if len(idx) == 1:  # one image: centred, not the full page width
+                axes[0, 0].set_position((0.15, 0.35, 0.7, 0.5))
             lo, hi = _window(img)
             for ax, k in zip(axes.ravel(), idx, strict=False):
                 def view(a, k=k):
@@ -250,15 +256,18 @@ def write_case_report(
                 if ref is not None and (view(ref) > 0).any():
                     ax.contour(view(ref) > 0, levels=[0.5], colors="yellow", linewidths=1.0, linestyles="--")
                 area = int((mask[:, :, k] > 0).sum())
-                ax.set_title(f"slice {k + 1} of {img.shape[-1]}: predicted {area} px", fontsize=9)
+                where = f"slice {k + 1} of {img.shape[-1]}: " if img.shape[-1] > 1 else ""
+                ax.set_title(f"{where}predicted region {area} px", fontsize=9)
                 ax.axis("off")
             for ax in axes.ravel()[len(idx):]:
                 ax.axis("off")
             legend = "green outline: predicted region"
             legend += "; yellow dashed: reference" if ref is not None else ""
             legend += "; colour overlay: Grad-CAM attention (red = strongest)" if heat is not None else ""
-            fig.suptitle(f"{case_id}: slices with the largest predicted region\n{legend}", fontsize=10)
-            fig.tight_layout(rect=(0, 0, 1, 0.95))
+            what = "slices with the largest predicted region" if img.shape[-1] > 1 else "image and predicted region"
+            fig.suptitle(f"{case_id}: {what}\n{legend}", fontsize=10)
+            if len(idx) > 1:
+                fig.tight_layout(rect=(0, 0, 1, 0.95))
             pdf.savefig(fig)
             plt.close(fig)
 

@@ -22,14 +22,15 @@ DISCLAIMER = (
 )
 
 SUMMARY_TEMPLATE = Template(
-    "The model found a $finding_name in $n_positive of $n_slices $slice_word$slice_range. "
+    "${classifier_sentence}"
+    "The model found $finding_phrase. "
     "$extent_sentence$reference_sentence$cam_sentence$evaluation_sentence$disclaimer"
 )
 
 SUMMARY_FIELDS = (
-    "case_id", "finding_name", "n_positive", "n_slices", "slice_word", "slice_range", "largest_slice",
+    "case_id", "finding_name", "finding_phrase", "n_positive", "n_slices", "slice_word", "slice_range", "largest_slice",
     "largest_area", "volume", "extent_sentence", "dice", "reference_sentence", "cam_sentence",
-    "evaluation_sentence", "disclaimer",
+    "evaluation_sentence", "disclaimer", "probability", "classifier_sentence",
 )
 
 # metrics.json keys worth a sentence, in order, with plain names
@@ -63,10 +64,12 @@ def case_facts(
     metrics: Mapping[str, Any] | None = None,
     case_id: str = "case",
     finding_name: str = "tumour-like region",
+    probability: float | None = None,
 ) -> dict[str, Any]:
     """Template fields for one case. ``mask``/``label``/``cam``: ``(X, Y[, Z])`` arrays, slices on the last axis.
 
     ``spacing`` (mm per voxel) turns areas and volumes into cm² and mL; without it they are in pixels/voxels.
+    ``probability``: a classifier's probability that the finding is present (weakly supervised path).
     """
     m = _as_volume(mask, "mask") > 0
     n_slices = m.shape[-1]
@@ -78,6 +81,11 @@ def case_facts(
     }
     if n_slices == 1:  # a 2D image: "found ... in 1 of 1 slice" reads oddly, say "image"
         facts["slice_word"] = "image"
+    facts["probability"] = _fmt(probability) if probability is not None else "n/a"
+    facts["classifier_sentence"] = (
+        f"The classifier gives a probability of {facts['probability']} that this "
+        f"{'image' if n_slices == 1 else 'volume'} shows a {finding_name}. " if probability is not None else ""
+    )
     sp = [float(s) for s in spacing] if spacing is not None else None
     if positive.size:
         k = int(np.argmax(areas))
@@ -102,6 +110,12 @@ def case_facts(
         )
     else:
         facts.update(slice_range="", largest_slice="n/a", largest_area="0", volume="0", extent_sentence="")
+    if n_slices == 1:
+        facts["finding_phrase"] = f"{'a' if positive.size else 'no'} {finding_name} in this image"
+    elif positive.size:
+        facts["finding_phrase"] = f"a {finding_name} in {positive.size} of {n_slices} slices{facts['slice_range']}"
+    else:
+        facts["finding_phrase"] = f"no {finding_name} in any of the {n_slices} slices"
     facts["dice"] = "n/a"
     facts["reference_sentence"] = ""
     if label is not None:
