@@ -24,7 +24,7 @@ def test_recipe_layers_and_init():
     assert sum(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)) for m in net.modules()) == 6
     # Kaiming normal (fan_in, ReLU): std = sqrt(2 / fan_in)
     w = net.features.block3.conv.weight
-    assert w.std().item() == pytest.approx((2 / (32 * 9)) ** 0.5, rel=0.1)
+    assert w.std().item() == pytest.approx((2 / (16 * 9)) ** 0.5, rel=0.1)
     assert net.cam_target_layer_name == "features.block5"
     assert "features.block5" in net.cam_layer_names()
 

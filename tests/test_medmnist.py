@@ -38,7 +38,12 @@ def test_reads_split_as_monai_items(tmp_path):
     raw = np.load(f)["train_images"][3]
     assert torch.allclose(img[0], torch.from_numpy(raw / 255.0).float())
     assert img.meta["filename_or_obj"].endswith("set.npz:train_images[3]")
-    assert len(medmnist_datalist(f, "train", limit=2)) == 2
+    assert items[3]["id"] == "train_00003"
+    # limit keeps evenly spaced images, so a file sorted by class keeps both classes
+    sorted_file = _npz(tmp_path / "sorted.npz", n=10, labels=[1] * 8 + [0] * 2)
+    subset = medmnist_datalist(sorted_file, "train", limit=3)
+    assert [it["id"] for it in subset] == ["train_00000", "train_00004", "train_00009"]
+    assert {it["label"] for it in subset} == {0, 1}
 
 
 def test_colour_images_are_channel_first(tmp_path):

@@ -133,42 +133,57 @@ def medmnist_datalist(
     class_names: Sequence[str] | None = None,
     limit: int | None = None,
 ) -> list[dict]:
-    """MONAI-style items ``{"image": MetaTensor (C, H, W) float32 in [0, 1], "label": int}`` of one split.
+    """MONAI-style items ``{"image": MetaTensor (C, H, W) float32 in [0, 1], "label": int, "id": str}`` of one split.
 
-    ``limit`` keeps the first ``limit`` images (tiny runs in tests). Validation as in :func:`load_medmnist_split`.
+    ``id`` is ``"<split>_<index>"``. ``limit`` keeps ``limit`` images evenly spaced over the split (tiny runs in
+    tests; files sorted by class, like the PneumoniaMNIST train split, keep their class mix). Validation as in
+    :func:`load_medmnist_split`.
     """
     images, labels = load_medmnist_split(path, split, n_classes, class_names)
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
+    index = np.arange(len(labels))
+    if limit is not None and limit < len(labels):
+        if limit < 1:
+            raise MedMNISTError(f"MedMNIST file {path}: limit must be >= 1, got {limit}")
+        index = np.unique(np.linspace(0, len(labels) - 1, int(limit)).round().astype(int))
     name = str(Path(path).expanduser().resolve())
     return [
         {
             "image": MetaTensor(
-                torch.from_numpy(_to_channel_first(img)), meta={"filename_or_obj": f"{name}:{split}_images[{i}]"}
+                torch.from_numpy(_to_channel_first(images[i])), meta={"filename_or_obj": f"{name}:{split}_images[{i}]"}
             ),
-            "label": int(lbl),
+            "label": int(labels[i]),
+            "id": f"{split}_{i:05d}",
         }
-        for i, (img, lbl) in enumerate(zip(images, labels, strict=True))
+        for i in index
     ]
 
 
 def png_datalist(
-    entries: Sequence[dict], n_classes: int | None = None, source: str = "datalist", grey: bool = True
+    entries: Sequence[dict],
+    n_classes: int | None = None,
+    source: str = "datalist",
+    grey: bool = True,
+    require_label: bool = True,
 ) -> list[dict]:
     """Read ``{"image": png/jpg path, "label": int}`` entries into items like :func:`medmnist_datalist`.
 
     Images are read with Pillow as grey level (``grey=True``; colour images are converted) or RGB, 8-bit scaled to
-    ``[0, 1]``. Labels must be integers in ``[0, n_classes)``; errors name ``source`` and the entry.
+    ``[0, 1]``. Labels must be integers in ``[0, n_classes)`` (optional with ``require_label=False``, for
+    inference); errors name ``source`` and the entry.
     """
     from PIL import Image
 
     out = []
     for i, entry in enumerate(entries):
         fname = entry["image"]
-        label = entry["label"]
-        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+        label = entry.get("label")
+        if label is None and require_label:
+            raise MedMNISTError(f"{source}: entry {i} ({fname}) has no 'label'")
+        if label is None:
+            pass
+        elif isinstance(label, bool) or not isinstance(label, (int, np.integer)):
             raise MedMNISTError(f"{source}: entry {i} ({fname}) label must be an integer class index, got {label!r}")
-        if n_classes is not None and not 0 <= int(label) < n_classes:
+        elif n_classes is not None and not 0 <= int(label) < n_classes:
             raise MedMNISTError(
                 f"{source}: entry {i} ({fname}) label {label} is outside the declared classes 0..{n_classes - 1}"
             )
@@ -177,12 +192,13 @@ def png_datalist(
                 arr = np.asarray(im.convert("L" if grey else "RGB"))
         except OSError as exc:
             raise MedMNISTError(f"{source}: entry {i}: cannot read image {fname} ({exc})") from exc
-        out.append(
-            {
-                "image": MetaTensor(torch.from_numpy(_to_channel_first(arr)), meta={"filename_or_obj": str(fname)}),
-                "label": int(label),
-            }
-        )
+        item = {
+            "image": MetaTensor(torch.from_numpy(_to_channel_first(arr)), meta={"filename_or_obj": str(fname)}),
+            "id": Path(fname).stem,
+        }
+        if label is not None:
+            item["label"] = int(label)
+        out.append(item)
     return out
 
 
@@ -191,12 +207,14 @@ def classification_datalist(
     split: str = "test",
     n_classes: int | None = None,
     class_names: Sequence[str] | None = None,
+    require_label: bool = True,
 ) -> list[dict]:
     """Items for ``--eval_datalist``: a MedMNIST-style ``.npz`` (split ``split``), or a JSON file.
 
     The JSON is either a pointer ``{"npz": "<file.npz>", "split": "<split>"}`` (``split`` optional, default
-    ``split``), or a plain list / MSD-style ``{"training": [...]}`` list of ``{"image": "<png>", "label": <int>}``.
-    Relative paths resolve against the JSON file's folder. Errors name the file and the problem.
+    ``split``), or a plain list / MSD-style ``{"training": [...]}`` list of ``{"image": "<png>", "label": <int>}``
+    (``label`` optional with ``require_label=False``, for inference). Relative paths resolve against the JSON
+    file's folder. Errors name the file and the problem.
     """
     path = Path(path).expanduser()
     if path.suffix == ".npz":
@@ -213,8 +231,9 @@ def classification_datalist(
         logger.info("datalist %s points at %s split %s", path, npz, content.get("split", split))
         return medmnist_datalist(npz, content.get("split", split), n_classes, class_names)
     n_classes = _n_classes(n_classes, class_names, f"datalist {path}")
-    entries = load_datalist(path, keys=("image", "label"), path_keys=("image",))
-    return png_datalist(entries, n_classes, source=f"datalist {path}")
+    keys = ("image", "label") if require_label else ("image",)
+    entries = load_datalist(path, keys=keys, path_keys=("image",))
+    return png_datalist(entries, n_classes, source=f"datalist {path}", require_label=require_label)
 
 
 def class_weights(labels: Sequence[int] | np.ndarray, n_classes: int | None = None) -> torch.Tensor:
