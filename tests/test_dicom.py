@@ -21,6 +21,7 @@ from medcnn.data.dicom import (
     load_dicom_series,
     read_dicom_series,
     save_like,
+    write_dicom_seg,
     write_dicom_series_like,
 )
 from medcnn.transforms.validation import InvalidInputError
@@ -224,3 +225,23 @@ def test_write_back_nifti_and_dicom(tmp_path):
     assert pydicom.dcmread(written[0]).SeriesInstanceUID != src_uid
     with pytest.raises(ValueError, match="overwrite"):
         write_dicom_series_like(pred, tmp_path / "s", tmp_path / "s")
+
+
+def test_dicom_seg_round_trip_through_monai(tmp_path):
+    from monai.data import PydicomReader
+
+    make_series(tmp_path / "s")
+    img = load_dicom_series(tmp_path / "s")
+    labels = torch.zeros_like(img, dtype=torch.uint8)
+    labels[0, 2:6, 3:8, 1:4] = 1
+    labels[0, 6:9, 8:11, 3:5] = 2
+    path = write_dicom_seg(labels, tmp_path / "s", tmp_path / "seg" / "pred.dcm", segment_labels=["core", "edema"])
+    ds = pydicom.dcmread(path)
+    assert ds.Modality == "SEG" and ds.NumberOfFrames == 12 and len(ds.SegmentSequence) == 2
+    seg = LoadImage(reader=PydicomReader(), image_only=True, ensure_channel_first=True)(str(path))
+    assert seg.shape == (2, 10, 12, 6)
+    np.testing.assert_allclose(seg.affine, img.affine, atol=1e-4)  # lands on the input grid
+    for k in (1, 2):
+        np.testing.assert_array_equal(seg[k - 1].numpy(), (labels[0] == k).numpy())
+    with pytest.raises(ValueError, match="segment_labels"):
+        write_dicom_seg(labels, tmp_path / "s", tmp_path / "x.dcm", segment_labels=["core"])

@@ -8,7 +8,7 @@ import torch
 from monai.data import PydicomReader
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, ResampleToMatchd
 
-from medcnn.data.dicom import LoadDicomSeriesd, load_dicom_series, write_dicom_series_like
+from medcnn.data.dicom import LoadDicomSeriesd, load_dicom_series, write_dicom_seg, write_dicom_series_like
 
 pytestmark = pytest.mark.realdata
 
@@ -64,6 +64,11 @@ def test_mask_written_as_dicom_reloads_on_same_voxels(study, tmp_path):
     back = load_dicom_series(tmp_path / "pred")
     np.testing.assert_allclose(back.affine, d["t1post"].affine, atol=1e-4)
     np.testing.assert_array_equal(back.numpy(), pred.numpy())
+    # and as a DICOM SEG object, read back by MONAI's own PydicomReader
+    seg_path = write_dicom_seg(pred, root / "T1post", tmp_path / "seg.dcm")
+    seg = LoadImage(reader=PydicomReader(), image_only=True, ensure_channel_first=True)(str(seg_path))
+    np.testing.assert_allclose(seg.affine, d["t1post"].affine, atol=1e-4)
+    np.testing.assert_array_equal(seg.numpy(), pred.numpy())
 
 
 @pytest.mark.parametrize("case,n_slices", [("PGBM-002", 32), ("PGBM-003", 40), ("PGBM-006", 35)])

@@ -19,6 +19,7 @@ from medcnn.data.dicom import (
     load_dicom_series,
     read_dicom_series,
     save_like,
+    write_dicom_seg,
     write_dicom_series_like,
 )
 from medcnn.data.tiff import StackReadError, TiffStackReader, expand_stack_datalist, read_stack, write_tiff_stack
@@ -32,5 +33,5 @@ __all__ += ["StackReadError", "TiffStackReader", "expand_stack_datalist", "read_
 __all__ += ["CocoFormatError", "coco_categories", "load_coco_datalist", "masks_to_coco"]
 __all__ += [
     "DicomSeriesError", "DicomSeriesReader", "LoadDicomSeries", "LoadDicomSeriesd", "load_dicom_series",
-    "read_dicom_series", "save_like", "write_dicom_series_like",
+    "read_dicom_series", "save_like", "write_dicom_seg", "write_dicom_series_like",
 ]

@@ -16,7 +16,8 @@ and cannot be told to fail on gaps, so it is not used here.
 
 Use :func:`load_dicom_series` for one folder, :class:`LoadDicomSeriesd` in a dictionary pipeline (errors reach the
 caller unwrapped; ``LoadImaged(reader=DicomSeriesReader())`` also works but wraps errors into a RuntimeError), and
-:func:`save_like` / :func:`write_dicom_series_like` to write a prediction back with the input geometry.
+:func:`save_like` (NIfTI), :func:`write_dicom_series_like` (a derived image series) or :func:`write_dicom_seg`
+(a binary DICOM SEG object) to write a prediction back with the input geometry.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "load_dicom_series",
     "save_like",
     "write_dicom_series_like",
+    "write_dicom_seg",
 ]
 
 logger = logging.getLogger(__name__)
@@ -416,3 +418,140 @@ def write_dicom_series_like(
         written.append(path)
     logger.info("wrote %d DICOM slices to %s", len(written), output_folder)
     return written
+
+
+# (code value, coding scheme, meaning) for SegmentedPropertyCategory / Type, SNOMED CT as in DICOM CID 7150/7151
+_SEG_CATEGORY = ("49755003", "SCT", "Morphologically Altered Structure")
+_SEG_TYPE = ("108369006", "SCT", "Neoplasm")
+
+
+def _code(value: str, scheme: str, meaning: str) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def write_dicom_seg(
+    mask: torch.Tensor | np.ndarray,
+    reference_folder: str | os.PathLike,
+    output_path: str | os.PathLike,
+    segment_labels: Sequence[str] = ("tumour",),
+    series_description: str = "medcnn segmentation",
+    algorithm_name: str = "medcnn",
+    series_number: int = 9902,
+) -> Path:
+    """Write a label mask ``(1, W, H, N)`` / ``(W, H, N)`` (values 0..K) as one binary DICOM SEG object.
+
+    Segment ``k`` (label value ``k``, named ``segment_labels[k-1]``) gets one frame per reference slice, in
+    slice order, with the reference's orientation, positions, pixel spacing, patient, study and frame of reference,
+    so viewers (3D Slicer, OHIF) and MONAI's ``PydicomReader`` place it on the input grid. Written by hand with
+    pydicom (no highdicom dependency): category "Morphologically Altered Structure", type "Neoplasm" (SNOMED CT).
+    """
+    series = read_dicom_series(reference_folder)
+    arr = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+    if arr.ndim == 4:
+        if arr.shape[0] != 1:
+            raise ValueError(f"mask for {reference_folder}: one channel of label values expected, got {arr.shape}")
+        arr = arr[0]
+    src0 = series.datasets[0]
+    rows, cols, n = int(src0.Rows), int(src0.Columns), len(series.datasets)
+    if arr.shape != (cols, rows, n):
+        raise ValueError(
+            f"mask for {reference_folder}: shape {arr.shape} does not match the series ({cols}, {rows}, {n})"
+        )
+    labels = [int(v) for v in np.unique(arr) if v != 0]
+    if any(v < 0 or v > len(segment_labels) for v in labels):
+        raise ValueError(f"mask for {reference_folder}: label values {labels} need names in segment_labels")
+    output_path = Path(output_path)
+    if output_path.suffix.lower() != ".dcm":
+        raise ValueError(f"output {output_path}: use a .dcm file name")
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.SegmentationStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    for tag in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+                "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID"):
+        if tag in src0:
+            setattr(ds, tag, src0.data_element(tag).value)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "SEG", generate_uid(), series_number, 1
+    ds.SeriesDescription, ds.ContentLabel, ds.ContentDescription = series_description, "SEGMENTATION", algorithm_name
+    ds.ContentCreatorName = algorithm_name
+    ds.Manufacturer, ds.ManufacturerModelName, ds.SoftwareVersions = "medcnn", "medcnn", "0.1.0"
+    ds.DeviceSerialNumber = "0"
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.SegmentationType = "BINARY"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    ds.LossyImageCompression = "00"
+    ds.PositionReferenceIndicator = ""
+
+    segments = []
+    for k in range(1, len(segment_labels) + 1):
+        seg = pydicom.Dataset()
+        seg.SegmentNumber, seg.SegmentLabel = k, str(segment_labels[k - 1])
+        seg.SegmentAlgorithmType, seg.SegmentAlgorithmName = "AUTOMATIC", algorithm_name
+        seg.SegmentedPropertyCategoryCodeSequence = [_code(*_SEG_CATEGORY)]
+        seg.SegmentedPropertyTypeCodeSequence = [_code(*_SEG_TYPE)]
+        segments.append(seg)
+    ds.SegmentSequence = segments
+
+    dim_org_uid = generate_uid()
+    org = pydicom.Dataset()
+    org.DimensionOrganizationUID = dim_org_uid
+    ds.DimensionOrganizationSequence = [org]
+    idx_seg, idx_pos = pydicom.Dataset(), pydicom.Dataset()
+    idx_seg.DimensionOrganizationUID = idx_pos.DimensionOrganizationUID = dim_org_uid
+    idx_seg.DimensionIndexPointer = pydicom.tag.Tag(0x0062, 0x000B)  # ReferencedSegmentNumber
+    idx_seg.FunctionalGroupPointer = pydicom.tag.Tag(0x0062, 0x000A)  # SegmentIdentificationSequence
+    idx_pos.DimensionIndexPointer = pydicom.tag.Tag(0x0020, 0x0032)  # ImagePositionPatient
+    idx_pos.FunctionalGroupPointer = pydicom.tag.Tag(0x0020, 0x9113)  # PlanePositionSequence
+    ds.DimensionIndexSequence = [idx_seg, idx_pos]
+
+    shared = pydicom.Dataset()
+    orient, measures = pydicom.Dataset(), pydicom.Dataset()
+    orient.ImageOrientationPatient = list(src0.ImageOrientationPatient)
+    measures.PixelSpacing = list(src0.PixelSpacing)
+    measures.SliceThickness = src0.get("SliceThickness", series.slice_spacing)
+    measures.SpacingBetweenSlices = f"{series.slice_spacing:.6g}"
+    shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = [orient], [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+
+    ref_series = pydicom.Dataset()
+    ref_series.SeriesInstanceUID = src0.SeriesInstanceUID
+    ref_series.ReferencedInstanceSequence = []
+    for src in series.datasets:
+        ref = pydicom.Dataset()
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = src.SOPClassUID, src.SOPInstanceUID
+        ref_series.ReferencedInstanceSequence.append(ref)
+    ds.ReferencedSeriesSequence = [ref_series]
+
+    frames, per_frame = [], []
+    for k in range(1, len(segment_labels) + 1):
+        for z, src in enumerate(series.datasets):
+            frames.append((arr[:, :, z].T == k).astype(np.uint8))  # (W, H) -> (Rows, Columns)
+            item, content, pos, ident, deriv = (pydicom.Dataset() for _ in range(5))
+            content.DimensionIndexValues = [k, z + 1]
+            pos.ImagePositionPatient = list(src.ImagePositionPatient)
+            ident.ReferencedSegmentNumber = k
+            src_img = pydicom.Dataset()
+            src_img.ReferencedSOPClassUID, src_img.ReferencedSOPInstanceUID = src.SOPClassUID, src.SOPInstanceUID
+            purpose = _code("121322", "DCM", "Source image for image processing operation")
+            src_img.PurposeOfReferenceCodeSequence = [purpose]
+            deriv.SourceImageSequence = [src_img]
+            deriv.DerivationCodeSequence = [_code("113076", "DCM", "Segmentation")]
+            item.FrameContentSequence, item.PlanePositionSequence = [content], [pos]
+            item.SegmentIdentificationSequence, item.DerivationImageSequence = [ident], [deriv]
+            per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    ds.NumberOfFrames = len(frames)
+    bits = np.packbits(np.stack(frames).ravel(), bitorder="little")
+    ds.PixelData = bits.tobytes() + (b"\0" if bits.size % 2 else b"")
+    ds.save_as(output_path, enforce_file_format=True)
+    logger.info("wrote DICOM SEG with %d segment(s), %d frames to %s", len(segment_labels), len(frames), output_path)
+    return output_path
