@@ -1,0 +1,222 @@
+"""Ignite pieces for segmentation evaluators: a pixel-confusion metric and per-item error-overlay figures."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Metric
+from monai.data import MetaTensor
+from monai.handlers.utils import from_engine
+
+from medcnn.handlers.metrics_json import write_metrics_json
+from medcnn.metrics.segmentation import adapted_rand_error_2d, pixel_confusion_matrix, segmentation_report
+from medcnn.report.plots import plot_confusion_matrix, save_error_overlay
+
+__all__ = ["PixelConfusionMetric", "SegmentationFiguresHandler", "StackPredictionWriter", "as_class_map"]
+
+logger = logging.getLogger(__name__)
+
+
+def as_class_map(x) -> np.ndarray:
+    """Class-index map ``(*spatial)`` from an index map ``(1, *spatial)`` or one-hot/probabilities ``(C, *spatial)``."""
+    x = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    x = x.argmax(0) if x.shape[0] > 1 else x[0]
+    return x.numpy().astype(np.int64)
+
+
+class PixelConfusionMetric(Metric):
+    """Accumulate a ``(C, C)`` pixel confusion matrix over an evaluation and publish a segmentation report.
+
+    Each update takes ``(pred, label)`` as batches ``(B, C, *spatial)`` or lists of items ``(C, *spatial)``
+    (MONAI's decollated output; Ignite passes it item by item with a batch dimension of 1), where ``C`` = 1
+    means class-index maps and ``C`` > 1 one-hot or probabilities. ``compute`` returns the flat
+    :func:`medcnn.metrics.segmentation.segmentation_report` (``pixel_accuracy``, ``<class>_dice`` ...,
+    ``confusion_matrix``, ``confusion_matrix_normalised``) plus the item count ``count_name``; Ignite puts each key into
+    ``engine.state.metrics``. With ``boundary_class`` set, 2D items also get the ISBI adapted Rand error of
+    the regions enclosed by that class (mean over items: ``adapted_rand_error``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        boundary_class: int | None = None,
+        output_transform: Callable = from_engine(["pred", "label"]),
+        count_name: str = "n_items",
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.num_classes = int(num_classes)
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
+        self.boundary_class = boundary_class
+        self.count_name = count_name
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._cm = np.zeros((self.num_classes, self.num_classes), np.int64)
+        self._rand: list[float] = []
+        self._n = 0
+
+    def update(self, output) -> None:
+        preds, labels = output  # Ignite hands over batched tensors (B, C, *spatial); lists are per item
+        for p, y in zip(preds, labels, strict=True):
+            p_map, y_map = as_class_map(p), as_class_map(y)
+            self._cm += pixel_confusion_matrix(y_map, p_map, self.num_classes)
+            if self.boundary_class is not None and y_map.ndim == 2:
+                err, _, _ = adapted_rand_error_2d(y_map == self.boundary_class, p_map == self.boundary_class)
+                self._rand.append(err)
+            self._n += 1
+
+    def compute(self) -> dict:
+        if self._n == 0:
+            raise RuntimeError("PixelConfusionMetric needs at least one update before compute")
+        report = segmentation_report(self._cm, self.class_names)
+        if self.boundary_class is not None:
+            valid = [r for r in self._rand if not math.isnan(r)]
+            report["adapted_rand_error"] = float(np.mean(valid)) if valid else math.nan
+        report[self.count_name] = self._n
+        return report
+
+
+def _item_name(img, index: int) -> str:
+    name = f"item{index:04d}"
+    if isinstance(img, MetaTensor):
+        src = img.meta.get("filename_or_obj")
+        if src:
+            name = Path(str(src)).name.split(".")[0]
+        if "slice_index" in img.meta:
+            name += f"_slice{int(img.meta['slice_index']):03d}"
+    return name
+
+
+class SegmentationFiguresHandler:
+    """Write per-item error overlays (wrong pixels in red, % wrong in the title) and a confusion-matrix heatmap.
+
+    Attach to an evaluator whose decollated output items hold ``image_key`` ``(C, H, W)`` (channel 0 is shown),
+    ``pred_key`` and ``label_key`` (index maps or one-hot). Overlays go to ``<output_dir>/<overlay_dir>/
+    <file>_slice<k>_error.png``; at completion ``<output_dir>/confusion_matrix.png`` is drawn from
+    ``engine.state.metrics[confusion_key]`` (counts) and the per-item fractions of wrong pixels are written to
+    ``<output_dir>/<overlay_dir>/pixel_errors.json`` (name -> fraction).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        class_names: Sequence[str],
+        image_key: str = "image",
+        pred_key: str = "pred",
+        label_key: str = "label",
+        overlay_dir: str = "error_overlays",
+        confusion_key: str = "confusion_matrix",
+        save_overlays: bool = True,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.class_names = list(class_names)
+        self.image_key, self.pred_key, self.label_key = image_key, pred_key, label_key
+        self.overlay_dir = overlay_dir
+        self.confusion_key = confusion_key
+        self.save_overlays = save_overlays
+        self.errors: dict[str, float] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._overlays)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._finish)
+
+    def _reset(self, engine: Engine) -> None:
+        self.errors = {}
+
+    def _overlays(self, engine: Engine) -> None:
+        if not self.save_overlays:
+            return
+        output = engine.state.output
+        items = output if isinstance(output, list) else [output]
+        for item in items:
+            img = item[self.image_key]
+            name = _item_name(img, len(self.errors))
+            pred, label = as_class_map(item[self.pred_key]), as_class_map(item[self.label_key])
+            image = img[0].detach().cpu().float().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)[0]
+            path = self.output_dir / self.overlay_dir / f"{name}_error.png"
+            self.errors[name] = save_error_overlay(image, pred, label, path, title=name)
+
+    def _finish(self, engine: Engine) -> None:
+        cm = engine.state.metrics.get(self.confusion_key)
+        if cm is not None:
+            plot_confusion_matrix(
+                cm,
+                self.class_names,
+                self.output_dir / "confusion_matrix.png",
+                normalise=True,
+                title="pixel confusion matrix (row-normalised)",
+            )
+        if self.errors:
+            write_metrics_json(self.errors, self.output_dir / self.overlay_dir / "pixel_errors.json")
+            logger.info("error overlays of %d items in %s", len(self.errors), self.output_dir / self.overlay_dir)
+
+
+class StackPredictionWriter:
+    """Collect per-slice class maps of an inference run and write one multi-page TIFF per source stack.
+
+    Attach to an evaluator whose decollated output items hold ``pred_key`` (``(1, H, W)`` index map or
+    ``(C, H, W)`` one-hot/probabilities) as a MetaTensor with ``filename_or_obj`` and ``slice_index`` metadata.
+    At completion ``<output_dir>/<stem><suffix>`` is written with the slices in index order; ``value_map``
+    maps class indices to the stored values (e.g. ``{1: 0, 0: 255}`` for the ISBI convention membrane = 0).
+    Existing files are replaced only with ``overwrite``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        pred_key: str = "pred",
+        suffix: str = "_pred.tif",
+        value_map: dict[int, int] | None = None,
+        overwrite: bool = True,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.pred_key = pred_key
+        self.suffix = suffix
+        self.value_map = {int(k): int(v) for k, v in (value_map or {}).items()}
+        self.overwrite = overwrite
+        self.stacks: dict[str, dict[int, np.ndarray]] = {}
+        self.written: list[Path] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.stacks, self.written = {}, []
+
+    def _collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        for item in output if isinstance(output, list) else [output]:
+            pred = item[self.pred_key]
+            meta = pred.meta if isinstance(pred, MetaTensor) else {}
+            source = str(meta.get("filename_or_obj", "prediction"))
+            index = int(meta.get("slice_index", len(self.stacks.get(source, {}))))
+            classes = as_class_map(pred)
+            out = classes.astype(np.uint8)
+            for k, v in self.value_map.items():
+                out[classes == k] = v
+            self.stacks.setdefault(source, {})[index] = out
+
+    def _write(self, engine: Engine) -> None:
+        from medcnn.data.tiff import write_tiff_stack
+
+        for source, slices in self.stacks.items():
+            name = Path(source).name
+            for ext in (".tiff", ".tif", ".png"):
+                name = name[: -len(ext)] if name.lower().endswith(ext) else name
+            path = self.output_dir / f"{name}{self.suffix}"
+            write_tiff_stack(np.stack([slices[i] for i in sorted(slices)]), path, overwrite=self.overwrite)
+            self.written.append(path)
+            logger.info("%d predicted slices of %s written to %s", len(slices), source, path)
