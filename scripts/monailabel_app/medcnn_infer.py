@@ -167,7 +167,8 @@ class _NiftiGridMixin:
         result_json = dict(result) if isinstance(result, dict) else {"result": result}
         result_json["label_names"] = self.labels
         result_json["latencies"] = {"total": round(time.time() - begin, 2)}
-        logger.info("medcnn result %s: shape %s, labels present %s", out, label.shape, np.unique(label).tolist())
+        logger.info("medcnn result %s: shape %s, labels present %s, %s", out, label.shape, np.unique(label).tolist(),
+                    {k: v for k, v in result_json.items() if k not in ("label_names", "latencies")})
         return out, result_json
 
 
