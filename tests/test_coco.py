@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from PIL import Image
 
@@ -175,3 +176,16 @@ def test_bad_annotations_in_transform():
     with pytest.raises(InvalidInputError, match="slice_007.png.*layout='WH'"):
         CocoToMaskd(keys="annotations", ref_key="image")(data)
     assert CocoToMaskd(keys="annotations", ref_key="image", layout="WH")(data)["label"].shape == (1, 12, 8)
+
+
+def test_label_values_and_pickling():
+    import pickle
+
+    anns = [{"id": 1, "category_id": 7, "segmentation": rle_encode(np.pad(np.ones((4, 4)), 2))},
+            {"id": 2, "category_id": 3, "segmentation": [[0, 0, 3, 0, 3, 3, 0, 3]]}]
+    out = CocoToMask((8, 8), mode="label")(anns)  # category ids as labels; later annotations win on overlap
+    assert out.dtype == torch.uint8 and set(np.unique(out.numpy())) == {0, 3, 7}
+    assert out[0, 2, 2] == 3 and out[0, 5, 5] == 7
+    restored = pickle.loads(pickle.dumps(CocoToMaskd(keys="annotations", mode="label", category_ids=[3, 7])))
+    lab = restored({"annotations": anns, "height": 8, "width": 8})["label"]
+    assert set(np.unique(lab.numpy())) == {0, 1, 2}

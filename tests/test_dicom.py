@@ -245,3 +245,11 @@ def test_dicom_seg_round_trip_through_monai(tmp_path):
         np.testing.assert_array_equal(seg[k - 1].numpy(), (labels[0] == k).numpy())
     with pytest.raises(ValueError, match="segment_labels"):
         write_dicom_seg(labels, tmp_path / "s", tmp_path / "x.dcm", segment_labels=["core"])
+
+
+def test_loaders_pickle(tmp_path):
+    import pickle
+
+    make_series(tmp_path / "s", n=3)
+    loader = pickle.loads(pickle.dumps(LoadDicomSeriesd(keys="image", reader_kwargs={"spacing_tolerance": 0.1})))
+    assert loader({"image": str(tmp_path / "s")})["image"].shape == (10, 12, 3)

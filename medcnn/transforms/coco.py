@@ -291,8 +291,7 @@ class CocoToMask(Transform):
         if isinstance(annotations, Mapping):
             annotations = [annotations]
         n_ch = len(self.category_ids) if self.mode == "multichannel" else 1
-        dtype = np.uint8 if self.mode != "label" or max(self.category_ids or [0], default=0) < 255 else np.int32
-        out = np.zeros((n_ch, h, w), dtype=np.int32 if self.mode == "label" and self.category_ids is None else dtype)
+        out = np.zeros((n_ch, h, w), dtype=np.int32)
         for ann in annotations:
             cat = ann.get("category_id")
             if self.category_ids is not None and cat not in self.category_ids:
@@ -304,7 +303,7 @@ class CocoToMask(Transform):
                 out[0][m] = (self.category_ids.index(cat) + 1) if self.category_ids is not None else int(cat)
             else:
                 out[self.category_ids.index(cat)][m] = 1
-        if self.mode == "label" and self.category_ids is None and out.max(initial=0) < 256:
+        if out.max(initial=0) < 256:
             out = out.astype(np.uint8)
         if self.layout == "WH":
             out = np.ascontiguousarray(out.transpose(0, 2, 1))
