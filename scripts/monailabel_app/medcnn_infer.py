@@ -141,19 +141,19 @@ class _NiftiGridMixin:
         shape = ref.shape
         result: dict = {}
         if self.dimension == 2 and len(shape) >= 3:
-            if len(shape) > 3:
-                raise ValueError(f"{os.path.basename(path)}: a 2D model needs a 2D image or a stack of 2D slices, "
-                                 f"got shape {shape}")
+            if len(shape) > 4:
+                raise ValueError(f"{os.path.basename(path)}: a 2D model needs a 2D image, a stack of 2D slices "
+                                 f"(H, W, D) or a multi-channel stack (H, W, D, C); got shape {shape}")
             slices = []
             with tempfile.TemporaryDirectory(prefix="medcnn-slice-") as tmp:
-                data2d = np.asanyarray(ref.dataobj)
-                for k in range(shape[2]):
+                volume = np.asanyarray(ref.dataobj)
+                for k in range(shape[2]):  # slice k: (H, W) or, with channels last, (H, W, C)
                     f = os.path.join(tmp, f"slice_{k:04d}.nii.gz")
-                    nib.save(nib.Nifti1Image(np.ascontiguousarray(data2d[:, :, k]), ref.affine), f)
+                    nib.save(nib.Nifti1Image(np.ascontiguousarray(volume[:, :, k]), ref.affine), f)
                     pred, data = self._run_one(dict(request, image=f))
                     slices.append(_label_array(pred, 2))
                     result = data.get("result") or result
-            label = np.stack(slices, axis=-1)
+            label = np.stack(slices, axis=2)
         else:
             pred, data = self._run_one(request)
             spatial = tuple(shape[:3]) if len(shape) > 3 else tuple(shape)  # 4D NIfTI: channels last
