@@ -51,13 +51,16 @@ class BundleInfo:
     path: Path
     has_inference: bool
     weights: Path | None
+    config_error: str = ""
 
     @property
     def servable(self) -> bool:
-        return self.has_inference and self.weights is not None
+        return self.has_inference and self.weights is not None and not self.config_error
 
     def problem(self) -> str:
         """Why this bundle cannot be served ('' when it can)."""
+        if self.config_error:
+            return f"bundle {self.name!r} ({self.path}): {self.config_error}"
         if not self.has_inference:
             return f"bundle {self.name!r} ({self.path}) has no configs/inference.json"
         if self.weights is None:
@@ -73,7 +76,22 @@ def inspect_bundle(path: str | os.PathLike) -> BundleInfo:
         raise LaunchError(f"{p} is not a MONAI bundle: configs/metadata.json is missing")
     weights = next((p / "models" / w for w in WEIGHT_FILES if (p / "models" / w).is_file()), None)
     has_inf = any((p / "configs" / c).is_file() for c in ("inference.json", "inference.yaml"))
-    return BundleInfo(name=p.name, path=p, has_inference=has_inf, weights=weights)
+    return BundleInfo(name=p.name, path=p, has_inference=has_inf, weights=weights, config_error=_config_error(p))
+
+
+def _config_error(bundle: Path) -> str:
+    """What MONAI Label would trip on in the bundle's JSON configs ('' when they look servable)."""
+    try:
+        meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+        for f in ("inference.json", "monailabel.json"):
+            if (bundle / "configs" / f).is_file():
+                json.loads((bundle / "configs" / f).read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable config ({type(e).__name__}: {e})"
+    fmt = meta.get("network_data_format", {}) if isinstance(meta, dict) else {}
+    if not fmt.get("inputs") or not fmt.get("outputs"):
+        return "configs/metadata.json has no network_data_format inputs/outputs (MONAI Label reads them)"
+    return ""
 
 
 def discover_bundles(bundles_dir: str | os.PathLike = REPO_ROOT / "bundles") -> list[BundleInfo]:

@@ -31,7 +31,8 @@ def _bundle(root: Path, name: str, weights: bool = True, inference: bool = True)
     b = root / name
     (b / "configs").mkdir(parents=True)
     (b / "models").mkdir()
-    (b / "configs" / "metadata.json").write_text(json.dumps({"version": "0.1.0"}))
+    fmt = {"inputs": {"image": {"spatial_shape": [64, 64]}}, "outputs": {"pred": {"type": "image"}}}
+    (b / "configs" / "metadata.json").write_text(json.dumps({"version": "0.1.0", "network_data_format": fmt}))
     if inference:
         (b / "configs" / "inference.json").write_text("{}")
     if weights:
@@ -80,6 +81,18 @@ def test_requested_bundle_without_weights_or_inference_is_refused(layout, weight
         launcher.select_bundles(["broken"], layout["bundles"])
     with pytest.raises(launcher.LaunchError, match="not found"):
         launcher.select_bundles(["no_such_bundle"], layout["bundles"])
+
+
+def test_bundle_with_broken_config_is_refused_by_name(layout):
+    broken = _bundle(layout["bundles"], "broken_json")
+    (broken / "configs" / "inference.json").write_text("{not json")
+    with pytest.raises(launcher.LaunchError, match="broken_json.*unreadable config"):
+        launcher.select_bundles(["broken_json"], layout["bundles"])
+    (broken / "configs" / "inference.json").write_text("{}")
+    (broken / "configs" / "metadata.json").write_text("{}")
+    with pytest.raises(launcher.LaunchError, match="network_data_format"):
+        launcher.select_bundles(["broken_json"], layout["bundles"])
+    assert "broken_json" not in [b.name for b in launcher.select_bundles(None, layout["bundles"])]
 
 
 def test_no_servable_bundle_is_refused(tmp_path):

@@ -58,7 +58,11 @@ class MedcnnApp(MONAILabelApp):
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
         for name, path in self.models.items():
-            task = make_infer_task(path, self.conf)
+            try:
+                task = make_infer_task(path, self.conf)
+            except Exception as e:
+                raise ValueError(f"bundle {name!r} ({os.path.realpath(path)}): cannot build its MONAI Label task "
+                                 f"from configs/inference.json: {type(e).__name__}: {e}") from e
             if not task.is_valid():
                 raise ValueError(f"bundle {name!r} ({path}) could not be loaded as a MONAI Label model")
             logger.info("+++ medcnn model %s => %s (dimension %s, labels %s)", name, task.type, task.dimension,
