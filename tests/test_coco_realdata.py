@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_fill_holes
 
-from medcnn.transforms.coco import mask_to_polygons, polygons_to_mask, rle_decode, rle_encode
+from medcnn.transforms.coco import (
+    annotation_to_mask,
+    mask_to_annotation,
+    mask_to_polygons,
+    polygons_to_mask,
+    rle_decode,
+    rle_encode,
+)
 
 pytestmark = pytest.mark.realdata
 
@@ -19,7 +26,8 @@ def test_brats_whole_tumour_slices_round_trip(data_dir):
     slices = np.flatnonzero(tumour.reshape(-1, tumour.shape[2]).sum(0))
     assert len(slices) > 50
     inter = union = 0
-    for k in slices[::2]:
+    modes = set()
+    for k in slices[::4]:
         m = tumour[:, :, k]
         np.testing.assert_array_equal(rle_decode(rle_encode(m)), m)  # RLE is lossless
         back = polygons_to_mask(mask_to_polygons(m), *m.shape).astype(bool)
@@ -28,4 +36,8 @@ def test_brats_whole_tumour_slices_round_trip(data_dir):
             np.testing.assert_array_equal(back, m)
         else:
             assert (back & ~binary_fill_holes(m)).sum() == 0  # only the holes get filled
+        ann = mask_to_annotation(m, image_id=int(k), mode="auto")  # polygons where exact, else RLE: lossless
+        modes.add("rle" if isinstance(ann["segmentation"], dict) else "polygon")
+        np.testing.assert_array_equal(annotation_to_mask(ann, *m.shape), m)
     assert inter / union > 0.95
+    assert modes == {"polygon", "rle"}  # this case has slices with and without holes

@@ -126,7 +126,8 @@ def masks_to_coco(
 ) -> dict[str, Any]:
     """``[(file_name, (H, W) label mask), ...]`` -> a COCO dict; one annotation per non-zero label value.
 
-    ``mode`` is "rle" or "polygon". Label values are the category ids. Useful to export predictions.
+    ``mode`` is "rle", "polygon" or "auto" (polygons where exact, RLE for masks with holes). Label values are the
+    category ids. Useful to export predictions.
     """
     categories = categories or {1: "foreground"}
     coco: dict[str, Any] = {"images": [], "annotations": [],

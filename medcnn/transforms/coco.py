@@ -224,8 +224,16 @@ def mask_to_annotation(
     mode: str = "polygon",
     compressed: bool = True,
 ) -> dict:
-    """A ``(H, W)`` mask -> one COCO annotation dict (``mode`` "polygon" or "rle"), with area and bbox."""
+    """A ``(H, W)`` mask -> one COCO annotation dict, with area and bbox.
+
+    ``mode``: "polygon", "rle", or "auto" (polygons when they reproduce the mask exactly, else RLE: polygons
+    cannot carry holes).
+    """
     mask = np.asarray(mask) != 0
+    if mode == "auto":
+        polys = mask_to_polygons(mask)
+        exact = np.array_equal(polygons_to_mask(polys, *mask.shape).astype(bool), mask)
+        mode = "polygon" if exact else "rle"
     if mode == "polygon":
         seg: Any = mask_to_polygons(mask)
         iscrowd = 0
@@ -233,7 +241,7 @@ def mask_to_annotation(
         seg = rle_encode(mask, compressed=compressed)
         iscrowd = 1
     else:
-        raise ValueError(f"mask_to_annotation: mode must be 'polygon' or 'rle', got {mode!r}")
+        raise ValueError(f"mask_to_annotation: mode must be 'polygon', 'rle' or 'auto', got {mode!r}")
     rows, cols = np.nonzero(mask)
     bbox = [0.0, 0.0, 0.0, 0.0]
     if rows.size:
