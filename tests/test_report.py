@@ -182,11 +182,21 @@ def test_handler_for_a_classifier_with_cam(tmp_path):
     engine = Engine(step)
     handler.attach(engine)
     engine.run([batch], max_epochs=1)
-    assert calls == [1] and [p.name for p in handler.written] == ["slice_012_report.pdf"]
+    assert calls[0] == 1 and [p.name for p in handler.written] == ["slice_012_report.pdf"]
     text = " ".join(pdf_text(handler.written[0]).split())
     assert "The classifier gives a probability of 0.92 that this image shows a tumour-like region" in text
     assert "found a tumour-like region in this image" in text
     assert "Dice score, where 1 is perfect agreement) is 1.00" in text  # CAM mask (>= 0.9 max) = bright ball
+    # a classifier that says "absent" gets no predicted region, whatever the CAM shows
+    def step_absent(engine, b):
+        return [{"image": b[0]["image"], "label": b[0]["label"], "pred": torch.tensor([0.8, 0.2])}]
+
+    absent = PDFReportHandler(tmp_path / "absent", label_key="mask", cam_method=fake_cam, max_slices=1)
+    engine = Engine(step_absent)
+    absent.attach(engine)
+    engine.run([batch], max_epochs=1)
+    text = " ".join(pdf_text(absent.written[0]).split())
+    assert "probability of 0.20" in text and "The model found no tumour-like region in this image" in text
     # a classifier output without any CAM is refused with the case named
     bad = PDFReportHandler(tmp_path / "bad", label_key="mask")
     engine = Engine(step)

@@ -74,7 +74,19 @@ class PDFReportHandler:
         cam_threshold, cam_mode, cam_class_idx: rule turning the heatmap into the predicted mask when the
             prediction is not a mask (classifier bundles: ``pred`` holds class probabilities, reported as the
             probability of class ``cam_class_idx``).
+        presence_threshold: a classifier probability below this means "absent": the CAM is still drawn, but
+            the predicted region is empty, so the summary agrees with the classifier.
         class_names, finding_name, template, max_slices: passed to :func:`write_case_report`.
+
+    In a bundle's ``evaluate.json`` (segmentation)::
+
+        {"_target_": "medcnn.handlers.PDFReportHandler", "output_dir": "$@output_dir + '/reports'",
+         "curves_json": "$@ckpt_dir + '/curves.json'", "max_cases": 10}
+
+    and for a classifier with Grad-CAM (reference mask under ``"mask"``, the CAMDiceHandler listed before it)::
+
+        {"_target_": "medcnn.handlers.PDFReportHandler", "output_dir": "$@output_dir + '/reports'",
+         "label_key": "mask", "cam_handler": "@validate#handlers#1"}
     """
 
     def __init__(
@@ -98,6 +110,7 @@ class PDFReportHandler:
         cam_threshold: float = 0.5,
         cam_mode: str = "fraction",
         cam_class_idx: int = 1,
+        presence_threshold: float = 0.5,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.image_key, self.pred_key, self.label_key, self.cam_key = image_key, pred_key, label_key, cam_key
@@ -109,6 +122,7 @@ class PDFReportHandler:
                               "template": template, "max_slices": max_slices}
         self.cam_method, self.cam_handler = cam_method, cam_handler
         self.cam_threshold, self.cam_mode, self.cam_class_idx = cam_threshold, cam_mode, int(cam_class_idx)
+        self.presence_threshold = float(presence_threshold)
         self.cases: list[dict[str, Any]] = []
         self.written: list[Path] = []
         self._skipped = 0
@@ -176,6 +190,8 @@ class PDFReportHandler:
                 from medcnn.localisation.masks import cam_to_mask
 
                 case["pred"] = cam_to_mask(torch.from_numpy(case["cam"]), cam_thr, cam_mode, cam_lcc).numpy()
+                if case["probability"] < self.presence_threshold:  # classifier says absent: no region
+                    case["pred"] = np.zeros_like(case["pred"])
             self.cases.append(case)
 
     def _write(self, engine: Engine) -> None:
