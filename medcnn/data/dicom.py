@@ -312,9 +312,8 @@ class LoadDicomSeriesd(LoadImaged):
 
     def __init__(self, keys, reader_kwargs=None, **kwargs):
         kwargs.setdefault("image_only", True)
-        super().__init__(keys, reader=None, **kwargs)
         self.dicom_reader = DicomSeriesReader(**(reader_kwargs or {}))
-        self._loader.register(self.dicom_reader)
+        super().__init__(keys, reader=self.dicom_reader, **kwargs)
 
     def __call__(self, data, reader=None):
         return super().__call__(data, reader=reader or self.dicom_reader)
