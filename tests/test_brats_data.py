@@ -162,3 +162,15 @@ def test_real_cases_slice_counts(data_dir):
     assert summary == {"n_slices": 123, "n_positive": 69, "n_negative": 50, "n_ambiguous": 4,
                        "cases": ["brats_2013_pat0004_1"]}
     assert sum(1 for i in items if i["tumour_pixels"] > 0) == 73
+
+
+def test_unlabelled_case_for_inference(tmp_path):
+    folder = make_brats_case(tmp_path, "unlab")
+    (folder / BRATS_FILE_NAMES["label"]).unlink()
+    with pytest.raises(BratsDataError, match="missing label"):
+        brats_case_datalist(tmp_path, ["unlab"])
+    entries = brats_case_datalist(tmp_path, ["unlab"], require_label=False)
+    assert "label" not in entries[0]
+    items = brats_slices(entries, require_label=False)
+    assert len(items) == 11 and {i["label"] for i in items} == {-1} and not any(i["mask"].any() for i in items)
+    assert items[0]["id"] == "unlab_slice001"

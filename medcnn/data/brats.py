@@ -62,11 +62,15 @@ class BratsDataError(ValueError):
 
 
 def brats_case_datalist(
-    dataset_dir: str | os.PathLike, cases: Sequence[str], file_names: Mapping[str, str] | None = None
+    dataset_dir: str | os.PathLike,
+    cases: Sequence[str],
+    file_names: Mapping[str, str] | None = None,
+    require_label: bool = True,
 ) -> list[dict]:
     """Datalist entries ``{"case", "flair", "t1c", "label"[, "brainmask"]}`` for case folders under ``dataset_dir``.
 
-    Raises :class:`BratsDataError` naming the missing folder or file. ``brainmask`` is included when present.
+    Raises :class:`BratsDataError` naming the missing folder or file. ``brainmask`` is included when present,
+    and ``label`` too when ``require_label`` is False (unlabelled cases for inference).
     """
     names = {**BRATS_FILE_NAMES, **(file_names or {})}
     root = Path(dataset_dir).expanduser()
@@ -82,7 +86,7 @@ def brats_case_datalist(
             path = folder / names[key]
             if path.is_file():
                 entry[key] = str(path)
-            elif key != "brainmask":
+            elif key != "brainmask" and (key != "label" or require_label):
                 raise BratsDataError(f"{path}: missing {key} file of BraTS case {case}")
         entries.append(entry)
     return entries
@@ -102,15 +106,19 @@ def _read(path: str | os.PathLike, key: str) -> np.ndarray:
     return data
 
 
-def load_brats_case(entry: Mapping, modalities: Sequence[str] = BRATS_MODALITIES) -> dict:
+def load_brats_case(
+    entry: Mapping, modalities: Sequence[str] = BRATS_MODALITIES, require_label: bool = True
+) -> dict:
     """Read one case: ``image`` (C, H, W, D) float32, ``label`` (H, W, D) uint8 in 0-4, ``brainmask`` (H, W, D) bool.
 
     Raises :class:`BratsDataError` naming the file when a file is missing or unreadable, when a modality,
     the label or the brain mask has a different shape from the first modality, when an image holds NaN/inf,
-    or when the label has values outside 0-4.
+    or when the label has values outside 0-4. Without ``label`` in ``entry`` and ``require_label=False`` the
+    label is all zeros and ``has_label`` is False (slice classes become -1).
     """
     case = str(entry.get("case") or Path(str(entry[modalities[0]])).parent.name)
-    for key in (*modalities, "label"):
+    has_label = bool(entry.get("label"))
+    for key in (*modalities, "label") if require_label or has_label else modalities:
         if key not in entry:
             raise BratsDataError(f"BraTS case {case}: datalist entry lacks key '{key}'")
     channels = []
@@ -127,18 +135,11 @@ def load_brats_case(entry: Mapping, modalities: Sequence[str] = BRATS_MODALITIES
             raise BratsDataError(f"{entry[key]}: {key} contains NaN or infinite values")
         channels.append(img.astype(np.float32, copy=False))
     image = np.stack(channels)
-    label = _read(entry["label"], "label")
-    if label.shape != ref_shape:
-        raise BratsDataError(f"{entry['label']}: label has shape {label.shape} but {ref_path} has {ref_shape}")
-    if not np.all(np.isfinite(label)):
-        raise BratsDataError(f"{entry['label']}: label contains NaN or infinite values")
-    values = np.unique(label)
-    bad = [v for v in values.tolist() if v not in BRATS_LABELS]
-    if bad:
-        raise BratsDataError(
-            f"{entry['label']}: label values {bad[:10]} outside the BraTS labels 0-4 "
-            "(0 background, 1 necrosis, 2 oedema, 3 non-enhancing, 4 enhancing)"
-        )
+    if not has_label:
+        label = np.zeros(ref_shape, np.uint8)
+    else:
+        label = _read(entry["label"], "label")
+        _check_label(label, entry["label"], ref_shape, ref_path)
     if entry.get("brainmask"):
         mask = _read(entry["brainmask"], "brainmask")
         if mask.shape != ref_shape:
@@ -148,7 +149,20 @@ def load_brats_case(entry: Mapping, modalities: Sequence[str] = BRATS_MODALITIES
         brain = mask > 0.5
     else:  # background outside the brain is each channel's constant minimum in normalised BraTS data
         brain = np.any(image > image.reshape(len(channels), -1).min(axis=1)[:, None, None, None], axis=0)
-    return {"case": case, "image": image, "label": label.astype(np.uint8), "brainmask": brain}
+    return {"case": case, "image": image, "label": label.astype(np.uint8), "brainmask": brain, "has_label": has_label}
+
+
+def _check_label(label: np.ndarray, path, ref_shape: tuple, ref_path) -> None:
+    if label.shape != ref_shape:
+        raise BratsDataError(f"{path}: label has shape {label.shape} but {ref_path} has {ref_shape}")
+    if not np.all(np.isfinite(label)):
+        raise BratsDataError(f"{path}: label contains NaN or infinite values")
+    bad = [v for v in np.unique(label).tolist() if v not in BRATS_LABELS]
+    if bad:
+        raise BratsDataError(
+            f"{path}: label values {bad[:10]} outside the BraTS labels 0-4 "
+            "(0 background, 1 necrosis, 2 oedema, 3 non-enhancing, 4 enhancing)"
+        )
 
 
 def extract_brats_slices(
@@ -163,7 +177,8 @@ def extract_brats_slices(
 
     Each item: ``image`` (C, H, W) float32, ``<mask_key>`` (1, H, W) uint8 whole tumour (labels 1-4),
     ``<class_key>`` int (1 when the tumour area >= ``min_tumour_pixels``), ``ambiguous`` (0 < area <
-    ``min_tumour_pixels``), ``case``, ``slice_index``, ``tumour_pixels``, ``brain_pixels``. A classifier uses the
+    ``min_tumour_pixels``), ``case``, ``slice_index``, ``id`` (``<case>_slice<zzz>``), ``tumour_pixels``,
+    ``brain_pixels``; the class is -1 for an unlabelled case. A classifier uses the
     defaults (``label`` = slice class); a segmentation bundle passes ``mask_key="label"`` and another ``class_key``.
     """
     if mask_key == class_key:
@@ -186,9 +201,10 @@ def extract_brats_slices(
         items.append({
             "image": np.ascontiguousarray(image[..., z]),
             mask_key: tumour[None, :, :, z].astype(np.uint8),
-            class_key: int(area >= min_tumour_pixels),
+            class_key: int(area >= min_tumour_pixels) if volume.get("has_label", True) else -1,
             "ambiguous": bool(ambiguous),
             "case": volume["case"],
+            "id": f"{volume['case']}_slice{int(z):03d}",
             "slice_index": int(z),
             "tumour_pixels": area,
             "brain_pixels": int(brain_area[z]),
@@ -204,6 +220,7 @@ def brats_slices(
     modalities: Sequence[str] = BRATS_MODALITIES,
     mask_key: str = "mask",
     class_key: str = "label",
+    require_label: bool = True,
 ) -> list[dict]:
     """Slice items (see :func:`extract_brats_slices`) of every case entry, in case then slice order."""
     if isinstance(cases, Mapping):
@@ -212,7 +229,7 @@ def brats_slices(
         raise BratsDataError("no BraTS cases given")
     items: list[dict] = []
     for entry in cases:
-        volume = load_brats_case(entry, modalities)
+        volume = load_brats_case(entry, modalities, require_label)
         case_items = extract_brats_slices(
             volume, min_brain_fraction, min_tumour_pixels, drop_ambiguous, mask_key=mask_key, class_key=class_key
         )

@@ -1,0 +1,133 @@
+"""brats_tumour_segmentation bundle: metadata, a tiny train + evaluate on synthetic cases through monai.bundle,
+the network variants by override, TorchScript export, inference and the model card's figures on the real data."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import META_SCHEMA, bundle_root, make_workflow, read_metrics, run_workflow
+from test_brats_data import make_brats_case
+
+NAME = "brats_tumour_segmentation"
+ROOT = bundle_root(NAME)
+WEIGHTS = ROOT / "models" / "model.pt"
+TINY = {"crop_size": [32, 32], "spatial_size": [32, 32], "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def synthetic_cases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("brats_synth")
+    for i, name in enumerate(("s1", "s2", "s3")):
+        make_brats_case(root, name, shape=(32, 32, 16), tumour_slices=range(3, 13), seed=i)
+    return root
+
+
+def test_metadata_verifies_against_the_shipped_schema():
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(ROOT / "configs" / "metadata.json"), filepath=str(META_SCHEMA))  # raises if invalid
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    assert meta["required_packages_version"]["medcnn"] == "0.1.0"
+
+
+@pytest.mark.slow
+def test_tiny_training_then_volume_evaluation(tmp_path, synthetic_cases):
+    out, ckpt = tmp_path / "out", tmp_path / "models"
+    common = {"dataset_dir": str(synthetic_cases), "output_dir": str(out), "ckpt_dir": str(ckpt),
+              "train_cases": ["s1", "s2"], "test_cases": ["s3"], "min_tumour_pixels": 5, **TINY}
+    run_workflow(NAME, ["train.json"], "train", learning_rate=0.01,
+                 **{"validation_blocks#block": 4, "train#trainer#max_epochs": 3}, **common)
+    curves = json.loads((out / "curves.json").read_text())
+    assert len(curves["loss"]) == 3 and curves["loss"][-1] < curves["loss"][0], curves["loss"]
+    assert len(curves["val_dice"]) == 3 and (ckpt / "model.pt").is_file()
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    assert any(k.endswith("weight") for k in state)
+
+    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", **common)
+    m = read_metrics(out)
+    for key in ("dice", "pixel_accuracy", "background_precision", "background_recall", "background_f1",
+                "tumour_precision", "tumour_recall", "tumour_f1", "confusion_matrix"):
+        assert key in m, key
+    assert np.sum(m["confusion_matrix"]) == 32 * 32 * 16  # scored on the native voxel grid, whole volume
+    assert m["dice"] == pytest.approx(m["tumour_f1"], abs=1e-6) and m["eval_cases"] == ["s3"]
+    assert m["dice"] > 0.2  # the bright synthetic blob is learnt within 3 tiny epochs (chance ~0.05)
+    assert (out / "confusion_matrix.png").is_file()
+
+
+@pytest.mark.parametrize("name", ["segresnet", "flexible_unet"])
+def test_network_variants_by_override(name):
+    wf = make_workflow(NAME, ["train.json"], "train", network_name=name)
+    net = wf.parser.get_parsed_content("network_def")
+    with torch.no_grad():
+        assert net.eval()(torch.zeros(1, 2, 96, 96)).shape == (1, 2, 96, 96)
+    if name == "flexible_unet":
+        assert type(net).__name__ == "FlexibleUNet" and not wf.parser["network_kwargs"].get("pretrained")
+
+
+@pytest.fixture
+def weights():
+    if not WEIGHTS.is_file():
+        pytest.fail(f"committed weights {WEIGHTS} are missing")
+    return WEIGHTS
+
+
+def test_torchscript_export_matches_eager(tmp_path, weights):
+    from monai.bundle import ckpt_export
+
+    ts = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(weights),
+                meta_file=str(ROOT / "configs" / "metadata.json"),
+                config_file=str(ROOT / "configs" / "inference.json"), bundle_root=str(ROOT))
+    wf = make_workflow(NAME, ["inference.json"], "infer")
+    net = wf.parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    x = torch.randn(2, 2, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(ts))(x), net.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_inference_writes_a_mask_on_the_input_grid(tmp_path, synthetic_cases, weights):
+    out = tmp_path / "inf"
+    run_workflow(NAME, ["inference.json"], "infer", dataset_dir=str(synthetic_cases), test_cases=["s3"],
+                 output_dir=str(out))
+    files = list(out.glob("s3/s3_wholetumour.nii.gz"))
+    assert len(files) == 1
+    pred = nib.load(str(files[0]))
+    src = nib.load(str(synthetic_cases / "s3" / "Flair_subtrMeanDivStd.nii.gz"))
+    assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
+    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1}
+
+
+def test_eval_datalist_with_mismatched_modalities_names_the_file(tmp_path, synthetic_cases, weights):
+    bad = make_brats_case(tmp_path, "bad", shape=(32, 32, 16))
+    nib.save(nib.Nifti1Image(np.zeros((32, 30, 16), np.float32), np.eye(4)), str(bad / "T1c_subtrMeanDivStd.nii.gz"))
+    datalist = tmp_path / "eval.json"
+    entry = {"flair": "bad/Flair_subtrMeanDivStd.nii.gz", "t1c": "bad/T1c_subtrMeanDivStd.nii.gz",
+             "label": "bad/OTMultiClass.nii.gz"}
+    datalist.write_text(json.dumps([entry]))
+    with pytest.raises(Exception) as err:
+        run_workflow(NAME, ["train.json", "evaluate.json"], "eval", eval_datalist=str(datalist),
+                     output_dir=str(tmp_path / "out"))
+    chain, exc = [], err.value
+    while exc is not None:
+        chain.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    assert any("T1c_subtrMeanDivStd.nii.gz: t1c has spatial shape (32, 30, 16)" in c for c in chain), chain
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_committed_weights_reproduce_the_model_card(tmp_path, data_dir, weights):
+    card = json.loads((ROOT / "docs" / "metrics_test.json").read_text())
+    out = tmp_path / "eval"
+    run_workflow(NAME, ["train.json", "evaluate.json"], "eval",
+                 dataset_dir=str(data_dir("brats2015_deepmedic_subset")), output_dir=str(out))
+    m = read_metrics(out)
+    assert m["eval_cases"] == card["eval_cases"] == ["brats_2013_pat0004_1"]
+    for key in ("dice", "pixel_accuracy", "tumour_precision", "tumour_recall"):
+        assert m[key] == pytest.approx(card[key], abs=0.005), key
+    np.testing.assert_allclose(m["confusion_matrix"], card["confusion_matrix"], rtol=0.01)
