@@ -112,13 +112,27 @@ def test_cli_report_from_nifti_and_dicom(tmp_path, capsys):
     # a DICOM series folder as the image
     from test_dicom import make_series  # tests/ is on sys.path (pytest rootdir-less test modules)
 
+    from medcnn.data.dicom import load_dicom_series
+
     make_series(tmp_path / "dcm", n=6, rows=12, cols=10)
+    dicom_affine = load_dicom_series(tmp_path / "dcm").affine.numpy()
     mask = np.zeros((10, 12, 6), np.uint8)
     mask[3:6, 4:8, 2:4] = 1
-    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "dmask.nii.gz")
+    nib.save(nib.Nifti1Image(mask, dicom_affine), tmp_path / "dmask.nii.gz")
     rc = main(["report", "--image", str(tmp_path / "dcm"), "--pred", str(tmp_path / "dmask.nii.gz"),
                "--output", str(tmp_path / "d.pdf")])
     assert rc == 0 and "2 of 6 slices" in " ".join(pdf_text(tmp_path / "d.pdf").split())
+    # same shape but another geometry (identity affine): refused, since the overlay would be on the wrong voxels
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "eye.nii.gz")
+    rc = main(["report", "--image", str(tmp_path / "dcm"), "--pred", str(tmp_path / "eye.nii.gz"),
+               "--output", str(tmp_path / "e.pdf")])
+    assert rc == 1 and "eye.nii.gz: affine" in capsys.readouterr().err
+    # --resample puts a prediction saved on a 2x coarser grid back onto the image grid
+    coarse = dicom_affine @ np.diag([2.0, 2.0, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(mask[::2, ::2], coarse), tmp_path / "coarse.nii.gz")
+    rc = main(["report", "--image", str(tmp_path / "dcm"), "--pred", str(tmp_path / "coarse.nii.gz"),
+               "--output", str(tmp_path / "c.pdf"), "--resample"])
+    assert rc == 0 and "2 of 6 slices" in " ".join(pdf_text(tmp_path / "c.pdf").split())
 
 
 def test_handler_writes_one_report_per_case(tmp_path):

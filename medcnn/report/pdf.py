@@ -34,7 +34,10 @@ from medcnn.metrics.segmentation import pixel_confusion_matrix, segmentation_rep
 from medcnn.report.plots import plot_confusion_matrix, plot_curves  # noqa: E402
 from medcnn.report.summary import case_facts, render_summary  # noqa: E402
 
-__all__ = ["write_case_report", "load_json_or_none", "select_slices", "load_report_volume", "run_report", "add_parser"]
+__all__ = [
+    "write_case_report", "load_json_or_none", "select_slices", "load_report_volume", "on_image_grid", "run_report",
+    "add_parser",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -318,19 +321,41 @@ def load_report_volume(path: str | os.PathLike, what: str):
         raise ValueError(f"{what} {path}: cannot be read as an image ({str(exc).splitlines()[0]})") from exc
 
 
+def on_image_grid(arr, image, what: str, path, image_path, resample: bool = False, atol: float = 1e-3):
+    """``arr`` if it lies on ``image``'s voxel grid (same shape and affine), resampled onto it if ``resample``.
+
+    A different shape or affine without ``resample`` raises ValueError naming both files: overlaying a mask
+    on the wrong voxels would be silently wrong.
+    """
+    import torch
+    from monai.transforms import ResampleToMatch
+
+    same_shape = tuple(arr.shape[1:]) == tuple(image.shape[1:])
+    same_affine = hasattr(arr, "affine") and torch.allclose(arr.affine.double(), image.affine.double(), atol=atol)
+    if same_shape and same_affine:
+        return arr
+    if not resample:
+        problem = "shape" if not same_shape else "affine (voxel-to-patient geometry)"
+        raise ValueError(
+            f"{what} {path}: {problem} differs from the image {image_path} (shape {tuple(arr.shape[1:])} vs "
+            f"{tuple(image.shape[1:])}); resample it onto the image grid first or pass --resample"
+        )
+    mode = "bilinear" if what.startswith("CAM") else "nearest"
+    logger.info("resampling %s %s onto the image grid (%s)", what, path, mode)
+    return ResampleToMatch(mode=mode, padding_mode="zeros")(arr, img_dst=image)
+
+
 def run_report(args) -> int:
     """``medcnn report``: write the PDF of one case from files on disk."""
     image = load_report_volume(args.image, "image")
     pred = load_report_volume(args.pred, "prediction")
     cam = load_report_volume(args.cam, "CAM heatmap") if args.cam else None
     label = load_report_volume(args.label, "reference mask") if args.label else None
+    checked = {}
     for what, path, arr in (("prediction", args.pred, pred), ("CAM heatmap", args.cam, cam),
                             ("reference mask", args.label, label)):
-        if arr is not None and tuple(arr.shape[1:]) != tuple(image.shape[1:]):
-            raise ValueError(
-                f"{what} {path}: shape {tuple(arr.shape[1:])} does not match the image {args.image} "
-                f"{tuple(image.shape[1:])}; resample it onto the image grid first"
-            )
+        checked[what] = None if arr is None else on_image_grid(arr, image, what, path, args.image, args.resample)
+    pred, cam, label = checked["prediction"], checked["CAM heatmap"], checked["reference mask"]
     template = Path(args.template).read_text() if args.template else None
     out = write_case_report(
         args.output, image, pred, cam=cam, label=label, metrics=args.metrics, curves=args.curves,
@@ -357,5 +382,7 @@ def add_parser(parser) -> object:
     parser.add_argument("--finding-name", dest="finding_name", default="tumour-like region")
     parser.add_argument("--max-slices", dest="max_slices", type=int, default=6)
     parser.add_argument("--template", help="text file with a string.Template summary ($n_positive, $n_slices, ...)")
+    parser.add_argument("--resample", action="store_true",
+                        help="resample prediction/CAM/reference onto the image grid when their geometry differs")
     parser.set_defaults(run=run_report)
     return run_report
