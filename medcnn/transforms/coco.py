@@ -150,7 +150,7 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0, min_area: float =
     """
     mask = np.asarray(mask) != 0
     padded = np.pad(mask, 1).astype(np.float32)
-    polygons = []
+    polygons: list[list[float]] = []
     for contour in find_contours(padded, 0.5):
         if tolerance > 0:
             contour = approximate_polygon(contour, tolerance)
@@ -158,18 +158,12 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0, min_area: float =
         if len(rc) < 3:
             continue
         x, y = rc[:, 1], rc[:, 0]
-        area = 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
-        if area < min_area:
+        signed = 0.5 * (np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+        # find_contours winds outer boundaries and hole boundaries in opposite directions: holes are skipped
+        if signed >= 0 or -signed < min_area:
             continue
-        polygons.append((area, np.stack([x, y], axis=1).ravel().round(2).tolist()))
-    # find_contours returns both outer boundaries and hole boundaries; keep those not inside a bigger polygon
-    keep = []
-    for _area, poly in sorted(polygons, key=lambda p: -p[0]):
-        test = polygons_to_mask([poly], *mask.shape)
-        if any((test & polygons_to_mask([k], *mask.shape)).sum() == test.sum() for k in keep):
-            continue
-        keep.append(poly)
-    return keep
+        polygons.append(np.stack([x, y], axis=1).ravel().round(2).tolist())
+    return polygons
 
 
 # --------------------------------------------------------------------------------------------------- annotations
