@@ -22,6 +22,13 @@ from medcnn.data.dicom import (
     write_dicom_seg,
     write_dicom_series_like,
 )
+from medcnn.data.synthetic import (
+    SyntheticObjectDataset,
+    SyntheticObjectGenerator,
+    ball_mask,
+    load_labelled_arrays,
+    synthetic_datalist,
+)
 from medcnn.data.tiff import StackReadError, TiffStackReader, expand_stack_datalist, read_stack, write_tiff_stack
 
 __all__ = ["load_datalist", "resolve_data_dir"]
@@ -34,4 +41,7 @@ __all__ += ["CocoFormatError", "coco_categories", "load_coco_datalist", "masks_t
 __all__ += [
     "DicomSeriesError", "DicomSeriesReader", "LoadDicomSeries", "LoadDicomSeriesd", "load_dicom_series",
     "read_dicom_series", "save_like", "write_dicom_seg", "write_dicom_series_like",
+]
+__all__ += [
+    "SyntheticObjectDataset", "SyntheticObjectGenerator", "ball_mask", "load_labelled_arrays", "synthetic_datalist",
 ]

@@ -175,12 +175,14 @@ class SyntheticObjectDataset(Dataset):
 def load_labelled_arrays(
     datalist: str | os.PathLike | Sequence[dict],
     keys: Sequence[str] = ("image", "label", "mask"),
+    require_label: bool = True,
 ) -> list[dict]:
     """Read a user datalist (MSD ``dataset.json`` or JSON list, or a list of dicts) into in-memory sample dicts.
 
     ``image`` and ``mask`` are file paths (any format MONAI ``LoadImage`` reads; mask optional) loaded
     channel-first as float32 / uint8; ``label`` is the class (0/1). When ``label`` is missing it is derived
-    from the mask (1 if any voxel is set).
+    from the mask (1 if any voxel is set); with ``require_label=False`` (inference / localisation of unlabelled
+    images) it is then -1.
     """
     from medcnn.data.datalist import load_datalist
 
@@ -195,6 +197,7 @@ def load_labelled_arrays(
         if image_key not in entry:
             raise ValueError(f"load_labelled_arrays: entry {entry!r} has no {image_key!r}")
         item = dict(entry)
+        item.setdefault("id", os.path.basename(str(entry[image_key])).split(".")[0])
         item[image_key] = np.asarray(loader(entry[image_key]), dtype=np.float32)
         if entry.get(mask_key) is not None:
             mask = np.asarray(loader(entry[mask_key])) > 0
@@ -205,6 +208,10 @@ def load_labelled_arrays(
                 )
             item[mask_key] = mask[:1].astype(np.uint8)
         if label_key not in entry or entry[label_key] is None:
+            if mask_key not in item and not require_label:
+                item[label_key] = -1
+                items.append(item)
+                continue
             if mask_key not in item:
                 raise ValueError(f"load_labelled_arrays: entry {entry[image_key]} has neither {label_key!r} nor mask")
             item[label_key] = int(item[mask_key].any())

@@ -42,7 +42,8 @@ class CAMDiceHandler:
     test set; see :func:`medcnn.localisation.calibrate_cam`), otherwise ``threshold`` / ``mode`` /
     ``largest_component`` are used. On every iteration the images with label 1 (``positive_label``) and a mask
     are localised and scored; with ``output_dir`` every image's heatmap and mask are saved
-    (:func:`medcnn.localisation.io.save_localisation`). On ``EPOCH_COMPLETED`` ``state.metrics`` gets
+    (:func:`medcnn.localisation.io.save_localisation`) with a ``localisation.json`` index.
+    On ``EPOCH_COMPLETED`` ``state.metrics`` gets
     ``<prefix>dice``, ``<prefix>dice_std``, ``<prefix>threshold``, ``<prefix>threshold_mode``,
     ``<prefix>largest_component``, ``<prefix>method``, ``<prefix>layer`` and ``<prefix>n_images``.
 
@@ -86,6 +87,7 @@ class CAMDiceHandler:
         self.prefix = prefix
         self.positive_label = int(positive_label)
         self._dice: list[float] = []
+        self._records: list[dict] = []
         self._count = 0
         self.calibration: dict | None = None
 
@@ -106,13 +108,15 @@ class CAMDiceHandler:
         logger.info("CAM rule chosen on %d validation images: %s", rule["n_images"], self.calibration)
 
     def _reset(self, engine: Engine) -> None:
-        self._dice, self._count = [], 0
+        self._dice, self._records, self._count = [], [], 0
 
     def _collect(self, engine: Engine) -> None:
         image_key, label_key, mask_key = self.keys
         batch = engine.state.batch
         images = torch.as_tensor(_batch_field(batch, image_key))
         labels = _batch_field(batch, label_key)
+        if labels is None:  # unlabelled images (localisation only)
+            labels = torch.full((images.shape[0],), -1, dtype=torch.long)
         labels = torch.as_tensor(np.asarray([int(torch.as_tensor(v).reshape(-1)[0]) for v in labels]))
         masks = _batch_field(batch, mask_key)
         save = self.output_dir is not None
@@ -122,24 +126,39 @@ class CAMDiceHandler:
         heatmaps = self.cam(images[select], self.class_idx).cpu()
         pred = cam_to_mask(heatmaps, self.threshold, self.mode, self.largest_component)
         sel_labels = labels[select]
+        dice = torch.full((len(sel_labels),), float("nan"))
         if masks is not None:
             true = torch.as_tensor(masks)[select].cpu()
             pos = sel_labels == self.positive_label
             if bool(pos.any()):
-                self._dice += cam_dice(pred[pos], true[pos]).tolist()
+                dice[pos] = cam_dice(pred[pos], true[pos])
+                self._dice += dice[pos].tolist()
         if save:
-            self._save(batch, images[select], heatmaps, pred, None if masks is None else torch.as_tensor(masks)[select],
-                       torch.nonzero(select).reshape(-1).tolist(), sel_labels)
+            true_sel = None if masks is None else torch.as_tensor(masks)[select]
+            self._save(engine, images[select], heatmaps, pred, true_sel, torch.nonzero(select).reshape(-1).tolist(),
+                       sel_labels, dice)
         self._count += int(select.sum())
 
-    def _save(self, batch, images, heatmaps, pred, true, index, labels) -> None:
+    def _save(self, engine, images, heatmaps, pred, true, index, labels, dice) -> None:
         from medcnn.localisation.io import save_localisation
 
-        ids = _batch_field(batch, "id")
+        ids = _batch_field(engine.state.batch, "id")
+        probs = None
+        try:
+            probs = _batch_field(engine.state.output, "pred")
+        except ValueError:
+            pass
         for j, i in enumerate(index):
             name = str(ids[i]) if ids is not None else f"image_{self._count + j:05d}"
-            save_localisation(self.output_dir, name, images[j], heatmaps[j], pred[j],
-                              None if true is None else true[j], title=f"{name} label {int(labels[j])}")
+            p = None if probs is None else float(torch.as_tensor(probs[i]).reshape(-1)[self.class_idx])
+            title = f"{name} label {int(labels[j])}" + ("" if p is None else f" p={p:.2f}")
+            if not np.isnan(float(dice[j])):
+                title += f" Dice {float(dice[j]):.2f}"
+            files = save_localisation(self.output_dir, name, images[j], heatmaps[j], pred[j],
+                                      None if true is None else true[j], title=title)
+            self._records.append({"id": name, "label": int(labels[j]), "prob": p,
+                                  "dice": None if np.isnan(float(dice[j])) else float(dice[j]),
+                                  "mask_voxels": int(pred[j].sum()), "files": [f.name for f in files]})
 
     def _publish(self, engine: Engine) -> None:
         dice = np.asarray(self._dice, dtype=float)
@@ -154,6 +173,13 @@ class CAMDiceHandler:
             p + "method": self.method,
             p + "layer": self.target_layer,
         })
+        if self.output_dir is not None:
+            from medcnn.handlers.metrics_json import write_metrics_json
+
+            write_metrics_json({"rule": {"method": self.method, "target_layer": self.target_layer,
+                                         "threshold": self.threshold, "mode": self.mode,
+                                         "largest_component": self.largest_component},
+                                "images": self._records}, os.path.join(self.output_dir, "localisation.json"))
         logger.info("CAM Dice %.4f +- %.4f on %d positive images (%s at %s, %s %.2f, lcc %s)",
                     engine.state.metrics[p + "dice"], engine.state.metrics[p + "dice_std"], dice.size, self.method,
                     self.target_layer, self.mode, self.threshold, self.largest_component)
