@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd, SaveImaged
+from monai.transforms import Compose, Invertd, MapTransform, Resize, SaveImaged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.transform.post import Restored
@@ -121,14 +121,72 @@ class _BundleAdapterMixin:
             self.dimension = int(ml["dimension"])
 
 
+def input_spatial_shape(image: Any) -> list[int]:
+    """Spatial shape of the loaded input (before preprocessing), without its channel axis if it had one."""
+    meta = image.meta if isinstance(image, MetaTensor) else {}
+    shape = [int(v) for v in meta.get("spatial_shape", list(image.shape[1:]))]
+    ch = meta.get("original_channel_dim", "no_channel")
+    if isinstance(ch, (int, np.integer)) and not isinstance(ch, bool) and len(shape) > len(image.shape) - 1:
+        del shape[int(ch)]
+    return shape
+
+
+class RestoreToInputd(MapTransform):
+    """Resize ``keys`` ``(C, *S)`` (nearest) back to the input's spatial shape when preprocessing changed it.
+
+    Unlike MONAI Label's ``Restored`` it knows the input's channel axis (``Restored`` takes the last spatial sides,
+    which for a channel-last ``(H, W, C)`` slice gives ``(W, C)``).
+    """
+
+    def __init__(self, keys, ref_image: str = "image") -> None:
+        super().__init__(keys)
+        self.ref_image = ref_image
+
+    def __call__(self, data):
+        d = dict(data)
+        shape = input_spatial_shape(d[self.ref_image])
+        for key in self.key_iterator(d):
+            pred = d[key]
+            if list(pred.shape[1:]) != shape:
+                pred = Resize(spatial_size=shape, mode="nearest")(pred)
+            d[key] = pred
+        return d
+
+
+def summarise_slices(results: list[dict], positive: str | None = None) -> dict:
+    """One result JSON for a stack run slice by slice by a 2D classifier (unchanged for a single slice).
+
+    ``predicted_class`` / ``class_probabilities`` are those of the slice most likely positive; ``positive_slices``
+    lists the slices (index along the last spatial axis) predicted positive; ``slices`` has every slice's result.
+    """
+    if len(results) == 1 or not all("class_probabilities" in r for r in results):
+        return dict(results[-1]) if results else {}
+    positive = positive or list(results[0]["class_probabilities"])[-1]
+    best = max(range(len(results)), key=lambda k: results[k]["class_probabilities"][positive])
+    out = {k: v for k, v in results[best].items() if k != "class_probabilities"}
+    out["class_probabilities"] = results[best]["class_probabilities"]
+    out["most_positive_slice"] = best
+    out["positive_slices"] = [k for k, r in enumerate(results) if r.get("predicted_class") == positive]
+    out["slices"] = [{"slice": k, "predicted_class": r.get("predicted_class"),
+                      "class_probabilities": r["class_probabilities"]} for k, r in enumerate(results)]
+    return out
+
+
 class _NiftiGridMixin:
     """Runs the task on NIfTI inputs so that the result is on the input's grid (2D bundles: slice by slice)."""
 
     dimension: int
     labels: Any
 
+    def post_transforms(self, data=None):
+        post = super().post_transforms(data)
+        if data and data.get("medcnn_grid"):
+            post = [t for t in post if not isinstance(t, Restored)]
+            post.append(RestoreToInputd(keys=self.output_label_key, ref_image=self.input_key))
+        return post
+
     def _run_one(self, request: dict) -> tuple[np.ndarray, dict]:
-        req = dict(request, skip_writer=True)
+        req = dict(request, skip_writer=True, medcnn_grid=True)
         _, data = BundleInferTask.__call__(self, req)  # type: ignore[arg-type]
         return data["pred"], data
 
@@ -144,7 +202,7 @@ class _NiftiGridMixin:
             if len(shape) > 4:
                 raise ValueError(f"{os.path.basename(path)}: a 2D model needs a 2D image, a stack of 2D slices "
                                  f"(H, W, D) or a multi-channel stack (H, W, D, C); got shape {shape}")
-            slices = []
+            slices, per_slice = [], []
             with tempfile.TemporaryDirectory(prefix="medcnn-slice-") as tmp:
                 volume = np.asanyarray(ref.dataobj)
                 for k in range(shape[2]):  # slice k: (H, W) or, with channels last, (H, W, C)
@@ -152,8 +210,9 @@ class _NiftiGridMixin:
                     nib.save(nib.Nifti1Image(np.ascontiguousarray(volume[:, :, k]), ref.affine), f)
                     pred, data = self._run_one(dict(request, image=f))
                     slices.append(_label_array(pred, 2))
-                    result = data.get("result") or result
+                    per_slice.append(data.get("result") or {})
             label = np.stack(slices, axis=2)
+            result = summarise_slices(per_slice, getattr(self, "positive_name", None))
         else:
             pred, data = self._run_one(request)
             spatial = tuple(shape[:3]) if len(shape) > 3 else tuple(shape)  # 4D NIfTI: channels last
