@@ -243,7 +243,7 @@ def _expected_dimension(folder: Path, meta: dict) -> int:
 
 
 def _moved(src_array: np.ndarray, out: Path, affine: np.ndarray | None = None) -> Path:
-    """Save ``src_array`` as NIfTI with a non-trivial affine (origin moved, anisotropic in-plane spacing kept 1)."""
+    """Save ``src_array`` as NIfTI with the given affine (identity by default) and its origin moved."""
     aff = np.eye(4) if affine is None else affine.copy()
     aff[:3, 3] = [-17.5, 12.25, 3.0]
     nib.save(nib.Nifti1Image(src_array, aff), out)
@@ -265,6 +265,12 @@ def _2d_inputs(name: str, meta: dict, data_dir, tmp: Path) -> list[tuple[Path, n
     if name == "pneumonia_classification":
         npz = np.load(Path(data_dir("pneumoniamnist")) / "pneumoniamnist.npz")
         return [(_slicer_2d_volume(npz["test_images"][0], tmp / f"{name}.nii.gz"), None)]
+    if name == "brats_tumour_localisation":  # a 12-slice FLAIR+T1c slab through the tumour, as one 4D NIfTI
+        full, truth_file = _brats_4d(data_dir, tmp / "brats_full.nii.gz")
+        img, truth = nib.load(full), np.asarray(nib.load(truth_file).dataobj) > 0
+        z = int(np.argmax(truth.sum(axis=(0, 1))))
+        slab = _moved(np.asarray(img.dataobj)[:, :, z - 6:z + 6], tmp / f"{name}.nii.gz", img.affine)
+        return [(slab, truth[:, :, z - 6:z + 6])]
     if name == "synthetic_localisation":  # four positive images of a seed the bundle never trains on
         from medcnn.data.synthetic import synthetic_datalist
 
@@ -421,7 +427,7 @@ def test_2d_bundles_upload_and_infer(served, data_dir):
             image_id = f"{name}_input{k}"
             client.upload_image(inp, image_id)
             result, params = client.infer(name, image_id, tmp)
-            arr = _check_label(result, inp, models[name]["labels"], nib.load(inp).shape)
+            arr = _check_label(result, inp, models[name]["labels"], nib.load(inp).shape[:3])
             if "probabilities" not in str(meta["network_data_format"]["outputs"]):
                 continue
             probs = params["class_probabilities"]
@@ -431,7 +437,11 @@ def test_2d_bundles_upload_and_infer(served, data_dir):
             if name == "fixture2d_localisation":  # biased to the positive class: a non-empty CAM region
                 assert positive and arr.any()
             if mask is not None:  # on the input's grid the CAM region of a positive image touches the object
-                hits += int(positive and np.sum((arr[..., 0] > 0) & (mask > 0)) > 0)
+                hits += int(positive and np.sum((arr.reshape(mask.shape) > 0) & (mask > 0)) > 0)
+            if name == "brats_tumour_localisation":  # slices through the tumour: found and localised
+                assert len(params["slices"]) == arr.shape[2] and params["positive_slices"], params
+        if name == "brats_tumour_localisation":
+            assert hits == 1, f"{name}: the CAM region of the positive slices misses the tumour"
         if name == "synthetic_localisation":
             assert hits >= len(inputs) - 1, f"{name}: only {hits}/{len(inputs)} positive images found and localised"
         ran.append(name)
