@@ -304,8 +304,9 @@ def served(tmp_path_factory):
     # a snapshot of configs + weights, so that a bundle retrained meanwhile does not change what is served
     snap = tmp / "repo_bundles"
     for b in found:
-        for sub in ("configs", "models"):
-            shutil.copytree(b.path / sub, snap / b.name / sub)
+        for sub in ("configs", "models", "docs"):  # docs: results files that record a chosen CAM rule
+            if (b.path / sub).is_dir():
+                shutil.copytree(b.path / sub, snap / b.name / sub)
     repo = [launcher.inspect_bundle(snap / b.name) for b in found]
     studies = tmp / "studies"
     studies.mkdir()
@@ -438,6 +439,8 @@ def test_2d_bundles_upload_and_infer(served, data_dir):
                 assert positive and arr.any()
             if mask is not None:  # on the input's grid the CAM region of a positive image touches the object
                 hits += int(positive and np.sum((arr.reshape(mask.shape) > 0) & (mask > 0)) > 0)
+            if name == "synthetic_localisation" and (Path(folder) / "docs" / "results_2d.json").is_file():
+                assert params["cam"].get("source") == "docs/results_2d.json", params["cam"]  # the validated rule
             if name == "brats_tumour_localisation":  # slices through the tumour: found and localised
                 assert len(params["slices"]) == arr.shape[2] and params["positive_slices"], params
         if name == "brats_tumour_localisation":

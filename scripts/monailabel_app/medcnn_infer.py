@@ -18,7 +18,9 @@ is adapted by an override config merged on top of ``inference.json`` (top-level 
 (e.g. a 2D network run slice by slice over a volume by its ``SliceInferer``).
 
 The CAM rule is read from the bundle: ``models/cam_rule.json`` (the dict of
-``medcnn.localisation.calibrate_cam``) if present, else the ``cam`` dict id (``method``, ``target_layer``,
+``medcnn.localisation.calibrate_cam``) or the JSON named by a ``cam_rule_file`` id (e.g. the bundle's results
+file with ``cam_method`` / ``cam_layer`` / ``cam_threshold`` / ...: the rule chosen on validation data) if
+present, else the ``cam`` dict id (``method``, ``target_layer``,
 ``threshold``, ``mode``, ``largest_component``, ``class_idx``, as in the bundles' train.json) or top-level
 ``cam_method`` / ``cam_threshold`` / ... ids of the (merged) inference config, else Grad-CAM on the network's
 ``cam_target_layer_name`` with threshold 0.5 of the maximum, class 1.
@@ -240,21 +242,33 @@ class MedcnnSegmentationTask(_NiftiGridMixin, _BundleAdapterMixin, BundleInferTa
             self._adapt_info()
 
 
+# keys of a bundle's results JSON (``cam_method``, ``cam_layer``, ...) -> keys of the CAM rule
+RESULT_KEYS = {"cam_method": "method", "cam_layer": "target_layer", "cam_target_layer": "target_layer",
+               "cam_threshold": "threshold", "cam_threshold_mode": "mode", "cam_mode": "mode",
+               "cam_largest_component": "largest_component", "cam_class_idx": "class_idx"}
+
+
 def _cam_rule(path: str, bundle_config) -> dict:
     """CAM settings of the bundle (see the module docstring for where they come from)."""
     rule = {"method": "gradcam", "target_layer": None, "threshold": 0.5, "mode": "fraction",
             "largest_component": False, "class_idx": 1}
-    rule_file = os.path.join(path, "models", "cam_rule.json")
-    if os.path.isfile(rule_file):
-        with open(rule_file) as f:
-            rule.update({k: v for k, v in json.load(f).items() if k in rule})
-    else:
-        cam = bundle_config.get("cam")
-        if isinstance(cam, dict):
-            rule.update({k: bundle_config.get_parsed_content(f"cam#{k}") for k in rule if k in cam})
-        for k in rule:
-            if bundle_config.get(f"cam_{k}") is not None:
-                rule[k] = bundle_config.get_parsed_content(f"cam_{k}")
+    cam = bundle_config.get("cam")
+    if isinstance(cam, dict):
+        rule.update({k: bundle_config.get_parsed_content(f"cam#{k}") for k in rule if k in cam})
+    for k in rule:
+        if bundle_config.get(f"cam_{k}") is not None:
+            rule[k] = bundle_config.get_parsed_content(f"cam_{k}")
+    files = [os.path.join(path, "models", "cam_rule.json")]
+    if bundle_config.get("cam_rule_file"):
+        files.append(bundle_config.get_parsed_content("cam_rule_file"))
+    for f in files:  # a rule the bundle chose on validation data wins over the configured defaults
+        if os.path.isfile(f):
+            with open(f) as fh:
+                found = json.load(fh)
+            rule.update({k: v for k, v in found.items() if k in rule})
+            rule.update({RESULT_KEYS[k]: v for k, v in found.items() if k in RESULT_KEYS})
+            rule["source"] = os.path.relpath(f, path)
+            break
     return rule
 
 
@@ -301,7 +315,8 @@ class MedcnnCAMTask(_BundleAdapterMixin, BundleInferTask):
             "class_probabilities": {self.class_names.get(i, f"class_{i}"): round(float(p), 6)
                                     for i, p in enumerate(probs.tolist())},
             "predicted_class": self.class_names.get(predicted, f"class_{predicted}"),
-            "cam": {k: self.rule[k] for k in ("method", "target_layer", "threshold", "mode", "largest_component")},
+            "cam": {k: self.rule[k] for k in ("method", "target_layer", "threshold", "mode", "largest_component",
+                                              "source") if k in self.rule},
         }
         return data
 
