@@ -8,15 +8,17 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="${MEDCNN_VENV:-$root/.venv}/bin/python"
 bundle="$root/bundles/synthetic_localisation"
 out="$root/runs/demo"
+# torch threads (0 = torch's default); on a busy shared machine MEDCNN_THREADS=1 is much faster
+threads="${MEDCNN_THREADS:-0}"
 mkdir -p "$out"
 start=$(date +%s)
 cd "$bundle"
 "$py" -m monai.bundle run --config_file configs/train.json \
-  --output_dir "$out" --ckpt_dir "$out/models"
+  --output_dir "$out" --ckpt_dir "$out/models" --num_threads "$threads"
 "$py" -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" \
-  --output_dir "$out" --ckpt_dir "$out/models"
+  --output_dir "$out" --ckpt_dir "$out/models" --num_threads "$threads"
 "$py" -m monai.bundle run --config_file "['configs/train.json','configs/localise.json']" \
-  --output_dir "$out" --ckpt_dir "$out/models"
+  --output_dir "$out" --ckpt_dir "$out/models" --num_threads "$threads"
 echo
 echo "medcnn demo finished in $(( $(date +%s) - start )) s (install excluded). Figures: $out/metrics.json"
 cat "$out/metrics.json"
