@@ -38,21 +38,22 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+step() { echo "medcnn-monailabel: [$1] $2 (at $(( $(date +%s) - start )) s)"; }
 
-echo "medcnn-monailabel: [1/4] torch, torchvision"
+step 1/4 "torch, torchvision"
 "${pip[@]}" install --quiet -c "$constraints" torch==2.14.1 torchvision==0.29.1 'numpy<2' 'setuptools>=61' wheel
 
-echo "medcnn-monailabel: [2/4] sam2 (no CUDA extension, built against the installed torch)"
+step 2/4 "sam2 (no CUDA extension, built against the installed torch)"
 SAM2_BUILD_CUDA=0 "${pip[@]}" install --quiet --no-build-isolation -c "$constraints" sam2==1.1.0
 
-echo "medcnn-monailabel: [3/4] monailabel 0.8.5 and medcnn's runtime dependencies"
+step 3/4 "monailabel 0.8.5 and medcnn's runtime dependencies"
 "${pip[@]}" install --quiet -c "$constraints" \
   monailabel==0.8.5 monai==1.6.1 \
   'pytorch-ignite>=0.5,<0.6' 'nibabel>=5.2' 'itk>=5.3' 'grad-cam>=1.5,<1.6' 'tifffile>=2024.1' \
   'scikit-image>=0.22' 'matplotlib>=3.8' 'tensorboard>=2.15' 'fire>=0.5' 'pyyaml>=6' 'tqdm>=4.66' \
   'scipy>=1.11' 'pillow>=10'
 
-echo "medcnn-monailabel: [4/4] medcnn (editable, --no-deps)"
+step 4/4 "medcnn (editable, --no-deps)"
 "${pip[@]}" install --quiet --no-deps -e "$root"
 
 elapsed=$(( $(date +%s) - start ))

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,49 @@ def check_venv(venv: str | os.PathLike) -> Path:
     return py
 
 
+_REQUIREMENTS_PROBE = """
+import json, sys
+from importlib.metadata import PackageNotFoundError, version
+out = {}
+for name in json.loads(sys.argv[1]):
+    try:
+        out[name] = version(name)
+    except PackageNotFoundError:
+        out[name] = None
+print(json.dumps(out))
+"""
+
+
+def check_requirements(python: Path, bundles: list[BundleInfo]) -> None:
+    """LaunchError when a package of a bundle's ``required_packages_version`` is missing from the environment.
+
+    A different version is only logged: MONAI Label's environment pins some packages apart from the main one.
+    """
+    required: dict[str, list[tuple[str, str]]] = {}
+    for b in bundles:
+        meta = json.loads((b.path / "configs" / "metadata.json").read_text())
+        for pkg, ver in (meta.get("required_packages_version") or {}).items():
+            required.setdefault(pkg, []).append((b.name, str(ver)))
+    if not required:
+        return
+    try:
+        res = subprocess.run([str(python), "-c", _REQUIREMENTS_PROBE, json.dumps(sorted(required))],
+                             capture_output=True, text=True, timeout=120, check=True)
+        found = json.loads(res.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
+        raise LaunchError(f"cannot run the MONAI Label environment's python {python} ({e}); rebuild it with "
+                          f"scripts/monailabel_env.sh") from None
+    for pkg, users in sorted(required.items()):
+        have = found.get(pkg)
+        if have is None:
+            raise LaunchError(f"bundle {users[0][0]!r} requires package {pkg!r} (metadata required_packages_version) "
+                              f"but it is not installed in {python.parent.parent}; rerun scripts/monailabel_env.sh")
+        for name, want in users:
+            if have != want:
+                logger.info("bundle %s was made with %s %s; the MONAI Label environment has %s", name, pkg, want,
+                            have)
+
+
 def assemble_app(app_dir: str | os.PathLike, bundles: list[BundleInfo]) -> Path:
     """Copy the medcnn MONAI Label app to ``app_dir`` (replacing it) and link each bundle as ``model/<name>``."""
     app = Path(app_dir)
@@ -235,6 +279,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     bundles = select_bundles(requested, args.bundles_dir)
     check_port(args.host, args.port)
     python = check_venv(args.venv)
+    check_requirements(python, bundles)
     if args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
         raise LaunchError(f"--device must be auto, cpu or cuda[:N], got {args.device!r}")
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medcnn" / "monailabel"

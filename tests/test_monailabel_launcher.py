@@ -50,7 +50,8 @@ def layout(tmp_path):
     studies.mkdir()
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "python").write_text("#!/bin/sh\n")
+    (venv / "bin" / "python").write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    (venv / "bin" / "python").chmod(0o755)
     (venv / "lib" / "python3.11" / "site-packages" / "monailabel").mkdir(parents=True)
     (venv / "lib" / "python3.11" / "site-packages" / "monailabel" / "__init__.py").write_text("")
     return {"bundles": bundles, "studies": studies, "venv": venv, "tmp": tmp_path}
@@ -117,6 +118,19 @@ def test_port_in_use_is_refused():
         with pytest.raises(launcher.LaunchError, match=f"port {port} .* not free"):
             launcher.check_port("127.0.0.1", port)
     launcher.check_port("127.0.0.1", port)  # free again once the listener is closed
+
+
+def test_required_package_missing_from_environment_is_refused(layout):
+    meta_file = layout["bundles"] / "seg_a" / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["required_packages_version"] = {"numpy": "0.0.1", "no-such-package-for-medcnn": "1.0"}
+    meta_file.write_text(json.dumps(meta))
+    python = launcher.check_venv(layout["venv"])
+    with pytest.raises(launcher.LaunchError, match="seg_a.*'no-such-package-for-medcnn'.*not installed"):
+        launcher.check_requirements(python, launcher.select_bundles(["seg_a"], layout["bundles"]))
+    meta["required_packages_version"] = {"numpy": "0.0.1"}  # another version only: served
+    meta_file.write_text(json.dumps(meta))
+    launcher.check_requirements(python, launcher.select_bundles(["seg_a"], layout["bundles"]))
 
 
 def test_missing_environment_is_refused(tmp_path):
