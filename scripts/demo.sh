@@ -4,7 +4,8 @@
 # Results go to runs/demo/ (the committed weights in bundles/*/models are never overwritten).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$root/scripts/setup_venv.sh"
+# MEDCNN_SKIP_INSTALL=1 reuses an existing environment as it is
+[ "${MEDCNN_SKIP_INSTALL:-0}" = "1" ] || "$root/scripts/setup_venv.sh"
 py="${MEDCNN_VENV:-$root/.venv}/bin/python"
 bundle="$root/bundles/synthetic_localisation"
 out="$root/runs/demo"
