@@ -1,0 +1,147 @@
+"""Workflow checks of bundles/pneumonia_classification: tiny training, evaluation, inference, export, weights."""
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import META_SCHEMA, bundle_root, read_metrics, run_workflow
+from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
+from PIL import Image
+
+from medcnn.data.medmnist import MedMNISTError
+from medcnn.networks import ClassicCNN
+
+NAME = "pneumonia_classification"
+ROOT = bundle_root(NAME)
+pytestmark = pytest.mark.realdata
+
+
+@pytest.fixture
+def pneumonia_dir(data_dir):
+    return data_dir("pneumoniamnist")
+
+
+@pytest.fixture
+def small_test_npz(pneumonia_dir, tmp_path):
+    """48 real test images (24 per class) as a separate MedMNIST-style file, for a fast --eval_datalist."""
+    d = np.load(pneumonia_dir / "pneumoniamnist.npz")
+    y = d["test_labels"][:, 0]
+    idx = np.r_[np.flatnonzero(y == 0)[:24], np.flatnonzero(y == 1)[:24]]
+    path = tmp_path / "small.npz"
+    np.savez(path, test_images=d["test_images"][idx], test_labels=d["test_labels"][idx])
+    return path
+
+
+def test_metadata_is_valid():
+    verify_metadata(meta_file=str(ROOT / "configs" / "metadata.json"), filepath=str(META_SCHEMA))
+
+
+def test_tiny_training_then_evaluation(pneumonia_dir, small_test_npz, tmp_path):
+    ckpt, out = tmp_path / "models", tmp_path / "train_eval"
+    common = {"dataset_dir": str(pneumonia_dir), "ckpt_dir": str(ckpt), "output_dir": str(out)}
+    run_workflow(NAME, ["train.json"], "train", train_limit=256, val_limit=120, max_epochs=2, **common)
+    assert (ckpt / "model.pt").is_file()
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    assert "classifier.5.weight" in state
+    curves = json.loads((out / "curves.json").read_text())
+    assert curves["epoch"] == [1, 2]
+    assert curves["loss"][1] < curves["loss"][0], curves["loss"]
+    assert max(curves["val_auc"]) > 0.7, curves["val_auc"]  # chance is 0.5
+
+    eval_out = tmp_path / "eval"
+    run_workflow(
+        NAME, ["train.json", "evaluate.json"], "eval",
+        eval_datalist=str(small_test_npz), num_gradcam=4, **{**common, "output_dir": str(eval_out)},
+    )
+    m = read_metrics(eval_out)
+    for key in ("accuracy", "auc", "sensitivity", "specificity", "ppv", "npv", "f1_positive", "f1_negative"):
+        assert key in m
+    assert m["n_images"] == 48 and m["n_positive"] == 24
+    assert sum(map(sum, m["confusion_matrix"])) == 48
+    assert m["auc"] > 0.6
+    for png in ("roc.png", "confusion_matrix.png"):
+        assert (eval_out / png).stat().st_size > 1000
+    assert len(list((eval_out / "gradcam").glob("test_*.png"))) == 4
+    with open(eval_out / "predictions.csv") as f:
+        assert len(list(csv.reader(f))) == 48
+
+
+def test_eval_datalist_of_pngs_and_bad_label(pneumonia_dir, tmp_path):
+    d = np.load(pneumonia_dir / "pneumoniamnist.npz")
+    entries = []
+    for i in range(6):
+        Image.fromarray(d["test_images"][i]).save(tmp_path / f"x{i}.png")
+        entries.append({"image": f"x{i}.png", "label": int(d["test_labels"][i, 0])})
+    (tmp_path / "list.json").write_text(json.dumps(entries))
+    run_workflow(
+        NAME, ["train.json", "evaluate.json"], "eval", dataset_dir=str(pneumonia_dir),
+        eval_datalist=str(tmp_path / "list.json"), num_gradcam=0, output_dir=str(tmp_path / "out"),
+    )
+    assert read_metrics(tmp_path / "out")["n_images"] == 6
+    entries[0]["label"] = 3
+    (tmp_path / "bad.json").write_text(json.dumps(entries))
+    with pytest.raises(Exception) as info:
+        run_workflow(
+            NAME, ["train.json", "evaluate.json"], "eval", dataset_dir=str(pneumonia_dir),
+            eval_datalist=str(tmp_path / "bad.json"), num_gradcam=0, output_dir=str(tmp_path / "out2"),
+        )
+    chain, exc = [], info.value
+    while exc is not None:  # MONAI wraps the reader's error in "Failed to evaluate ..."
+        chain.append(exc)
+        exc = exc.__cause__
+    pattern = r"bad.json: entry 0 .*label 3 is outside the declared classes"
+    assert any(isinstance(e, MedMNISTError) and re.search(pattern, str(e)) for e in chain), chain
+
+
+def test_inference_on_committed_weights_matches_the_network(pneumonia_dir, tmp_path):
+    d = np.load(pneumonia_dir / "pneumoniamnist.npz")
+    images = d["test_images"][:8]
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(tmp_path / f"case{i}.png")
+    (tmp_path / "input.json").write_text(json.dumps([{"image": f"case{i}.png"} for i in range(8)]))
+    run_workflow(
+        NAME, ["inference.json"], "infer", dataset_dir=str(pneumonia_dir),
+        input_datalist=str(tmp_path / "input.json"), output_dir=str(tmp_path / "out"),
+    )
+    with open(tmp_path / "out" / "predictions.csv") as f:
+        rows = {r[0]: [float(v) for v in r[1:]] for r in csv.reader(f)}
+    net = ClassicCNN().eval()
+    net.load_state_dict(torch.load(ROOT / "models" / "model.pt", weights_only=True))
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.from_numpy(images[:, None] / 255.0).float()), 1).numpy()
+    got = np.asarray([rows[f"case{i}"] for i in range(8)])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_net_in_out_and_torchscript_export(tmp_path):
+    cfg, meta = str(ROOT / "configs" / "inference.json"), str(ROOT / "configs" / "metadata.json")
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=cfg, bundle_root=str(ROOT), n=2, any=8)
+    ts_path = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def", filepath=str(ts_path), ckpt_file=str(ROOT / "models" / "model.pt"),
+        meta_file=meta, config_file=cfg, bundle_root=str(ROOT),
+    )
+    exported = torch.jit.load(str(ts_path))
+    net = ClassicCNN().eval()
+    net.load_state_dict(torch.load(ROOT / "models" / "model.pt", weights_only=True))
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), net(x), atol=1e-6, rtol=1e-5)
+
+
+def test_committed_weights_reach_model_card_figures(pneumonia_dir, tmp_path):
+    """Evaluate models/model.pt on the official 624-image test split; figures as in metadata.json / the card."""
+    card = json.loads((ROOT / "configs" / "metadata.json").read_text())["eval_metrics"]
+    run_workflow(
+        NAME, ["train.json", "evaluate.json"], "eval", dataset_dir=str(pneumonia_dir), num_gradcam=0,
+        output_dir=str(tmp_path),
+    )
+    m = read_metrics(tmp_path)
+    assert m["n_images"] == 624
+    for key, value in card.items():
+        assert m[key] == pytest.approx(value, abs=0.005), key
+    readme = (ROOT / "docs" / "README.md").read_text()
+    assert f"{card['accuracy']:.3f}" in readme and f"{card['auc']:.3f}" in readme
