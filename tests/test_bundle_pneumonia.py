@@ -69,6 +69,15 @@ def test_tiny_training_then_evaluation(pneumonia_dir, small_test_npz, tmp_path):
         assert len(list(csv.reader(f))) == 48
 
 
+def test_resnet_selected_by_override(pneumonia_dir, tmp_path):
+    run_workflow(
+        NAME, ["train.json"], "train", dataset_dir=str(pneumonia_dir), network_name="resnet", train_limit=128,
+        val_limit=64, max_epochs=1, ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "out"),
+    )
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert any(k.startswith("blocks.3.") for k in state) and "fc2.weight" in state
+
+
 def test_eval_datalist_of_pngs_and_bad_label(pneumonia_dir, tmp_path):
     d = np.load(pneumonia_dir / "pneumoniamnist.npz")
     entries = []
