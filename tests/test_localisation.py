@@ -67,6 +67,14 @@ def test_every_method_runs_or_is_reported(dims, method):
         assert float(dice.min()) > 0.95, f"{method} {dims}D: the CAM of a pass-through model is the image"
 
 
+def test_dimension_limited_method_is_reported():
+    from medcnn.localisation import GradCAMPackageCAM
+
+    cam = GradCAMPackageCAM(PassThroughClassifier(3), "features", "GradCAM", "gradcam_2d_only", spatial_dims=(2,))
+    with pytest.raises(UnsupportedCAMError, match="gradcam_2d_only.*3D"):
+        cam(torch.ones(1, 1, 8, 8, 8))
+
+
 def test_resnet_heatmap_upsampled_to_input_and_mode_restored():
     net = ResNetClassifier(3, 1, 2, num_blocks=3, channels=4)
     net.train()

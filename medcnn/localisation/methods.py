@@ -194,15 +194,15 @@ class GradCAMPackageCAM(CAMMethod):
     """
 
     def __init__(
-        self, model: nn.Module, target_layer: str | None = None, cam_class: str = "GradCAM",
+        self, model: nn.Module, target_layer: str | None = None, cam_class: str | type = "GradCAM",
         name: str | None = None, spatial_dims: tuple[int, ...] = (2, 3),
     ) -> None:
         super().__init__(model, target_layer)
         import pytorch_grad_cam
 
-        base = getattr(pytorch_grad_cam, cam_class)
-        self.cam_class = type(f"FeatureRes{cam_class}", (_FeatureResolutionMixin, base), {})
-        self.name = name or cam_class.lower()
+        base = getattr(pytorch_grad_cam, cam_class) if isinstance(cam_class, str) else cam_class
+        self.cam_class = type(f"FeatureRes{base.__name__}", (_FeatureResolutionMixin, base), {})
+        self.name = name or base.__name__.lower()
         self.spatial_dims = spatial_dims
 
     def raw_maps(self, images: torch.Tensor, class_idx: list[int]) -> torch.Tensor:
@@ -232,6 +232,34 @@ class _FeatureResolutionMixin:
         return np.mean(np.concatenate(cam_per_target_layer, axis=1), axis=1)
 
 
+def _nd_score_cam():
+    """grad-cam's ScoreCAM with the activation upsampling generalised to 3D and without per-image progress bars."""
+    from pytorch_grad_cam import ScoreCAM
+
+    class NDScoreCAM(ScoreCAM):
+        batch_size = 16
+
+        def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
+            with torch.no_grad():
+                acts = torch.from_numpy(activations).to(self.device)
+                mode = "bilinear" if acts.ndim == 4 else "trilinear"
+                # same grid as the package's UpsamplingBilinear2d (align_corners=True)
+                up = F.interpolate(acts, size=input_tensor.shape[2:], mode=mode, align_corners=True)
+                flat = up.flatten(2)
+                lo, hi = flat.min(-1)[0], flat.max(-1)[0]
+                shape = (*lo.shape, *([1] * (up.ndim - 2)))
+                up = (up - lo.view(shape)) / (hi - lo + 1e-8).view(shape)
+                masked = input_tensor[:, None] * up[:, :, None]  # (B, K, C, *S): the input seen through each map
+                scores = []
+                for target, tensor in zip(targets, masked, strict=True):
+                    for i in range(0, tensor.shape[0], self.batch_size):
+                        scores += [target(o).cpu().item() for o in self.model(tensor[i: i + self.batch_size])]
+                scores = torch.tensor(scores).view(activations.shape[0], activations.shape[1])
+                return torch.softmax(scores, dim=-1).numpy()
+
+    return NDScoreCAM
+
+
 def _monai(variant: str):
     return lambda model, target_layer=None: MonaiCAM(model, target_layer, variant)
 
@@ -252,8 +280,8 @@ CAM_METHODS = {
     "gradcam_elementwise": _package("GradCAMElementWise", "gradcam_elementwise"),
     "eigencam": _package("EigenCAM", "eigencam"),
     "eigengradcam": _package("EigenGradCAM", "eigengradcam"),
-    # ScoreCAM upsamples activations with 2D-only code inside pytorch_grad_cam
-    "scorecam": _package("ScoreCAM", "scorecam", (2,)),
+    # grad-cam's ScoreCAM upsamples with 2D-only code: medcnn's subclass generalises it to 3D
+    "scorecam": lambda model, target_layer=None: GradCAMPackageCAM(model, target_layer, _nd_score_cam(), "scorecam"),
 }
 
 
@@ -264,7 +292,8 @@ def available_cam_methods(spatial_dims: int | None = None) -> list[str]:
     return [n for n in CAM_METHODS if spatial_dims in _SUPPORT.get(n, (2, 3))]
 
 
-_SUPPORT = {"scorecam": (2,)}
+#: methods limited to some dimensionalities (none at the moment: every method above runs in 2D and 3D)
+_SUPPORT: dict[str, tuple[int, ...]] = {}
 
 
 def get_cam_method(name: str, model: nn.Module, target_layer: str | None = None) -> CAMMethod:
