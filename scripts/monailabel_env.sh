@@ -8,6 +8,7 @@
 # Usage: scripts/monailabel_env.sh            (environment in $MEDCNN_MONAILABEL_VENV, default <repo>/.venv-monailabel)
 #        MEDCNN_MONAILABEL_VENV=/some/dir scripts/monailabel_env.sh
 #        PYTHON=python3.11 scripts/monailabel_env.sh
+# Every package is pinned by scripts/monailabel_constraints.txt (the set tested together).
 # Steps: torch/torchvision (the project's pins) -> sam2 built without CUDA extension and without build isolation
 # (monailabel declares it; only its SAM2 tasks import it) -> monailabel==0.8.5 and medcnn's runtime dependencies
 # under the constraints below -> medcnn itself, editable, with --no-deps (its jsonschema>=4.20 pin is only for
@@ -21,7 +22,9 @@ start=$(date +%s)
 
 constraints="$(mktemp)"
 trap 'rm -f "$constraints"' EXIT
-cat >"$constraints" <<'EOF'
+# the full tested set (scripts/monailabel_constraints.txt) plus the pins that motivate this environment
+cat "$root/scripts/monailabel_constraints.txt" >"$constraints"
+cat >>"$constraints" <<'EOF'
 torch==2.14.1
 torchvision==0.29.1
 monai==1.6.1

@@ -134,6 +134,27 @@ def select_bundles(requested: list[str] | None, bundles_dir: str | os.PathLike =
     return out
 
 
+def with_variants(bundles: list[BundleInfo], overrides_dir: Path = APP_TEMPLATE / "overrides") -> list[BundleInfo]:
+    """``bundles`` plus their served variants: each override ``<variant>.json`` whose ``monailabel.variant_of``
+    names a selected bundle and whose ``monailabel.model_file`` exists in that bundle's models/ (else skipped)."""
+    by_name = {b.name: b for b in bundles}
+    out = list(bundles)
+    for f in sorted(Path(overrides_dir).glob("*.json")):
+        try:
+            ml = json.loads(f.read_text()).get("monailabel") or {}
+        except (OSError, ValueError) as e:
+            raise LaunchError(f"unreadable override config {f} ({e})") from None
+        base = by_name.get(ml.get("variant_of", ""))
+        if base is None or f.stem in by_name:
+            continue
+        weights = base.path / "models" / str(ml.get("model_file", "model.pt"))
+        if not weights.is_file():
+            logger.warning("skipping variant %r of %r: no %s", f.stem, base.name, weights)
+            continue
+        out.append(BundleInfo(name=f.stem, path=base.path, has_inference=True, weights=weights))
+    return out
+
+
 def check_studies(studies: str | os.PathLike) -> Path:
     """The studies folder, resolved; LaunchError when it does not exist or is not a folder."""
     p = Path(studies).expanduser()
@@ -222,7 +243,7 @@ def assemble_app(app_dir: str | os.PathLike, bundles: list[BundleInfo]) -> Path:
     shutil.copytree(APP_TEMPLATE, app, ignore=shutil.ignore_patterns("__pycache__"))
     (app / ".medcnn-monailabel-app").write_text("made by scripts/monailabel_server.py; rebuilt at every start\n")
     (app / "model").mkdir()
-    for b in bundles:
+    for b in bundles:  # a variant links to its bundle's folder under its own name
         (app / "model" / b.name).symlink_to(b.path, target_is_directory=True)
     return app
 
@@ -276,7 +297,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """Run every pre-flight check and assemble the app; returns (command, environment). Raises LaunchError."""
     studies = check_studies(args.studies)
     requested = [b.strip() for b in args.bundles.split(",") if b.strip()] if args.bundles else None
-    bundles = select_bundles(requested, args.bundles_dir)
+    bundles = with_variants(select_bundles(requested, args.bundles_dir))
     check_port(args.host, args.port)
     python = check_venv(args.venv)
     check_requirements(python, bundles)

@@ -230,10 +230,10 @@ def _brats_4d(data_dir, out: Path) -> tuple[Path, Path]:
     return out, case / "OTMultiClass.nii.gz"
 
 
-def _expected_dimension(folder: Path, meta: dict) -> int:
+def _expected_dimension(name: str, folder: Path, meta: dict) -> int:
     """Dimension MONAI Label reports: the override's ``monailabel.dimension`` or the input's spatial rank."""
     for f in (folder / "configs" / "monailabel.json",
-              ROOT / "scripts" / "monailabel_app" / "overrides" / f"{folder.name}.json"):
+              ROOT / "scripts" / "monailabel_app" / "overrides" / f"{name}.json"):
         if f.is_file():
             dim = json.loads(f.read_text()).get("monailabel", {}).get("dimension")
             if dim:
@@ -335,7 +335,9 @@ def served(tmp_path_factory):
             time.sleep(1)
         startup = time.time() - t0
         print(f"MONAI Label server up in {startup:.1f} s with {len(bundles)} bundles")
-        yield {"client": SlicerLikeClient(base), "repo": {b.name: b for b in repo}, "fixtures": fixtures,
+        variants = {b.name: b for b in launcher.with_variants(repo)[len(repo):]}
+        yield {"client": SlicerLikeClient(base), "repo": {b.name: b for b in repo}, "variants": variants,
+               "fixtures": fixtures,
                "tmp": tmp, "log": log}
     finally:
         if proc.poll() is None:
@@ -362,12 +364,13 @@ def _check_label(result: Path, reference: Path, labels: dict, spatial_shape: tup
 def test_info_lists_every_bundle_with_labels_and_dimension(served):
     info = served["client"].info()
     models = info["models"]
-    for name, folder in [*((n, b.path) for n, b in served["repo"].items()), *served["fixtures"].items()]:
+    for name, folder in [*((n, b.path) for n, b in {**served["repo"], **served["variants"]}.items()),
+                         *served["fixtures"].items()]:
         assert name in models, f"{name} missing from /info/: {sorted(models)}"
         m = models[name]
         meta = json.loads((Path(folder) / "configs" / "metadata.json").read_text())
         assert m["type"] == "segmentation"
-        assert m["dimension"] == _expected_dimension(Path(folder), meta), name
+        assert m["dimension"] == _expected_dimension(name, Path(folder), meta), name
         assert m["labels"] and all(isinstance(v, int) and v > 0 for v in m["labels"].values()), m["labels"]
     assert models["fixture3d_segmentation"]["labels"] == {"anterior": 1, "posterior": 2}
     assert models["fixture2d_localisation"]["labels"] == {"object": 1}
@@ -387,6 +390,28 @@ def test_brats_tumour_3d_upload_and_infer(served, data_dir):
     truth = np.asarray(nib.load(truth_file).dataobj) > 0
     dice = 2 * np.sum((arr > 0) & truth) / max(1, np.sum(arr > 0) + np.sum(truth))
     assert dice > 0.3, f"whole tumour Dice {dice:.2f} with the reference"
+
+
+def test_synthetic_3d_cam_upload_and_infer(served):
+    name = "synthetic_localisation_3d"
+    if name not in served["variants"]:
+        pytest.skip(f"{name} (models/model_3d.pt of synthetic_localisation) is not there")
+    from medcnn.data.synthetic import synthetic_datalist
+
+    client, tmp = served["client"], served["tmp"]
+    labels = client.info()["models"][name]["labels"]
+    items = [i for i in synthetic_datalist(6, seed=4242, spatial_size=(32, 32, 32), radius_range=(4.0, 10.0))
+             if int(np.asarray(i["label"]).ravel()[0]) == 1][:2]
+    hits = 0
+    for k, item in enumerate(items):
+        upload = _moved(np.asarray(item["image"], dtype=np.float32).squeeze(), tmp / f"sphere_{k}.nii.gz")
+        client.upload_image(upload, f"sphere_{k}")
+        result, params = client.infer(name, f"sphere_{k}", tmp)
+        arr = _check_label(result, upload, labels, (32, 32, 32))
+        assert params["cam"].get("source") in (None, "docs/results_3d.json"), params["cam"]
+        hits += int(params["predicted_class"] == "object present"
+                    and np.sum((arr > 0) & (np.asarray(item["mask"]).squeeze() > 0)) > 0)
+    assert hits >= 1, f"{name}: no positive sphere found and localised"
 
 
 def test_hippocampus_3d_upload_and_infer(served, data_dir):

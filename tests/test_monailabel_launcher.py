@@ -133,6 +133,22 @@ def test_required_package_missing_from_environment_is_refused(layout):
     launcher.check_requirements(python, launcher.select_bundles(["seg_a"], layout["bundles"]))
 
 
+def test_variant_of_a_bundle_is_served_when_its_weights_exist(layout, tmp_path):
+    overrides = tmp_path / "overrides"
+    overrides.mkdir()
+    (overrides / "seg_a_3d.json").write_text(json.dumps({"monailabel": {"variant_of": "seg_a",
+                                                                        "model_file": "model_3d.pt"}}))
+    (overrides / "cls_b.json").write_text(json.dumps({"preprocessing": {}}))  # a plain override: no variant
+    chosen = launcher.select_bundles(None, layout["bundles"])
+    assert [b.name for b in launcher.with_variants(chosen, overrides)] == ["cls_b", "seg_a"]  # no model_3d.pt yet
+    (layout["bundles"] / "seg_a" / "models" / "model_3d.pt").write_bytes(b"weights")
+    served = launcher.with_variants(chosen, overrides)
+    assert [b.name for b in served] == ["cls_b", "seg_a", "seg_a_3d"]
+    assert served[2].path == served[1].path and served[2].weights.name == "model_3d.pt"
+    app = launcher.assemble_app(layout["tmp"] / "app", served)
+    assert (app / "model" / "seg_a_3d").resolve() == (layout["bundles"] / "seg_a").resolve()
+
+
 def test_missing_environment_is_refused(tmp_path):
     with pytest.raises(launcher.LaunchError, match="scripts/monailabel_env.sh"):
         launcher.check_venv(tmp_path / "nothing")

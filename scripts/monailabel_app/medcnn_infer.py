@@ -15,7 +15,9 @@ Single-image adaptation: MONAI Label gives a task one image file (what Slicer up
 is adapted by an override config merged on top of ``inference.json`` (top-level ids replace, as with several
 ``--config_file`` of ``monai.bundle``): the bundle's own ``configs/monailabel.json`` when it ships one, else
 ``overrides/<bundle name>.json`` of this app. An override may also hold ``"monailabel": {"dimension": 3}``
-(e.g. a 2D network run slice by slice over a volume by its ``SliceInferer``).
+(e.g. a 2D network run slice by slice over a volume by its ``SliceInferer``) and, for a variant of a bundle served
+as a model of its own (``overrides/<variant>.json`` with ``"monailabel": {"variant_of": "<bundle>"}``), the
+weights file under ``models/`` (``"model_file": "model_3d.pt"``).
 
 The CAM rule is read from the bundle: ``models/cam_rule.json`` (the dict of
 ``medcnn.localisation.calibrate_cam``) or the JSON named by a ``cam_rule_file`` id (e.g. the bundle's results
@@ -43,7 +45,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, MapTransform, Resize, SaveImaged
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 from monailabel.transform.post import Restored
 
 logger = logging.getLogger(__name__)
@@ -63,10 +65,32 @@ def is_classifier(meta: dict) -> bool:
     return str(out.get("type", "image")).lower() in ("probabilities", "probability", "logits", "scores", "class")
 
 
+class _WeightsFile(BundleConstants):
+    """Bundle constants with another weights file under models/ (a variant such as ``model_3d.pt``)."""
+
+    def __init__(self, model_file: str) -> None:
+        self.model_file = model_file
+
+    def model_pytorch(self) -> str:
+        return self.model_file
+
+
+def override_settings(path: str) -> dict:
+    """The ``monailabel`` section of the bundle's override config ({} without one)."""
+    files = override_files(path)
+    if not files:
+        return {}
+    with open(files[0]) as f:
+        return json.load(f).get("monailabel") or {}
+
+
 def make_infer_task(path: str, conf: dict) -> BundleInferTask:
     """The infer task for the bundle folder ``path``: CAM task for classifiers, segmentation task otherwise."""
     cls = MedcnnCAMGridTask if is_classifier(bundle_metadata(path)) else MedcnnSegmentationTask
-    task = cls(path, conf)
+    model_file = override_settings(path).get("model_file", "model.pt")
+    task = cls(path, conf, const=_WeightsFile(model_file))
+    if task.is_valid():
+        task._config["model_filename"] = [model_file]  # only the weights that match this network
     device = conf.get("device", "auto")
     if task.is_valid() and device and device != "auto":
         task._config["device"] = [device]
@@ -236,8 +260,9 @@ class _NiftiGridMixin:
 class MedcnnSegmentationTask(_NiftiGridMixin, _BundleAdapterMixin, BundleInferTask):
     """A medcnn segmentation bundle as a MONAI Label segmentation model."""
 
-    def __init__(self, path: str, conf: dict):
-        super().__init__(path, conf, type=InferType.SEGMENTATION, post_filter=[SaveImaged], load_strict=True)
+    def __init__(self, path: str, conf: dict, const: BundleConstants | None = None):
+        super().__init__(path, conf, const=const, type=InferType.SEGMENTATION, post_filter=[SaveImaged],
+                         load_strict=True)
         if self.valid:
             self._adapt_info()
 
@@ -275,8 +300,9 @@ def _cam_rule(path: str, bundle_config) -> dict:
 class MedcnnCAMTask(_BundleAdapterMixin, BundleInferTask):
     """A medcnn classifier bundle served as the thresholded Grad-CAM region of its positive class."""
 
-    def __init__(self, path: str, conf: dict):
-        super().__init__(path, conf, type=InferType.SEGMENTATION, post_filter=[SaveImaged], load_strict=True)
+    def __init__(self, path: str, conf: dict, const: BundleConstants | None = None):
+        super().__init__(path, conf, const=const, type=InferType.SEGMENTATION, post_filter=[SaveImaged],
+                         load_strict=True)
         if not self.valid:
             return
         meta = bundle_metadata(path)
