@@ -77,10 +77,11 @@ def build_stack(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     stack = read_stack(src)
     if dst.exists():
         try:
-            if np.array_equal(read_stack(dst), stack) and read_stack(dst).dtype == stack.dtype:
+            existing = read_stack(dst)
+            if existing.dtype == stack.dtype and np.array_equal(existing, stack):
                 return str(dst)
         except ValueError:
-            pass
+            pass  # unreadable or not a stack: rebuild it
     _refuse_same_place(src, dst)
     write_tiff_stack(stack, dst, overwrite=True)
     logger.info("built %s (%d slices) from %s", dst, stack.shape[0], src)
