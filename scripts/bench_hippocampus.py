@@ -64,6 +64,7 @@ def inference_figures(n_volumes: int, dataset_dir: str | None, threads: int) -> 
         pre = parser.get_parsed_content("preprocessing")
         post = parser.get_parsed_content("postprocessing")
         net = parser.get_parsed_content("network")
+        inferer = parser.get_parsed_content("inferer")
         ckpt = BUNDLE / "models" / "model.pt"
         net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
         net.eval()
@@ -73,7 +74,7 @@ def inference_figures(n_volumes: int, dataset_dir: str | None, threads: int) -> 
             for i, f in enumerate([files[0], *files]):
                 t0 = time.perf_counter()
                 d = pre({"image": f})
-                d["pred"] = net(d["image"].unsqueeze(0))[0]
+                d["pred"] = inferer(d["image"].unsqueeze(0), net)[0]
                 post(d)
                 if i:
                     times.append(time.perf_counter() - t0)

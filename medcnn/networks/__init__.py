@@ -5,6 +5,7 @@ from medcnn.networks.resnet_classifier import ResNetClassifier
 from medcnn.networks.segmentation import (
     SEGMENTATION_NETWORKS,
     SEGMENTATION_NETWORKS_3D,
+    FlipEnsembleInferer,
     build_segmentation_network,
     deep_supervision_loss,
     segmentation_divisor,
@@ -16,6 +17,7 @@ __all__ = [
     "ResNetClassifier",
     "SEGMENTATION_NETWORKS",
     "SEGMENTATION_NETWORKS_3D",
+    "FlipEnsembleInferer",
     "build_segmentation_network",
     "deep_supervision_loss",
     "segmentation_divisor",

@@ -15,8 +15,10 @@ a plain tensor like every other entry.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import torch
+from monai.inferers import Inferer
 from monai.losses import DeepSupervisionLoss
 from monai.networks.nets import AttentionUnet, BasicUNet, DynUNet, FlexibleUNet, SegResNet, SegResNetDS, UNet
 from torch import nn
@@ -27,6 +29,7 @@ __all__ = [
     "build_segmentation_network",
     "segmentation_divisor",
     "deep_supervision_loss",
+    "FlipEnsembleInferer",
 ]
 
 
@@ -155,3 +158,22 @@ def deep_supervision_loss(loss: nn.Module, weight_mode: str = "exp") -> nn.Modul
     the losses are summed with weights halving per level (``weight_mode="exp"``).
     """
     return _FloatTargetDeepSupervisionLoss(loss, weight_mode=weight_mode)
+
+
+class FlipEnsembleInferer(Inferer):
+    """Test-time augmentation by mirroring: mean logits of ``network(x)`` and of the un-flipped ``network(flip(x))``.
+
+    ``inputs`` ``(B, C, *S)`` -> logits ``(B, out_channels, *S)``; ``spatial_axes`` counts spatial axes from 0
+    (0 = the first spatial axis, i.e. tensor dim 2). Use only axes along which the anatomy is mirror-symmetric
+    (e.g. left-right), so a flipped label keeps its meaning.
+    """
+
+    def __init__(self, spatial_axes: Sequence[int] = (0,)) -> None:
+        super().__init__()
+        self.dims = [int(a) + 2 for a in spatial_axes]
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        out = network(inputs, *args, **kwargs)
+        for d in self.dims:
+            out = out + torch.flip(network(torch.flip(inputs, dims=[d]), *args, **kwargs), dims=[d])
+        return out / (1 + len(self.dims))

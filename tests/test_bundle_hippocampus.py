@@ -1,0 +1,149 @@
+"""hippocampus_segmentation bundle: metadata, a tiny training + evaluation + inference through monai.bundle,
+saved predictions aligned with the input, TorchScript export, and the model card's held-out Dice reproduced
+by the committed weights."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import META_SCHEMA, bundle_root, read_metrics, run_workflow
+
+NAME = "hippocampus_segmentation"
+ROOT = bundle_root(NAME)
+WEIGHTS = ROOT / "models" / "model.pt"
+#: evaluate.json on the first 12 held-out test cases with the committed weights (command in docs/README.md)
+SUBSET_METRICS = ROOT / "docs" / "metrics_test_first12.json"
+DATASET = "msd_hippocampus"
+pytestmark = [pytest.mark.realdata]
+
+
+def _split(key: str) -> list[dict]:
+    return json.loads((ROOT / "configs" / "split.json").read_text())[key]
+
+
+def test_metadata_verifies_and_split_is_disjoint():
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(ROOT / "configs" / "metadata.json"), filepath=str(META_SCHEMA))
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    assert meta["required_packages_version"]["medcnn"] == "0.1.0"
+    parts = {k: {d["image"] for d in _split(k)} for k in ("training", "validation", "test")}
+    assert [len(v) for v in parts.values()] == [156, 20, 44]
+    assert not parts["training"] & parts["test"] and not parts["validation"] & parts["test"]
+    assert not parts["training"] & parts["validation"]
+
+
+@pytest.mark.slow
+def test_tiny_training_evaluation_and_inference(tmp_path, data_dir):
+    ds = str(data_dir(DATASET))
+    out, ckpt = tmp_path / "out", tmp_path / "models"
+    common = {"dataset_dir": ds, "output_dir": str(out), "ckpt_dir": str(ckpt)}
+    run_workflow(
+        NAME,
+        ["train.json"],
+        "train",
+        **common,
+        **{
+            "train#dataset#data": "$@train_datalist[:8]",
+            "validate#dataset#data": "$@val_datalist[:2]",
+            "train#trainer#max_epochs": 3,
+            "val_interval": 3,
+            "num_workers": 0,
+        },
+    )
+    assert (ckpt / "model.pt").is_file()
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    curves = json.loads((out / "curves.json").read_text())
+    assert len(curves["loss"]) == 3 and curves["loss"][-1] < curves["loss"][0], curves["loss"]
+    assert "val_mean_dice" in curves
+
+    # evaluation of the tiny checkpoint on two held-out cases writes the contract's metrics
+    run_workflow(
+        NAME,
+        ["train.json", "evaluate.json"],
+        "train",
+        **common,
+        **{"validate#dataset#data": "$@test_datalist[:2]"},
+    )
+    metrics = read_metrics(out)
+    assert metrics["n_cases"] == 2
+    for key in ("mean_dice", "dice_anterior", "dice_posterior"):
+        assert 0.0 <= metrics[key] <= 1.0, metrics
+    assert metrics["mean_dice"] == pytest.approx((metrics["dice_anterior"] + metrics["dice_posterior"]) / 2, 1e-4)
+    assert "hd95_mean" in metrics
+
+    # inference: a saved prediction has the input's affine and shape, and labels in {0, 1, 2}
+    case = _split("test")[0]
+    image = f"{ds}/{case['image']}"
+    run_workflow(NAME, ["inference.json"], "infer", **common, input_files=[image])
+    pred_file = out / "predictions" / case["image"].split("/")[-1].replace(".nii.gz", "_seg.nii.gz")
+    src, pred = nib.load(image), nib.load(pred_file)
+    assert pred.shape == src.shape
+    np.testing.assert_allclose(pred.affine, src.affine)
+    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2}
+
+
+@pytest.fixture(scope="module")
+def weights():
+    if not WEIGHTS.is_file():
+        pytest.fail(f"committed weights {WEIGHTS} missing")
+    return WEIGHTS
+
+
+def test_committed_weights_reproduce_the_model_card(tmp_path, data_dir, weights):
+    """The first 12 held-out test cases (a documented subset, to keep the test fast) within 0.01 Dice."""
+    ref = json.loads(SUBSET_METRICS.read_text())
+    ds = str(data_dir(DATASET))
+    out = tmp_path / "out"
+    run_workflow(
+        NAME,
+        ["train.json", "evaluate.json"],
+        "train",
+        dataset_dir=ds,
+        output_dir=str(out),
+        **{"validate#dataset#data": f"$@test_datalist[:{ref['n_cases']}]"},
+    )
+    metrics = read_metrics(out)
+    assert metrics["n_cases"] == ref["n_cases"]
+    assert metrics["mean_dice"] > 0.8, metrics  # a sanity floor well below the card's figure
+    for key in ("mean_dice", "dice_anterior", "dice_posterior"):
+        assert metrics[key] == pytest.approx(ref[key], abs=0.01), (key, metrics, ref)
+    # a saved prediction on the input's grid: same affine and shape as the image
+    case = _split("test")[0]
+    src = nib.load(f"{ds}/{case['image']}")
+    pred = nib.load(out / "predictions" / case["image"].split("/")[-1].replace(".nii.gz", "_seg.nii.gz"))
+    assert pred.shape == src.shape
+    np.testing.assert_allclose(pred.affine, src.affine)
+
+
+def test_torchscript_export_matches_eager_and_net_in_out(tmp_path, weights):
+    from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
+
+    meta, cfg = str(ROOT / "configs" / "metadata.json"), str(ROOT / "configs" / "inference.json")
+    ts = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts),
+        ckpt_file=str(weights),
+        meta_file=meta,
+        config_file=cfg,
+        bundle_root=str(ROOT),
+    )
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=cfg, n=5, bundle_root=str(ROOT))
+    parser = ConfigParser()
+    parser.read_config(cfg)
+    parser["bundle_root"] = str(ROOT)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    net.eval()
+    scripted = torch.jit.load(str(ts))
+    x = torch.randn(1, 1, 40, 56, 40, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = net(x)
+        assert expected.shape == (1, 3, 40, 56, 40)
+        assert torch.allclose(expected, scripted(x), atol=1e-5)
