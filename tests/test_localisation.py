@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -140,7 +142,9 @@ def test_cam_dice_handler_in_an_ignite_evaluation(tmp_path):
         # decollated (MONAI) form, with a negative image that must not count in the Dice
         [{"image": images[0], "mask": masks[0] * 0, "label": torch.tensor(0), "id": "c"}],
     ]
-    engine = Engine(lambda e, b: None)
+    # evaluator output: class probabilities per item; "c" is predicted negative -> its saved mask is empty
+    engine = Engine(lambda e, b: [{"pred": torch.tensor([0.1, 0.9])}] * 2 if isinstance(b, dict)
+                    else [{"pred": torch.tensor([0.9, 0.1])}])
     handler = CAMDiceHandler(model, method="gradcam", target_layer="features", threshold=0.5,
                              output_dir=tmp_path, calibration_data=[
                                  {"image": images[i], "mask": masks[i], "label": 1} for i in range(2)])
@@ -150,3 +154,6 @@ def test_cam_dice_handler_in_an_ignite_evaluation(tmp_path):
     assert m["cam_n_images"] == 2 and m["cam_dice"] > 0.95
     assert m["cam_method"] == "gradcam" and m["cam_layer"] == "features" and 0 < m["cam_threshold"] <= 1
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["a.png", "b.png", "c.png"]
+    records = {r["id"]: r for r in json.loads((tmp_path / "localisation.json").read_text())["images"]}
+    assert records["c"]["mask_voxels"] == 0 and records["a"]["mask_voxels"] > 0
+    assert records["a"]["dice"] > 0.95 and records["c"]["dice"] is None

@@ -57,6 +57,9 @@ class CAMDiceHandler:
         keys: batch keys of image, label, mask.
         output_dir: folder for heatmap / mask files, or ``None``.
         prefix: prefix of the metric names.
+        positive_label: label of the images that contain the object (scored with Dice).
+        min_probability: saved masks are empty for images whose predicted probability of ``class_idx`` (the
+            evaluator's ``pred`` output) is below this (the heatmap is still saved); Dice is unaffected.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class CAMDiceHandler:
         output_dir: str | os.PathLike | None = None,
         prefix: str = "cam_",
         positive_label: int = 1,
+        min_probability: float = 0.5,
     ) -> None:
         self.network = network
         self.cam = get_cam_method(method, network, target_layer)
@@ -86,6 +90,7 @@ class CAMDiceHandler:
         self.output_dir = output_dir
         self.prefix = prefix
         self.positive_label = int(positive_label)
+        self.min_probability = float(min_probability)
         self._dice: list[float] = []
         self._records: list[dict] = []
         self._count = 0
@@ -151,14 +156,17 @@ class CAMDiceHandler:
         for j, i in enumerate(index):
             name = str(ids[i]) if ids is not None else f"image_{self._count + j:05d}"
             p = None if probs is None else float(torch.as_tensor(probs[i]).reshape(-1)[self.class_idx])
+            mask_j = pred[j]
+            if p is not None and p < self.min_probability:  # no object predicted: keep the heatmap, empty mask
+                mask_j = torch.zeros_like(mask_j)
             title = f"{name} label {int(labels[j])}" + ("" if p is None else f" p={p:.2f}")
             if not np.isnan(float(dice[j])):
                 title += f" Dice {float(dice[j]):.2f}"
-            files = save_localisation(self.output_dir, name, images[j], heatmaps[j], pred[j],
+            files = save_localisation(self.output_dir, name, images[j], heatmaps[j], mask_j,
                                       None if true is None else true[j], title=title)
             self._records.append({"id": name, "label": int(labels[j]), "prob": p,
                                   "dice": None if np.isnan(float(dice[j])) else float(dice[j]),
-                                  "mask_voxels": int(pred[j].sum()), "files": [f.name for f in files]})
+                                  "mask_voxels": int(mask_j.sum()), "files": [f.name for f in files]})
 
     def _publish(self, engine: Engine) -> None:
         dice = np.asarray(self._dice, dtype=float)
