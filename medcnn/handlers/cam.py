@@ -155,7 +155,7 @@ class CAMDiceHandler:
             pass
         for j, i in enumerate(index):
             name = str(ids[i]) if ids is not None else f"image_{self._count + j:05d}"
-            p = None if probs is None else float(torch.as_tensor(probs[i]).reshape(-1)[self.class_idx])
+            p = None if probs is None else self._probability(probs[i])
             mask_j = pred[j]
             if p is not None and p < self.min_probability:  # no object predicted: keep the heatmap, empty mask
                 mask_j = torch.zeros_like(mask_j)
@@ -167,6 +167,16 @@ class CAMDiceHandler:
             self._records.append({"id": name, "label": int(labels[j]), "prob": p,
                                   "dice": None if np.isnan(float(dice[j])) else float(dice[j]),
                                   "mask_voxels": int(mask_j.sum()), "files": [f.name for f in files]})
+
+    def _probability(self, pred: Any) -> float | None:
+        """Probability of ``class_idx`` from one item's ``pred`` (class vector, or one positive probability)."""
+        try:
+            v = torch.as_tensor(pred).detach().float().reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            return None
+        if v.numel() == 1:
+            return float(v[0])
+        return float(v[self.class_idx]) if self.class_idx < v.numel() else None
 
     def _publish(self, engine: Engine) -> None:
         dice = np.asarray(self._dice, dtype=float)
