@@ -174,3 +174,23 @@ def test_unlabelled_case_for_inference(tmp_path):
     items = brats_slices(entries, require_label=False)
     assert len(items) == 11 and {i["label"] for i in items} == {-1} and not any(i["mask"].any() for i in items)
     assert items[0]["id"] == "unlab_slice001"
+
+
+def test_hemispheres_split_masks_and_labels(tmp_path):
+    from medcnn.data import brats_hemispheres
+
+    make_brats_case(tmp_path, "caseH")
+    slices = brats_slices(brats_case_datalist(tmp_path, ["caseH"]), min_tumour_pixels=5)
+    halves = brats_hemispheres(slices, min_tumour_pixels=5, drop_ambiguous=False)
+    assert len(halves) == 2 * len(slices)
+    for whole, (left, right) in zip(slices, zip(halves[::2], halves[1::2], strict=True), strict=True):
+        assert left["image"].shape == (2, 20, 40) and left["id"].endswith("_L") and right["hemisphere"] == "R"
+        np.testing.assert_array_equal(np.concatenate([left["mask"], right["mask"]], axis=1), whole["mask"])
+        np.testing.assert_array_equal(np.concatenate([left["image"], right["image"]], axis=1), whole["image"])
+        for half in (left, right):
+            assert half["tumour_pixels"] == int(half["mask"].sum())
+            assert half["label"] == int(half["tumour_pixels"] >= 5)
+    # the synthetic tumour is centred on row 23 with radius 3-5: slice 6 (radius 3) lies in the second half only,
+    # slice 5 (radius 5) reaches 8 pixels into the first half
+    assert [h["label"] for h in halves if h["slice_index"] == 6] == [0, 1]
+    assert [h["tumour_pixels"] for h in halves if h["slice_index"] == 5][0] == 8

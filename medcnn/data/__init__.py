@@ -5,6 +5,7 @@ from medcnn.data.brats import (
     BRATS_KEYS,
     BratsDataError,
     brats_case_datalist,
+    brats_hemispheres,
     brats_slices,
     load_brats_case,
     split_slices_by_block,
@@ -33,8 +34,8 @@ from medcnn.data.tiff import StackReadError, TiffStackReader, expand_stack_datal
 
 __all__ = ["load_datalist", "resolve_data_dir"]
 __all__ += [
-    "BRATS_FILE_NAMES", "BRATS_KEYS", "BratsDataError", "brats_case_datalist", "brats_slices", "load_brats_case",
-    "split_slices_by_block",
+    "BRATS_FILE_NAMES", "BRATS_KEYS", "BratsDataError", "brats_case_datalist", "brats_hemispheres", "brats_slices",
+    "load_brats_case", "split_slices_by_block",
 ]
 __all__ += ["StackReadError", "TiffStackReader", "expand_stack_datalist", "read_stack", "write_tiff_stack"]
 __all__ += ["CocoFormatError", "coco_categories", "load_coco_datalist", "masks_to_coco"]

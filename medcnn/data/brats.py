@@ -41,6 +41,7 @@ __all__ = [
     "extract_brats_slices",
     "brats_slices",
     "split_slices_by_block",
+    "brats_hemispheres",
     "slice_summary",
 ]
 
@@ -250,6 +251,45 @@ def split_slices_by_block(
         raise ValueError(f"split_slices_by_block: need block >= 1, every >= 2, 0 <= offset < every; got "
                          f"{block}, {every}, {offset}")
     return [dict(i) for i in items if ((i["slice_index"] // block) % every == offset) == validation]
+
+
+def brats_hemispheres(
+    items: Sequence[Mapping],
+    min_tumour_pixels: int = 50,
+    drop_ambiguous: bool = True,
+    mask_key: str = "mask",
+    class_key: str = "label",
+) -> list[dict]:
+    """Left and right half-slice items of slice items ``image`` (C, H, W): halves (C, H // 2, W) along the first
+    spatial axis (left-right in BraTS), each with its own whole-tumour mask and class (area >= ``min_tumour_pixels``).
+
+    A slice classifier on this data can separate tumour from tumour-free slices by the brain's shape alone
+    (tumour-free slices are the top and bottom of the brain), and its CAM then lights up anatomy. The
+    contralateral half of a tumour slice is a tumour-free image at the same level, so training on halves
+    forces the classifier to use the tumour itself; it still sees one label per image, never a mask.
+    Item ``id`` gets ``_L`` / ``_R`` (first / second half) and ``hemisphere`` says which half.
+    """
+    out: list[dict] = []
+    for item in items:
+        h = item["image"].shape[1]
+        for side, sl in (("L", slice(0, h // 2)), ("R", slice(h // 2, h))):
+            mask = np.ascontiguousarray(item[mask_key][:, sl])
+            area = int(mask.sum())
+            ambiguous = 0 < area < min_tumour_pixels
+            if ambiguous and drop_ambiguous:
+                continue
+            half = dict(item)
+            half.update({
+                "image": np.ascontiguousarray(item["image"][:, sl]),
+                mask_key: mask,
+                class_key: int(area >= min_tumour_pixels) if int(item[class_key]) >= 0 else -1,
+                "ambiguous": bool(ambiguous),
+                "tumour_pixels": area,
+                "hemisphere": side,
+                "id": f"{item.get('id', item.get('case', 'slice'))}_{side}",
+            })
+            out.append(half)
+    return out
 
 
 def slice_summary(items: Sequence[Mapping], class_key: str = "label") -> dict:

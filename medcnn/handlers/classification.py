@@ -10,7 +10,25 @@ from monai.handlers.utils import from_engine
 
 from medcnn.metrics.classification import binary_classification_report
 
-__all__ = ["ClassificationReportHandler"]
+__all__ = ["ClassificationReportHandler", "youden_threshold"]
+
+
+def youden_threshold(y_true, y_score) -> float:
+    """Decision threshold on ``y_score`` maximising sensitivity + specificity - 1 (midpoint between scores)."""
+    import numpy as np
+
+    t, s = np.asarray(y_true).astype(int).ravel(), np.asarray(y_score, dtype=float).ravel()
+    if len(np.unique(t)) != 2:
+        raise ValueError("youden_threshold needs both classes in y_true")
+    values = np.unique(s)
+    candidates = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-6]])
+    best, best_j = 0.5, -np.inf
+    for c in candidates:
+        pred = s >= c
+        j = pred[t == 1].mean() + (~pred[t == 0]).mean() - 1
+        if j > best_j + 1e-12:
+            best, best_j = float(c), j
+    return best
 
 
 class ClassificationReportHandler:
@@ -27,17 +45,47 @@ class ClassificationReportHandler:
         output_transform: Callable = from_engine(["pred", "label"]),
         threshold: float = 0.5,
         prefix: str = "",
+        calibration_data=None,
+        network: torch.nn.Module | None = None,
+        batch_size: int = 32,
+        keys: tuple[str, str] = ("image", "label"),
     ) -> None:
         self.output_transform = output_transform
         self.threshold = threshold
         self.prefix = prefix
+        self.calibration_data = calibration_data
+        self.network = network
+        self.batch_size = batch_size
+        self.keys = keys
         self._scores: list[float] = []
         self._labels: list[int] = []
 
     def attach(self, engine: Engine) -> None:
+        if self.calibration_data is not None:
+            if self.network is None:
+                raise ValueError("ClassificationReportHandler: calibration_data needs the network")
+            engine.add_event_handler(Events.STARTED, self._calibrate)
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
+
+    def _calibrate(self, engine: Engine) -> None:
+        """Optional: choose the decision threshold on ``calibration_data`` (validation items, never the test set)
+        as the one maximising Youden's J (sensitivity + specificity - 1) of the network's positive probability."""
+        from monai.data import DataLoader
+
+        image_key, label_key = self.keys
+        device = next(self.network.parameters()).device
+        mode = self.network.training
+        self.network.eval()
+        scores, labels = [], []
+        with torch.no_grad():
+            for batch in DataLoader(self.calibration_data, batch_size=self.batch_size, shuffle=False, num_workers=0):
+                prob = torch.softmax(self.network(torch.as_tensor(batch[image_key]).to(device)), dim=1)[:, 1]
+                scores += prob.cpu().tolist()
+                labels += torch.as_tensor(batch[label_key]).reshape(-1).tolist()
+        self.network.train(mode)
+        self.threshold = youden_threshold(labels, scores)
 
     def _reset(self, engine: Engine) -> None:
         self._scores, self._labels = [], []
