@@ -5,10 +5,11 @@ Starts ``scripts/monailabel_server.py`` on 127.0.0.1 (a free port) with a tempor
 answer: ``params`` JSON + the label NIfTI) and checks the label has the input's shape and affine and only the
 model's declared label values. The server is always stopped (fixture teardown).
 
-Served: every repository bundle with weights (the hippocampus bundle and every 2D bundle are run when they
-exist), plus three tiny fixture bundles made here with random weights (3D segmentation, 2D segmentation, 2D
-classifier served as a Grad-CAM region) so that each path of the medcnn MONAI Label app is exercised whatever
-bundles the repository has.
+Served: a snapshot of every repository bundle with weights and its variants (run when present: hippocampus 3D with
+a Dice floor on a held-out case, BraTS whole-tumour 3D on a FLAIR+T1c 4D volume, the synthetic 3D sphere CAM model,
+every 2D bundle on a Slicer-style (H, W, 1) volume, the BraTS slice classifier on a 4D slab), plus three tiny
+fixture bundles made here with random weights (3D segmentation, 2D segmentation, 2D classifier served as a CAM
+region) so that each path of the medcnn MONAI Label app is exercised whatever bundles the repository has.
 
 Needs the separate MONAI Label environment (scripts/monailabel_env.sh); skipped with the reason when it is
 missing. Marker: ``monailabel``.
