@@ -1,9 +1,16 @@
 """Ignite handlers that medcnn bundles wire into MONAI workflows."""
 
+from medcnn.handlers.cam import CAMDiceHandler
 from medcnn.handlers.classification import ClassificationReportHandler
 from medcnn.handlers.curves import TrainingCurvesHandler
 from medcnn.handlers.metrics_json import MetricsJSONWriter, write_metrics_json
 from medcnn.handlers.report import PDFReportHandler
 
-__all__ = ["ClassificationReportHandler", "TrainingCurvesHandler", "MetricsJSONWriter", "write_metrics_json"]
-__all__ += ["PDFReportHandler"]
+__all__ = [
+    "CAMDiceHandler",
+    "ClassificationReportHandler",
+    "MetricsJSONWriter",
+    "PDFReportHandler",
+    "TrainingCurvesHandler",
+    "write_metrics_json",
+]
