@@ -256,34 +256,39 @@ def _slicer_2d_volume(image2d: np.ndarray, out: Path) -> Path:
     return _moved(np.ascontiguousarray(image2d)[..., None], out)
 
 
-def _2d_inputs(name: str, meta: dict, data_dir, tmp: Path) -> list[tuple[Path, np.ndarray | None]]:
-    """Realistic 2D inputs (with the object mask when known) for the bundle ``name``, or noise of its size."""
-    if name == "em_membrane_segmentation":
+def _2d_inputs(name: str, meta: dict, data_dir, tmp: Path) -> list[tuple[Path, np.ndarray | None, str | None]]:
+    """Realistic 2D inputs for the bundle ``name`` as ``(file, reference mask or None, expected class or None)``
+    (the mask: the object for a classifier's CAM, the foreground label for a segmentation), or noise of its size."""
+    if name == "em_membrane_segmentation":  # slice 0 of the ISBI stack, membrane reference (label value 0)
         from medcnn.data.tiff import read_stack
 
-        stack = read_stack(Path(data_dir("isbi2012_em_membranes")) / "train" / "images")  # (N, H, W) as trained
-        return [(_slicer_2d_volume(stack[0], tmp / f"{name}.nii.gz"), None)]
-    if name == "pneumonia_classification":
+        root = Path(data_dir("isbi2012_em_membranes")) / "train"
+        image, label = read_stack(root / "images")[0], read_stack(root / "labels")[0]  # (H, W) as trained
+        return [(_slicer_2d_volume(image, tmp / f"{name}.nii.gz"), (label == 0).astype(np.uint8), None)]
+    if name == "pneumonia_classification":  # two normal and two pneumonia images of the official test split
         npz = np.load(Path(data_dir("pneumoniamnist")) / "pneumoniamnist.npz")
-        return [(_slicer_2d_volume(npz["test_images"][0], tmp / f"{name}.nii.gz"), None)]
+        labels = npz["test_labels"].ravel()
+        picks = [*np.flatnonzero(labels == 0)[:2], *np.flatnonzero(labels == 1)[:2]]
+        return [(_slicer_2d_volume(npz["test_images"][i], tmp / f"{name}_{i}.nii.gz"), None,
+                 ("normal", "pneumonia")[int(labels[i])]) for i in picks]
     if name == "brats_tumour_localisation":  # a 12-slice FLAIR+T1c slab through the tumour, as one 4D NIfTI
         full, truth_file = _brats_4d(data_dir, tmp / "brats_full.nii.gz")
         img, truth = nib.load(full), np.asarray(nib.load(truth_file).dataobj) > 0
         z = int(np.argmax(truth.sum(axis=(0, 1))))
         slab = _moved(np.asarray(img.dataobj)[:, :, z - 6:z + 6], tmp / f"{name}.nii.gz", img.affine)
-        return [(slab, truth[:, :, z - 6:z + 6])]
+        return [(slab, truth[:, :, z - 6:z + 6], "tumour present")]
     if name == "synthetic_localisation":  # four positive images of a seed the bundle never trains on
         from medcnn.data.synthetic import synthetic_datalist
 
         items = [i for i in synthetic_datalist(12, seed=4242) if int(np.asarray(i["label"]).ravel()[0]) == 1][:4]
         return [(_slicer_2d_volume(np.asarray(it["image"], dtype=np.float32).squeeze(), tmp / f"{name}_{k}.nii.gz"),
-                 np.asarray(it["mask"]).squeeze()) for k, it in enumerate(items)]
+                 np.asarray(it["mask"]).squeeze(), "object present") for k, it in enumerate(items)]
     inp = next(iter(meta["network_data_format"]["inputs"].values()))
     if int(inp.get("num_channels", 1)) != 1:
         return []
     size = [s if isinstance(s, int) else 64 for s in inp["spatial_shape"]]
     rng = np.random.default_rng(0)
-    return [(_slicer_2d_volume(rng.normal(size=size[:2]).astype(np.float32), tmp / f"{name}.nii.gz"), None)]
+    return [(_slicer_2d_volume(rng.normal(size=size[:2]).astype(np.float32), tmp / f"{name}.nii.gz"), None, None)]
 
 
 # ---------------------------------------------------------------------------------------------------- server
@@ -449,18 +454,23 @@ def test_2d_bundles_upload_and_infer(served, data_dir):
         if not inputs:
             print(f"{name}: no single-channel 2D input known, not run")
             continue
-        hits = 0
-        for k, (inp, mask) in enumerate(inputs):
+        hits = correct = 0
+        for k, (inp, mask, expected) in enumerate(inputs):
             image_id = f"{name}_input{k}"
             client.upload_image(inp, image_id)
             result, params = client.infer(name, image_id, tmp)
             arr = _check_label(result, inp, models[name]["labels"], nib.load(inp).shape[:3])
             if "probabilities" not in str(meta["network_data_format"]["outputs"]):
+                if mask is not None:  # segmentation on the input's grid overlaps the reference (catches flips)
+                    pred = arr.reshape(mask.shape) > 0
+                    dice = 2 * np.sum(pred & (mask > 0)) / max(1, np.sum(pred) + np.sum(mask > 0))
+                    assert dice > 0.5, f"{name}: Dice {dice:.2f} with the reference"
                 continue
             probs = params["class_probabilities"]
             assert abs(sum(probs.values()) - 1) < 1e-4 and params["predicted_class"] in probs
             positive = params["predicted_class"] == next(iter(models[name]["labels"]))
             assert positive or not arr.any(), f"{name}: CAM region on an image predicted negative: {params}"
+            correct += int(expected is not None and params["predicted_class"] == expected)
             if name == "fixture2d_localisation":  # biased to the positive class: a non-empty CAM region
                 assert positive and arr.any()
             if mask is not None:  # on the input's grid the CAM region of a positive image touches the object
@@ -473,6 +483,8 @@ def test_2d_bundles_upload_and_infer(served, data_dir):
             assert hits == 1, f"{name}: the CAM region of the positive slices misses the tumour"
         if name == "synthetic_localisation":
             assert hits >= len(inputs) - 1, f"{name}: only {hits}/{len(inputs)} positive images found and localised"
+        if name == "pneumonia_classification":  # scaled as in training: the test images are mostly right
+            assert correct >= len(inputs) - 1, f"{name}: only {correct}/{len(inputs)} test images classified right"
         ran.append(name)
     assert {"fixture2d_segmentation", "fixture2d_localisation"} <= set(ran)
     repo_2d = [n for n in served["repo"] if models[n]["dimension"] == 2]
