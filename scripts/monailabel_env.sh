@@ -11,7 +11,7 @@
 # Every package is pinned by scripts/monailabel_constraints.txt (the set tested together).
 # Steps: torch/torchvision (the project's pins) -> sam2 built without CUDA extension and without build isolation
 # (monailabel declares it; only its SAM2 tasks import it) -> monailabel==0.8.5 and medcnn's runtime dependencies
-# under the constraints below -> medcnn itself, editable, with --no-deps (its jsonschema>=4.20 pin is only for
+# (read from setup.cfg, all but jsonschema) under the constraints below -> medcnn itself, editable, with --no-deps (its jsonschema>=4.20 pin is only for
 # bundle metadata verification, which is not needed to serve) -> an import smoke check.
 # Writes <venv>/medcnn-monailabel-env.json with the installed versions and the build time in seconds.
 set -euo pipefail
@@ -49,12 +49,20 @@ step 1/4 "torch, torchvision"
 step 2/4 "sam2 (no CUDA extension, built against the installed torch)"
 SAM2_BUILD_CUDA=0 "${pip[@]}" install --quiet --no-build-isolation -c "$constraints" sam2==1.1.0
 
-step 3/4 "monailabel 0.8.5 and medcnn's runtime dependencies"
-"${pip[@]}" install --quiet -c "$constraints" \
-  monailabel==0.8.5 monai==1.6.1 \
-  'pytorch-ignite>=0.5,<0.6' 'nibabel>=5.2' 'itk>=5.3' 'grad-cam>=1.5,<1.6' 'tifffile>=2024.1' \
-  'scikit-image>=0.22' 'matplotlib>=3.8' 'tensorboard>=2.15' 'fire>=0.5' 'pyyaml>=6' 'tqdm>=4.66' \
-  'scipy>=1.11' 'pillow>=10'
+step 3/4 "monailabel 0.8.5 and medcnn's runtime dependencies (setup.cfg install_requires but jsonschema)"
+mapfile -t medcnn_reqs < <("$venv/bin/python" - "$root/setup.cfg" <<'PY'
+import configparser
+import sys
+
+cfg = configparser.ConfigParser()
+cfg.read(sys.argv[1])
+for line in cfg["options"]["install_requires"].splitlines():
+    req = line.split("#")[0].strip()
+    if req and not req.lower().startswith("jsonschema"):  # pydicom-seg needs jsonschema < 4
+        print(req)
+PY
+)
+"${pip[@]}" install --quiet -c "$constraints" monailabel==0.8.5 "${medcnn_reqs[@]}"
 
 step 4/4 "medcnn (editable, --no-deps)"
 "${pip[@]}" install --quiet --no-deps -e "$root"
