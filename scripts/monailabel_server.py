@@ -12,7 +12,10 @@ What it does: finds every ``bundles/*/configs/metadata.json`` whose bundle has `
 trained weights (``models/model.pt`` or ``models/model.ts``), checks the studies folder, the port and the
 MONAI Label environment, assembles a MONAI Label app (``scripts/monailabel_app``; the bundles are linked as
 local models under ``<app>/model/<name>``, the ``monaibundle`` layout, so nothing is fetched from a model
-zoo), then replaces itself with ``<venv>/bin/python -m monailabel.main start_server``.
+zoo; a variant such as ``synthetic_localisation_3d`` is served under its own name when its override config in
+``scripts/monailabel_app/overrides`` names it and its weights exist), checks that every package a bundle's
+metadata requires (medcnn included) is installed in that environment, then replaces itself with
+``<venv>/bin/python -m monailabel.main start_server``.
 
 The pre-flight checks use only the standard library, so this file runs (and is tested) in any Python; only
 the server itself needs the MONAI Label environment. Exit code 2 and a one-line ``error:`` message for bad
@@ -299,6 +302,8 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     requested = [b.strip() for b in args.bundles.split(",") if b.strip()] if args.bundles else None
     bundles = with_variants(select_bundles(requested, args.bundles_dir))
     check_port(args.host, args.port)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("listening on %s: MONAI Label has no authentication here; use trusted networks only", args.host)
     python = check_venv(args.venv)
     check_requirements(python, bundles)
     if args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
