@@ -30,13 +30,20 @@ SEG = REPO / "bundles" / "brats_tumour_segmentation"
 LOC = REPO / "bundles" / "brats_tumour_localisation"
 
 
-def _n_train_slices(drop_ambiguous: bool, dataset_dir: str | None) -> int:
-    from medcnn.data import brats_case_datalist, brats_slices, resolve_data_dir, split_slices_by_block
+def _n_train_slices(drop_ambiguous: bool, dataset_dir: str | None, hemispheres: bool = False) -> int:
+    from medcnn.data import (
+        brats_case_datalist,
+        brats_hemispheres,
+        brats_slices,
+        resolve_data_dir,
+        split_slices_by_block,
+    )
 
     root = dataset_dir or resolve_data_dir("brats2015_deepmedic_subset", REPO.parent / "shared" / "data")
     cases = brats_case_datalist(root, ["brats_2013_pat0005_1", "brats_2013_pat0006_1"])
     pool = brats_slices(cases, min_brain_fraction=0.1, min_tumour_pixels=50, drop_ambiguous=drop_ambiguous)
-    return len(split_slices_by_block(pool, block=10, every=4, offset=2))
+    items = split_slices_by_block(pool, block=10, every=4, offset=2)
+    return len(brats_hemispheres(items) if hemispheres else items)
 
 
 def _time_to(curves: dict, key: str, levels: list[float]) -> dict:
@@ -124,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_start": [round(v, 2) for v in load_start],
         "segmentation_training": curve_figures(SEG, "val_dice", [0.8, 0.85, 0.9],
                                                _n_train_slices(False, args.dataset_dir)),
-        "localisation_training": curve_figures(LOC, "val_accuracy", [0.9, 0.95],
-                                               _n_train_slices(True, args.dataset_dir)),
+        # the classifier trains on half-slices (hemispheres), validated on the half-slices of the validation blocks
+        "localisation_training": curve_figures(LOC, "val_auc", [0.9, 0.95],
+                                               _n_train_slices(True, args.dataset_dir, hemispheres=True)),
         "plain_pytorch_step": network_figures(args.steps),
         "load_average_end": [round(v, 2) for v in os.getloadavg()],
     }

@@ -14,7 +14,8 @@ __all__ = ["ClassificationReportHandler", "youden_threshold"]
 
 
 def youden_threshold(y_true, y_score) -> float:
-    """Decision threshold on ``y_score`` maximising sensitivity + specificity - 1 (midpoint between scores)."""
+    """Decision threshold on ``y_score`` maximising sensitivity + specificity - 1 (midpoint between scores;
+    among equally good thresholds the middle one)."""
     import numpy as np
 
     t, s = np.asarray(y_true).astype(int).ravel(), np.asarray(y_score, dtype=float).ravel()
@@ -22,13 +23,10 @@ def youden_threshold(y_true, y_score) -> float:
         raise ValueError("youden_threshold needs both classes in y_true")
     values = np.unique(s)
     candidates = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-6]])
-    best, best_j = 0.5, -np.inf
-    for c in candidates:
-        pred = s >= c
-        j = pred[t == 1].mean() + (~pred[t == 0]).mean() - 1
-        if j > best_j + 1e-12:
-            best, best_j = float(c), j
-    return best
+    j = np.asarray([(s[t == 1] >= c).mean() + (s[t == 0] < c).mean() - 1 for c in candidates])
+    best = np.flatnonzero(j >= j.max() - 1e-12)
+    # ties (e.g. perfectly separated validation scores): the middle of the optimal range, the largest margin
+    return float(np.median(candidates[best])) if best.size % 2 else float(candidates[best[best.size // 2]])
 
 
 class ClassificationReportHandler:
@@ -59,6 +57,16 @@ class ClassificationReportHandler:
         self.keys = keys
         self._scores: list[float] = []
         self._labels: list[int] = []
+
+    @property
+    def labels(self) -> list[int]:
+        """True class of every item seen in the last (or current) epoch, in order."""
+        return list(self._labels)
+
+    @property
+    def scores(self) -> list[float]:
+        """Positive-class probability of every item seen in the last (or current) epoch, in order."""
+        return list(self._scores)
 
     def attach(self, engine: Engine) -> None:
         if self.calibration_data is not None:

@@ -1,0 +1,114 @@
+"""brats_tumour_localisation bundle: metadata, a tiny hemisphere training + slice evaluation with Grad-CAM Dice on
+synthetic cases through monai.bundle, TorchScript export, inference and the model card's figures on the real data."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import META_SCHEMA, bundle_root, make_workflow, read_metrics, run_workflow
+from test_brats_data import make_brats_case
+
+NAME = "brats_tumour_localisation"
+ROOT = bundle_root(NAME)
+WEIGHTS = ROOT / "models" / "model.pt"
+TINY = {"crop_size": [32, 32], "spatial_size": [32, 32], "hemisphere_crop_size": [-1, 32],
+        "hemisphere_size": [16, 32], "batch_size": 8, "min_tumour_pixels": 5}
+
+
+@pytest.fixture(scope="module")
+def synthetic_cases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("brats_loc_synth")
+    for i, name in enumerate(("s1", "s2", "s3")):
+        make_brats_case(root, name, shape=(32, 32, 40), tumour_slices=range(8, 32), seed=i)
+    return root
+
+
+def test_metadata_verifies_against_the_shipped_schema():
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(ROOT / "configs" / "metadata.json"), filepath=str(META_SCHEMA))
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    assert meta["required_packages_version"]["medcnn"] == "0.1.0"
+
+
+@pytest.mark.slow
+def test_tiny_training_then_slice_evaluation_with_cam_dice(tmp_path, synthetic_cases):
+    out, ckpt = tmp_path / "out", tmp_path / "models"
+    common = {"dataset_dir": str(synthetic_cases), "output_dir": str(out), "ckpt_dir": str(ckpt),
+              "train_cases": ["s1", "s2"], "test_cases": ["s3"], "validation_blocks#block": 5, **TINY}
+    run_workflow(NAME, ["train.json"], "train", learning_rate=0.003, **{"train#trainer#max_epochs": 3}, **common)
+    curves = json.loads((out / "curves.json").read_text())
+    assert len(curves["loss"]) == 3 and curves["loss"][-1] < curves["loss"][0], curves["loss"]
+    assert (ckpt / "model.pt").is_file()
+    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", **common)
+    m = read_metrics(out)
+    for key in ("auc", "accuracy", "sensitivity", "specificity", "cam_dice", "cam_dice_std", "cam_threshold",
+                "cam_method", "n_images"):
+        assert key in m, key
+    assert m["n_images"] == 39 and m["test_cases"] == ["s3"]  # every brain slice of the held-out case
+    assert m["cam_n_images"] == 24 and 0.0 <= m["cam_dice"] <= 1.0
+    assert m["cam_calibration_cases"] == ["s1", "s2"]  # threshold rule chosen on training-case slices only
+
+
+@pytest.fixture
+def weights():
+    if not WEIGHTS.is_file():
+        pytest.fail(f"committed weights {WEIGHTS} are missing")
+    return WEIGHTS
+
+
+def test_torchscript_export_matches_eager(tmp_path, weights):
+    from monai.bundle import ckpt_export
+
+    ts = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(weights),
+                meta_file=str(ROOT / "configs" / "metadata.json"),
+                config_file=str(ROOT / "configs" / "inference.json"), bundle_root=str(ROOT))
+    net = make_workflow(NAME, ["inference.json"], "infer").parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    x = torch.randn(3, 2, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(ts))(x), net.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_inference_on_an_unlabelled_case(tmp_path, synthetic_cases, weights):
+    case = tmp_path / "data"
+    folder = make_brats_case(case, "u1", shape=(32, 32, 12))
+    (folder / "OTMultiClass.nii.gz").unlink()
+    out = tmp_path / "inf"
+    run_workflow(NAME, ["inference.json"], "infer", dataset_dir=str(case), test_cases=["u1"], output_dir=str(out))
+    rows = list(csv.reader((out / "predictions.csv").open()))
+    assert len(rows) == 11 and rows[0][0] == "u1_slice001"
+    probs = np.asarray([[float(v) for v in r[1:]] for r in rows])
+    assert probs.shape == (11, 2) and np.allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert len(list((out / "cam").glob("u1_slice*.png"))) == 11
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_committed_weights_reproduce_the_model_card(tmp_path, data_dir, weights):
+    card = json.loads((ROOT / "docs" / "metrics_test.json").read_text())
+    out = tmp_path / "eval"
+    run_workflow(NAME, ["train.json", "evaluate.json"], "eval",
+                 dataset_dir=str(data_dir("brats2015_deepmedic_subset")), output_dir=str(out))
+    m = read_metrics(out)
+    assert m["test_cases"] == card["test_cases"] == ["brats_2013_pat0004_1"]
+    assert m["n_images"] == card["n_images"] and m["cam_n_images"] == card["cam_n_images"]
+    assert m["cam_method"] == card["cam_method"] and m["cam_threshold"] == pytest.approx(card["cam_threshold"])
+    for key in ("auc", "accuracy", "sensitivity", "specificity", "cam_dice"):
+        assert m[key] == pytest.approx(card[key], abs=0.01), key
+
+
+def test_youden_threshold_separates_validation_scores():
+    from medcnn.handlers.classification import youden_threshold
+
+    # slice probabilities of a hemisphere-trained classifier on whole slices are shrunk towards 0: 0.5 would
+    # call every tumour slice negative, the validation-chosen threshold separates them
+    t = youden_threshold([0, 0, 0, 1, 1, 1], [0.01, 0.02, 0.04, 0.08, 0.2, 0.45])
+    assert 0.04 < t < 0.08
+    with pytest.raises(ValueError, match="both classes"):
+        youden_threshold([1, 1], [0.2, 0.3])
