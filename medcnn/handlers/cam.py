@@ -198,6 +198,9 @@ class CAMDiceHandler:
                                          "threshold": self.threshold, "mode": self.mode,
                                          "largest_component": self.largest_component},
                                 "images": self._records}, os.path.join(self.output_dir, "localisation.json"))
+        if not dice.size:
+            logger.debug("no reference masks in this evaluation: CAM Dice not computed")
+            return
         logger.info("CAM Dice %.4f +- %.4f on %d positive images (%s at %s, %s %.2f, lcc %s)",
                     engine.state.metrics[p + "dice"], engine.state.metrics[p + "dice_std"], dice.size, self.method,
                     self.target_layer, self.mode, self.threshold, self.largest_component)
