@@ -25,7 +25,9 @@ file with ``cam_method`` / ``cam_layer`` / ``cam_threshold`` / ...: the rule cho
 present, else the ``cam`` dict id (``method``, ``target_layer``,
 ``threshold``, ``mode``, ``largest_component``, ``class_idx``, as in the bundles' train.json) or top-level
 ``cam_method`` / ``cam_threshold`` / ... ids of the (merged) inference config, else Grad-CAM on the network's
-``cam_target_layer_name`` with threshold 0.5 of the maximum, class 1.
+``cam_target_layer_name`` with threshold 0.5 of the maximum, class 1. A ``decision_threshold`` id (probability of
+the positive class at or above which an image is called positive, chosen by the bundle on validation data)
+replaces the arg-max decision.
 """
 
 from __future__ import annotations
@@ -276,13 +278,15 @@ RESULT_KEYS = {"cam_method": "method", "cam_layer": "target_layer", "cam_target_
 def _cam_rule(path: str, bundle_config) -> dict:
     """CAM settings of the bundle (see the module docstring for where they come from)."""
     rule = {"method": "gradcam", "target_layer": None, "threshold": 0.5, "mode": "fraction",
-            "largest_component": False, "class_idx": 1}
+            "largest_component": False, "class_idx": 1, "decision_threshold": None}
     cam = bundle_config.get("cam")
     if isinstance(cam, dict):
         rule.update({k: bundle_config.get_parsed_content(f"cam#{k}") for k in rule if k in cam})
     for k in rule:
         if bundle_config.get(f"cam_{k}") is not None:
             rule[k] = bundle_config.get_parsed_content(f"cam_{k}")
+    if bundle_config.get("decision_threshold") is not None:
+        rule["decision_threshold"] = float(bundle_config.get_parsed_content("decision_threshold"))
     files = [os.path.join(path, "models", "cam_rule.json")]
     if bundle_config.get("cam_rule_file"):
         files.append(bundle_config.get_parsed_content("cam_rule_file"))
@@ -328,6 +332,10 @@ class MedcnnCAMTask(_BundleAdapterMixin, BundleInferTask):
             [1 - torch.sigmoid(logits[0]), torch.sigmoid(logits[0])])
         pos = int(self.rule["class_idx"])
         predicted = int(torch.argmax(probs))
+        if self.rule.get("decision_threshold") is not None:  # the bundle's validation-chosen operating point
+            rest = [i for i in range(len(probs)) if i != pos]
+            above = float(probs[pos]) >= float(self.rule["decision_threshold"])
+            predicted = pos if above or not rest else max(rest, key=lambda i: float(probs[i]))
         heat = localise(network, x, method=self.rule["method"], target_layer=self.rule["target_layer"],
                         class_idx=pos)
         mask = cam_to_mask(heat, float(self.rule["threshold"]), self.rule["mode"],
@@ -343,6 +351,7 @@ class MedcnnCAMTask(_BundleAdapterMixin, BundleInferTask):
             "predicted_class": self.class_names.get(predicted, f"class_{predicted}"),
             "cam": {k: self.rule[k] for k in ("method", "target_layer", "threshold", "mode", "largest_component",
                                               "source") if k in self.rule},
+            "decision_threshold": self.rule["decision_threshold"],
         }
         return data
 
