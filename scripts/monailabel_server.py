@@ -262,10 +262,11 @@ def server_command(python: Path, app: Path, studies: Path, bundles: list[BundleI
             "--conf", "skip_trainers", "true"]
 
 
-def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for the server: offline, no zoo, no automatic scoring, one OpenMP thread by default."""
+def server_env(base: dict[str, str] | None = None, threads: int | None = None) -> dict[str, str]:
+    """Environment for the server: offline, no zoo, no automatic scoring; ``threads`` sets OMP_NUM_THREADS."""
     env = dict(os.environ if base is None else base)
-    env.setdefault("OMP_NUM_THREADS", "1")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(int(threads))
     env.update({
         "MONAI_ZOO_SOURCE": "local",             # never the MONAI hosting / NGC model zoo
         "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
@@ -292,6 +293,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--app-dir", default=None,
                     help="where the app is assembled (default: ~/.cache/medcnn/monailabel/app-<port>)")
     ap.add_argument("--device", default="auto", help="'auto' (cuda when available, else cpu), 'cpu' or 'cuda'")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for inference (OMP_NUM_THREADS; default: the environment's or PyTorch's)")
     ap.add_argument("--check", action="store_true", help="run the checks, assemble the app, print the command, exit")
     return ap.parse_args(argv)
 
@@ -311,7 +314,10 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medcnn" / "monailabel"
     app = assemble_app(args.app_dir or cache / f"app-{args.port}", bundles)
     logger.info("serving %d bundle(s): %s", len(bundles), ", ".join(b.name for b in bundles))
-    return server_command(python, app, studies, bundles, args.host, args.port, args.device), server_env()
+    if args.threads is not None and args.threads < 1:
+        raise LaunchError(f"--threads must be >= 1, got {args.threads}")
+    cmd = server_command(python, app, studies, bundles, args.host, args.port, args.device)
+    return cmd, server_env(threads=args.threads)
 
 
 def main(argv: list[str] | None = None) -> int:

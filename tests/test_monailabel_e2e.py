@@ -336,7 +336,8 @@ def served(tmp_path_factory):
     log = tmp / "server.log"
     bundles = [str(b.path) for b in repo] + [str(p) for p in fixtures.values()]
     cmd = [sys.executable, str(SCRIPT), "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
-           "--venv", str(VENV), "--app-dir", str(tmp / "app"), "--device", "cpu", "--bundles", ",".join(bundles)]
+           "--venv", str(VENV), "--app-dir", str(tmp / "app"), "--device", "cpu", "--threads", "1",
+           "--bundles", ",".join(bundles)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with open(log, "w") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -164,8 +164,9 @@ def test_check_assembles_local_app_and_command(layout, capsys):
     assert (app / "main.py").is_file() and (app / "medcnn_infer.py").is_file()
     assert sorted(p.name for p in (app / "model").iterdir()) == ["cls_b", "seg_a"]
     assert (app / "model" / "seg_a").resolve() == (layout["bundles"] / "seg_a").resolve()
-    env = launcher.server_env({})
-    assert env["MONAI_ZOO_SOURCE"] == "local" and env["OMP_NUM_THREADS"] == "1"
+    env = launcher.server_env({}, threads=2)
+    assert env["MONAI_ZOO_SOURCE"] == "local" and env["OMP_NUM_THREADS"] == "2"
+    assert "OMP_NUM_THREADS" not in launcher.server_env({})
 
 
 def test_app_folder_not_made_by_launcher_is_not_overwritten(layout):
