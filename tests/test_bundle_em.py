@@ -1,0 +1,156 @@
+"""em_membrane_segmentation bundle: metadata, a tiny training + evaluation through monai.bundle, inference and
+TorchScript export on the committed weights, bad inputs, and the model card's test figures reproduced."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import META_SCHEMA, bundle_root, read_metrics, run_workflow
+
+from medcnn.data.tiff import read_stack, write_tiff_stack
+
+NAME = "em_membrane_segmentation"
+ROOT = bundle_root(NAME)
+WEIGHTS = ROOT / "models" / "model.pt"
+DATASET = "isbi2012_em_membranes"
+pytestmark = [pytest.mark.realdata]
+
+
+def _chain(exc: BaseException) -> str:
+    """Messages of an exception and all its causes (MONAI wraps transform errors in RuntimeError)."""
+    out = []
+    while exc is not None:
+        out.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(out)
+
+
+def test_metadata_verifies_against_the_shipped_schema(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "verify_metadata",
+        "--meta_file",
+        str(ROOT / "configs" / "metadata.json"),
+        "--filepath",
+        str(META_SCHEMA),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    assert meta["required_packages_version"]["medcnn"] == "0.1.0"
+
+
+@pytest.mark.slow
+def test_tiny_training_then_evaluation(tmp_path, data_dir):
+    ds = str(data_dir(DATASET))
+    out, ckpt = tmp_path / "out", tmp_path / "models"
+    common = {"dataset_dir": ds, "output_dir": str(out), "ckpt_dir": str(ckpt)}
+    run_workflow(
+        NAME,
+        ["train.json"],
+        "train",
+        **common,
+        train_slices=[0, 1],
+        val_slices=[20],
+        patch_size=[96, 96],
+        samples_per_slice=4,
+        val_interval=1,
+        learning_rate=0.01,
+        **{"train#trainer#max_epochs": 3},
+    )
+    curves = json.loads((out / "curves.json").read_text())
+    assert len(curves["loss"]) == 3 and curves["loss"][-1] < curves["loss"][0], curves["loss"]
+    assert (out / "curves.png").is_file() and (ckpt / "model.pt").is_file()
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    assert any(k.endswith("weight") for k in state)
+    # evaluation of the freshly trained weights on one test slice
+    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", **common, test_slices=[25], patch_size=[96, 96])
+    m = read_metrics(out)
+    for key in ("pixel_accuracy", "membrane_dice", "cell_dice", "adapted_rand_error", "confusion_matrix_normalised"):
+        assert key in m, key
+    assert m["n_slices"] == 1
+    assert np.isclose(np.sum(m["confusion_matrix_normalised"]), 1.0)
+    assert 0.0 <= m["pixel_accuracy"] <= 1.0 and m["membrane_dice"] > 0.3  # above an all-cell / random guess
+    assert (out / "confusion_matrix.png").is_file()
+    assert (out / "error_overlays" / "train-volume_slice025_error.png").is_file()
+
+
+@pytest.fixture
+def weights():
+    if not WEIGHTS.is_file():
+        pytest.fail(f"committed weights {WEIGHTS} are missing")
+    return WEIGHTS
+
+
+def test_evaluation_on_committed_weights_reproduces_the_model_card(tmp_path, data_dir, weights):
+    card = json.loads((ROOT / "docs" / "metrics_test.json").read_text())
+    out = tmp_path / "eval"
+    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", dataset_dir=str(data_dir(DATASET)), output_dir=str(out))
+    m = read_metrics(out)
+    assert m["n_slices"] == card["n_slices"] == 5
+    for key in ("pixel_accuracy", "membrane_dice", "cell_dice", "adapted_rand_error"):
+        assert m[key] == pytest.approx(card[key], abs=0.005), key
+    assert len(list((out / "error_overlays").glob("*_error.png"))) == 5
+
+
+def test_inference_writes_a_membrane_tiff_stack(tmp_path, data_dir, weights):
+    ds = data_dir(DATASET)
+    out = tmp_path / "inf"
+    run_workflow(NAME, ["inference.json"], "infer", dataset_dir=str(ds), output_dir=str(out), input_slices=[27])
+    pred = read_stack(out / "predictions" / "images_membranes.tif")
+    label = read_stack(ds / "train" / "labels" / "27.png")
+    assert pred.shape == (1, 512, 512) and pred.dtype == np.uint8
+    assert set(np.unique(pred).tolist()) <= {0, 255}
+    assert (pred == label).mean() > 0.8  # same convention as the source labels (membrane = 0)
+
+
+def test_eval_datalist_with_bad_labels_or_slice_counts_names_the_file(tmp_path, data_dir, weights):
+    ds = data_dir(DATASET)
+    img = read_stack(ds / "train" / "images")[25:27]
+    lab = read_stack(ds / "train" / "labels")[25:27].copy()
+    write_tiff_stack(img, tmp_path / "img.tif")
+    lab[0, 0, :5] = 128
+    write_tiff_stack(lab, tmp_path / "lab128.tif")
+    write_tiff_stack(lab[:1], tmp_path / "lab1.tif")
+    for label_file, pattern in (("lab128.tif", r"lab128\.tif.*128"), ("lab1.tif", r"img\.tif: 2 slices.*lab1\.tif: 1")):
+        dl = tmp_path / f"{label_file}.json"
+        dl.write_text(json.dumps([{"image": "img.tif", "label": label_file}]))
+        with pytest.raises(Exception) as info:
+            run_workflow(
+                NAME,
+                ["train.json", "evaluate.json"],
+                "eval",
+                dataset_dir=str(ds),
+                output_dir=str(tmp_path / "e"),
+                eval_datalist=str(dl),
+            )
+        import re
+
+        assert re.search(pattern, _chain(info.value), re.S), _chain(info.value)[-2000:]
+
+
+def test_torchscript_export_matches_eager(tmp_path, weights):
+    from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
+
+    ts = tmp_path / "model.ts"
+    meta, inf = str(ROOT / "configs" / "metadata.json"), str(ROOT / "configs" / "inference.json")
+    ckpt_export(
+        "network_def", filepath=str(ts), ckpt_file=str(weights), meta_file=meta, config_file=inf, bundle_root=str(ROOT)
+    )
+    parser = ConfigParser()
+    parser.read_config(inf)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    net.eval()
+    scripted = torch.jit.load(str(ts))
+    x = torch.randn(1, 1, 192, 192, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(net(x), scripted(x), atol=1e-5)
+    verify_net_in_out("network_def", meta_file=meta, config_file=inf, bundle_root=str(ROOT))
