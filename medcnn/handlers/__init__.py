@@ -5,12 +5,16 @@ from medcnn.handlers.classification import ClassificationReportHandler
 from medcnn.handlers.curves import TrainingCurvesHandler
 from medcnn.handlers.metrics_json import MetricsJSONWriter, write_metrics_json
 from medcnn.handlers.report import PDFReportHandler
+from medcnn.handlers.segmentation import PixelConfusionMetric, SegmentationFiguresHandler, StackPredictionWriter
 
 __all__ = [
     "CAMDiceHandler",
     "ClassificationReportHandler",
     "MetricsJSONWriter",
     "PDFReportHandler",
+    "PixelConfusionMetric",
+    "SegmentationFiguresHandler",
+    "StackPredictionWriter",
     "TrainingCurvesHandler",
     "write_metrics_json",
 ]

@@ -2,14 +2,19 @@
 
 from medcnn.transforms.coco import CocoAnnotationError, CocoToMask, CocoToMaskd
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
+from medcnn.transforms.stack import SelectSlice, SelectSliced
 from medcnn.transforms.validation import CheckImage, CheckImaged, CheckImageLabeld, InvalidInputError
 
 __all__ = [
-    "LoadImageChecked",
-    "LoadImageCheckedd",
     "CheckImage",
     "CheckImaged",
     "CheckImageLabeld",
+    "CocoAnnotationError",
+    "CocoToMask",
+    "CocoToMaskd",
     "InvalidInputError",
+    "LoadImageChecked",
+    "LoadImageCheckedd",
+    "SelectSlice",
+    "SelectSliced",
 ]
-__all__ += ["CocoAnnotationError", "CocoToMask", "CocoToMaskd"]
