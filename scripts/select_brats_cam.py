@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", type=Path, default=BUNDLE / "models" / "model.pt")
     parser.add_argument("--out", type=Path, default=BUNDLE / "docs" / "cam_selection.json")
     parser.add_argument("--dataset_dir", default=None)
+    parser.add_argument("--set", nargs="*", default=[], metavar="ID=JSON",
+                        help="config overrides, e.g. network_def#num_blocks=3 (for checkpoints of other settings)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -42,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     config["bundle_root"] = str(BUNDLE)
     if args.dataset_dir:
         config["dataset_dir"] = args.dataset_dir
+    for item in args.set:
+        key, value = item.split("=", 1)
+        config[key] = json.loads(value)
     net = config.get_parsed_content("network_def")
     net.load_state_dict(torch.load(args.ckpt, weights_only=True, map_location="cpu"))
     net.eval()
