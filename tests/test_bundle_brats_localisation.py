@@ -112,3 +112,22 @@ def test_youden_threshold_separates_validation_scores():
     assert 0.04 < t < 0.08
     with pytest.raises(ValueError, match="both classes"):
         youden_threshold([1, 1], [0.2, 0.3])
+
+
+def test_hemisphere_max_classifier_keeps_the_more_tumour_like_half():
+    from medcnn.networks import ResNetClassifier
+    from medcnn.networks.hemisphere import HemisphereMaxClassifier
+
+    torch.manual_seed(0)
+    net = ResNetClassifier(2, 2, 2, num_blocks=3, channels=8).eval()
+    wrapper = HemisphereMaxClassifier(net, axis=2)
+    x = torch.randn(3, 2, 32, 32)
+    with torch.no_grad():
+        out = wrapper(x)
+        first, second = net(x[:, :, :16]), net(x[:, :, 16:])
+    p1, p2 = torch.softmax(first, 1)[:, 1], torch.softmax(second, 1)[:, 1]
+    expected = torch.where((p1 >= p2)[:, None], first, second)
+    torch.testing.assert_close(out, expected)
+    assert set(wrapper.state_dict()) == {"classifier." + k for k in net.state_dict()}
+    with pytest.raises(ValueError, match="spatial axis"):
+        HemisphereMaxClassifier(net, axis=1)
