@@ -108,7 +108,7 @@ def network_figures(steps: int) -> dict:
 
     torch.manual_seed(0)
     nets = {name: (build_segmentation_network(name, 2, 2, 2), False) for name in ("unet", "segresnet", "flexible_unet")}
-    nets["resnet_classifier"] = (ResNetClassifier(2, 2, 2, num_blocks=6, channels=16, max_channels=128), True)
+    nets["resnet_classifier"] = (ResNetClassifier(2, 2, 2, num_blocks=3, channels=32, max_channels=128), True)
     out = {}
     for name, (net, classify) in nets.items():
         load = os.getloadavg()[0]
