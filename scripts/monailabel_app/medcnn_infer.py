@@ -27,7 +27,8 @@ present, else the ``cam`` dict id (``method``, ``target_layer``,
 ``cam_method`` / ``cam_threshold`` / ... ids of the (merged) inference config, else Grad-CAM on the network's
 ``cam_target_layer_name`` with threshold 0.5 of the maximum, class 1. A ``decision_threshold`` id (probability of
 the positive class at or above which an image is called positive, chosen by the bundle on validation data)
-replaces the arg-max decision.
+replaces the arg-max decision, and a ``score_network`` id (a callable component, ``"_mode_": "callable"``, applied
+to the loaded network) scores images for that decision while the CAM is taken on the network itself.
 """
 
 from __future__ import annotations
@@ -326,8 +327,11 @@ class MedcnnCAMTask(_BundleAdapterMixin, BundleInferTask):
         network = self._get_network(device, data)
         image = data[self.input_key]
         x = torch.as_tensor(image).float()[None].to(torch.device(device))
+        score_net = network  # a bundle may score images with a wrapper of its network (e.g. max over half-slices)
+        if self.bundle_config.get("score_network") is not None:
+            score_net = self.bundle_config.get_parsed_content("score_network", instantiate=True)(network)
         with torch.no_grad():
-            logits = network(x).float()
+            logits = score_net(x).float()
         probs = torch.softmax(logits, dim=1)[0] if logits.shape[1] > 1 else torch.cat(
             [1 - torch.sigmoid(logits[0]), torch.sigmoid(logits[0])])
         pos = int(self.rule["class_idx"])
