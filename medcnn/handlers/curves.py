@@ -21,9 +21,10 @@ __all__ = ["TrainingCurvesHandler"]
 class TrainingCurvesHandler:
     """Attach to a trainer; per epoch record mean loss and wall time, per validation the evaluator's metrics.
 
-    Writes ``<output_dir>/curves.json`` and ``curves.png`` after every epoch, so an interrupted run still leaves
-    its curves. ``curves.json`` holds ``epoch``, ``time_s`` (seconds since training started), ``loss``,
-    and for every validation metric ``<name>`` its values plus ``<name>_x`` (epochs) and ``<name>_time_s``:
+    Writes ``<output_dir>/curves.json`` after every epoch and validation, so an interrupted run still leaves its
+    curves, and draws ``curves.png`` when training completes (and every ``plot_interval`` epochs if > 0: drawing
+    costs seconds on a busy CPU). ``curves.json`` holds ``epoch``, ``time_s`` (seconds since training started),
+    ``loss``, and for every validation metric ``<name>`` its values plus ``<name>_x`` (epochs) and ``<name>_time_s``:
     the time-to-accuracy / time-to-Dice figures of the model cards are read from there.
 
     Args:
@@ -41,7 +42,11 @@ class TrainingCurvesHandler:
         evaluator: Engine | None = None,
         metric_names: Sequence[str] | None = None,
         loss_transform=None,
+        plot_interval: int = 0,
     ) -> None:
+        if plot_interval < 0:
+            raise ValueError(f"plot_interval must be >= 0, got {plot_interval}")
+        self.plot_interval = plot_interval
         self.output_dir = Path(output_dir)
         self.evaluator = evaluator
         self.metric_names = metric_names
@@ -55,6 +60,7 @@ class TrainingCurvesHandler:
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
+        engine.add_event_handler(Events.COMPLETED, lambda _: self.write(plot=True))
         if self.evaluator is not None:
             self.evaluator.add_event_handler(Events.COMPLETED, self._validated)
 
@@ -89,11 +95,15 @@ class TrainingCurvesHandler:
             self.history.setdefault(f"{name}_time_s", []).append(round(time.perf_counter() - self._start, 3))
         self.write()
 
-    def write(self) -> None:
+    def write(self, plot: bool | None = None) -> None:
+        """Write ``curves.json``; redraw ``curves.png`` when ``plot`` (default: every ``plot_interval`` epochs)."""
+        if plot is None:
+            n = len(self.history["epoch"])
+            plot = bool(self.plot_interval) and n > 0 and n % self.plot_interval == 0
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "curves.json").write_text(json.dumps(to_jsonable(self.history), indent=1) + "\n")
         plottable = {k: v for k, v in self.history.items() if not k.endswith("_time_s") and k != "time_s"}
-        if self.history["epoch"]:
+        if plot and self.history["epoch"]:
             plot_curves(plottable, self.output_dir / "curves.png", x_key="epoch", title="training curves")
 
 
