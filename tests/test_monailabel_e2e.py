@@ -62,6 +62,8 @@ try:
     if not (VENV / "medcnn-monailabel-env.json").is_file():
         raise launcher.LaunchError(f"{VENV} is incomplete (its build did not finish): rerun scripts/monailabel_env.sh")
 except launcher.LaunchError as e:
+    if os.environ.get("MEDCNN_REQUIRE_MONAILABEL") == "1":  # CI builds the environment: its absence is a failure
+        pytest.fail(f"MEDCNN_REQUIRE_MONAILABEL=1 but the MONAI Label environment is not usable: {e}", pytrace=False)
     pytest.skip(f"MONAI Label environment not usable: {e}", allow_module_level=True)
 
 
