@@ -46,3 +46,33 @@ def run_workflow(name: str, configs: Sequence[str], workflow_type: str = "train"
 
 def read_metrics(output_dir: str | Path) -> dict:
     return json.loads((Path(output_dir) / "metrics.json").read_text())
+
+
+def export_matches_eager(
+    name: str, weights: str | Path, example, tmp_path: Path, config: str = "inference.json", atol: float = 1e-5
+):
+    """``ckpt_export`` the bundle's ``network_def`` to TorchScript and assert it equals the eager network on
+    ``example``; returns the eager output (for shape checks)."""
+    import torch
+    from monai.bundle import ConfigParser, ckpt_export
+
+    root = bundle_root(name)
+    cfg = str(root / "configs" / config)
+    ts = Path(tmp_path) / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts),
+        ckpt_file=str(weights),
+        meta_file=str(root / "configs" / "metadata.json"),
+        config_file=cfg,
+        bundle_root=str(root),
+    )
+    parser = ConfigParser()
+    parser.read_config(cfg)
+    parser["bundle_root"] = str(root)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    with torch.no_grad():
+        expected = net.eval()(example)
+        torch.testing.assert_close(torch.jit.load(str(ts))(example), expected, rtol=1e-4, atol=atol)
+    return expected

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import META_SCHEMA, bundle_root, make_workflow, read_metrics, run_workflow
+from bundle_helpers import META_SCHEMA, bundle_root, export_matches_eager, read_metrics, run_workflow
 from test_brats_data import make_brats_case
 
 NAME = "brats_tumour_localisation"
@@ -62,17 +62,8 @@ def weights():
 
 
 def test_torchscript_export_matches_eager(tmp_path, weights):
-    from monai.bundle import ckpt_export
-
-    ts = tmp_path / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(weights),
-                meta_file=str(ROOT / "configs" / "metadata.json"),
-                config_file=str(ROOT / "configs" / "inference.json"), bundle_root=str(ROOT))
-    net = make_workflow(NAME, ["inference.json"], "infer").parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(weights, weights_only=True))
     x = torch.randn(3, 2, 96, 96, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch.testing.assert_close(torch.jit.load(str(ts))(x), net.eval()(x), rtol=1e-4, atol=1e-4)
+    export_matches_eager(NAME, weights, x, tmp_path, atol=1e-4)
 
 
 def test_inference_on_an_unlabelled_case(tmp_path, synthetic_cases, weights):

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import META_SCHEMA, bundle_root, make_workflow, read_metrics, run_workflow
+from bundle_helpers import META_SCHEMA, bundle_root, export_matches_eager, make_workflow, read_metrics, run_workflow
 from test_brats_data import make_brats_case
 
 NAME = "brats_tumour_segmentation"
@@ -76,18 +76,8 @@ def weights():
 
 
 def test_torchscript_export_matches_eager(tmp_path, weights):
-    from monai.bundle import ckpt_export
-
-    ts = tmp_path / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(weights),
-                meta_file=str(ROOT / "configs" / "metadata.json"),
-                config_file=str(ROOT / "configs" / "inference.json"), bundle_root=str(ROOT))
-    wf = make_workflow(NAME, ["inference.json"], "infer")
-    net = wf.parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(weights, weights_only=True))
     x = torch.randn(2, 2, 96, 96, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch.testing.assert_close(torch.jit.load(str(ts))(x), net.eval()(x), rtol=1e-4, atol=1e-4)
+    export_matches_eager(NAME, weights, x, tmp_path, atol=1e-4)
 
 
 def test_inference_writes_a_mask_on_the_input_grid(tmp_path, synthetic_cases, weights):

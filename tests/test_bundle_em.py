@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import META_SCHEMA, bundle_root, read_metrics, run_workflow
+from bundle_helpers import META_SCHEMA, bundle_root, export_matches_eager, read_metrics, run_workflow
 
 from medcnn.data.tiff import read_stack, write_tiff_stack
 
@@ -137,20 +137,9 @@ def test_eval_datalist_with_bad_labels_or_slice_counts_names_the_file(tmp_path, 
 
 
 def test_torchscript_export_matches_eager(tmp_path, weights):
-    from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
+    from monai.bundle import verify_net_in_out
 
-    ts = tmp_path / "model.ts"
     meta, inf = str(ROOT / "configs" / "metadata.json"), str(ROOT / "configs" / "inference.json")
-    ckpt_export(
-        "network_def", filepath=str(ts), ckpt_file=str(weights), meta_file=meta, config_file=inf, bundle_root=str(ROOT)
-    )
-    parser = ConfigParser()
-    parser.read_config(inf)
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(weights, weights_only=True))
-    net.eval()
-    scripted = torch.jit.load(str(ts))
     x = torch.randn(1, 1, 192, 192, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert torch.allclose(net(x), scripted(x), atol=1e-5)
+    export_matches_eager(NAME, weights, x, tmp_path)
     verify_net_in_out("network_def", meta_file=meta, config_file=inf, bundle_root=str(ROOT))

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import META_SCHEMA, bundle_root, read_metrics, run_workflow
+from bundle_helpers import META_SCHEMA, bundle_root, export_matches_eager, read_metrics, run_workflow
 
 NAME = "hippocampus_segmentation"
 ROOT = bundle_root(NAME)
@@ -122,28 +122,9 @@ def test_committed_weights_reproduce_the_model_card(tmp_path, data_dir, weights)
 
 
 def test_torchscript_export_matches_eager_and_net_in_out(tmp_path, weights):
-    from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
+    from monai.bundle import verify_net_in_out
 
     meta, cfg = str(ROOT / "configs" / "metadata.json"), str(ROOT / "configs" / "inference.json")
-    ts = tmp_path / "model.ts"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(ts),
-        ckpt_file=str(weights),
-        meta_file=meta,
-        config_file=cfg,
-        bundle_root=str(ROOT),
-    )
     verify_net_in_out(net_id="network_def", meta_file=meta, config_file=cfg, n=5, bundle_root=str(ROOT))
-    parser = ConfigParser()
-    parser.read_config(cfg)
-    parser["bundle_root"] = str(ROOT)
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(weights, weights_only=True))
-    net.eval()
-    scripted = torch.jit.load(str(ts))
     x = torch.randn(1, 1, 40, 56, 40, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = net(x)
-        assert expected.shape == (1, 3, 40, 56, 40)
-        assert torch.allclose(expected, scripted(x), atol=1e-5)
+    assert export_matches_eager(NAME, weights, x, tmp_path).shape == (1, 3, 40, 56, 40)

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import META_SCHEMA, bundle_root, read_metrics, run_workflow
-from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
+from bundle_helpers import META_SCHEMA, bundle_root, export_matches_eager, read_metrics, run_workflow
+from monai.bundle import verify_metadata, verify_net_in_out
 from PIL import Image
 
 from medcnn.data.medmnist import MedMNISTError
@@ -128,17 +128,7 @@ def test_inference_on_committed_weights_matches_the_network(pneumonia_dir, tmp_p
 def test_net_in_out_and_torchscript_export(tmp_path):
     cfg, meta = str(ROOT / "configs" / "inference.json"), str(ROOT / "configs" / "metadata.json")
     verify_net_in_out(net_id="network_def", meta_file=meta, config_file=cfg, bundle_root=str(ROOT), n=2, any=8)
-    ts_path = tmp_path / "model.ts"
-    ckpt_export(
-        net_id="network_def", filepath=str(ts_path), ckpt_file=str(ROOT / "models" / "model.pt"),
-        meta_file=meta, config_file=cfg, bundle_root=str(ROOT),
-    )
-    exported = torch.jit.load(str(ts_path))
-    net = ClassicCNN().eval()
-    net.load_state_dict(torch.load(ROOT / "models" / "model.pt", weights_only=True))
-    x = torch.rand(4, 1, 28, 28)
-    with torch.no_grad():
-        torch.testing.assert_close(exported(x), net(x), atol=1e-6, rtol=1e-5)
+    export_matches_eager(NAME, ROOT / "models" / "model.pt", torch.rand(4, 1, 28, 28), tmp_path, atol=1e-6)
 
 
 def test_committed_weights_reach_model_card_figures(pneumonia_dir, tmp_path):
