@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["load_datalist", "resolve_data_dir", "DatalistError"]
+__all__ = ["load_datalist", "read_datalist_json", "resolve_data_dir", "DatalistError"]
 
 
 class DatalistError(ValueError):
@@ -32,6 +32,17 @@ def _resolve(value, base: Path):
     return value
 
 
+def read_datalist_json(path: str | os.PathLike):
+    """The parsed content of a datalist JSON file; :class:`DatalistError` naming the file if absent or invalid."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatalistError(f"datalist {path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatalistError(f"datalist {path}: not readable as JSON ({exc})") from exc
+
+
 def load_datalist(
     path: str | os.PathLike,
     keys: Sequence[str] = ("image", "label"),
@@ -47,12 +58,7 @@ def load_datalist(
     Raises :class:`DatalistError` naming the file and the entry on any problem.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise DatalistError(f"datalist {path}: file not found")
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatalistError(f"datalist {path}: not readable as JSON ({exc})") from exc
+    content = read_datalist_json(path)
     if isinstance(content, dict):
         if data_list_key not in content:
             raise DatalistError(f"datalist {path}: an MSD-style dataset.json needs a '{data_list_key}' list")

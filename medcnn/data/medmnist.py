@@ -11,7 +11,6 @@ pointer ``{"npz": file, "split": name}`` (``--eval_datalist``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from medcnn.data.datalist import DatalistError, load_datalist
+from medcnn.data.datalist import load_datalist, read_datalist_json
 
 __all__ = [
     "MedMNISTError",
@@ -219,12 +218,7 @@ def classification_datalist(
     path = Path(path).expanduser()
     if path.suffix == ".npz":
         return medmnist_datalist(path, split, n_classes, class_names)
-    if not path.is_file():
-        raise DatalistError(f"datalist {path}: file not found")
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatalistError(f"datalist {path}: not readable as JSON ({exc})") from exc
+    content = read_datalist_json(path)
     if isinstance(content, dict) and "npz" in content:
         npz = Path(content["npz"]).expanduser()
         npz = npz if npz.is_absolute() else path.parent / npz
