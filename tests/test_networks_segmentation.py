@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from monai.inferers import SlidingWindowInferer
 from monai.losses import DiceCELoss
 
 from medcnn.networks import (
     SEGMENTATION_NETWORKS,
     SEGMENTATION_NETWORKS_3D,
+    DihedralEnsembleInferer,
+    FlipEnsembleInferer,
     build_segmentation_network,
     deep_supervision_loss,
     segmentation_divisor,
@@ -87,3 +90,40 @@ def test_overrides_and_divisor() -> None:
     assert "flexible_unet" in SEGMENTATION_NETWORKS and "flexible_unet" not in SEGMENTATION_NETWORKS_3D
     # names are case/dash tolerant, as a command-line override might spell them
     assert isinstance(build_segmentation_network("SegResNet", 2, 1, 2), torch.nn.Module)
+
+
+def _asymmetric_net() -> torch.nn.Module:
+    """A conv net with no rotational symmetry, so a single view depends on the input's orientation."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1))
+
+
+@pytest.mark.parametrize("activation", [None, "softmax"])
+def test_dihedral_ensemble_is_rotation_and_mirror_equivariant(activation) -> None:
+    net = _asymmetric_net().eval()
+    ens = DihedralEnsembleInferer(activation=activation)
+    x = torch.randn(2, 1, 24, 24)
+    with torch.no_grad():
+        out = ens(x, net)
+        single = net(x)
+        assert out.shape == single.shape
+        assert not torch.allclose(torch.rot90(net(torch.rot90(x, 1, (2, 3))), -1, (2, 3)), single, atol=1e-4)
+        assert torch.allclose(torch.rot90(ens(torch.rot90(x, 1, (2, 3)), net), -1, (2, 3)), out, atol=1e-5)
+        assert torch.allclose(torch.flip(ens(torch.flip(x, (3,)), net), (3,)), out, atol=1e-5)
+    if activation == "softmax":
+        assert torch.allclose(out.sum(1), torch.ones(2, 24, 24), atol=1e-5)
+
+
+def test_ensembles_wrap_a_sliding_window_and_reject_bad_planes() -> None:
+    net = _asymmetric_net().eval()
+    x = torch.randn(1, 1, 40, 40)
+    sw = SlidingWindowInferer(roi_size=(16, 16), sw_batch_size=4, overlap=0.5)
+    with torch.no_grad():
+        dihedral = DihedralEnsembleInferer(base_inferer=sw)(x, net)
+        flips = FlipEnsembleInferer(spatial_axes=(0, 1), base_inferer=sw)(x, net)
+    assert dihedral.shape == flips.shape == (1, 2, 40, 40)
+    with pytest.raises(ValueError, match="plane"):
+        DihedralEnsembleInferer(plane=(1, 1))
+    with pytest.raises(ValueError, match="activation"):
+        DihedralEnsembleInferer(activation="relu")

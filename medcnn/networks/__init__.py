@@ -5,6 +5,7 @@ from medcnn.networks.resnet_classifier import ResNetClassifier
 from medcnn.networks.segmentation import (
     SEGMENTATION_NETWORKS,
     SEGMENTATION_NETWORKS_3D,
+    DihedralEnsembleInferer,
     FlipEnsembleInferer,
     build_segmentation_network,
     deep_supervision_loss,
@@ -18,6 +19,7 @@ __all__ = [
     "SEGMENTATION_NETWORKS",
     "SEGMENTATION_NETWORKS_3D",
     "FlipEnsembleInferer",
+    "DihedralEnsembleInferer",
     "build_segmentation_network",
     "deep_supervision_loss",
     "segmentation_divisor",

@@ -30,6 +30,7 @@ __all__ = [
     "segmentation_divisor",
     "deep_supervision_loss",
     "FlipEnsembleInferer",
+    "DihedralEnsembleInferer",
 ]
 
 
@@ -160,20 +161,74 @@ def deep_supervision_loss(loss: nn.Module, weight_mode: str = "exp") -> nn.Modul
     return _FloatTargetDeepSupervisionLoss(loss, weight_mode=weight_mode)
 
 
+def _run(base: Inferer | None, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs):
+    """``base(inputs, network)`` when a base inferer is given (e.g. sliding window), else ``network(inputs)``."""
+    if base is None:
+        return network(inputs, *args, **kwargs)
+    return base(inputs, network, *args, **kwargs)
+
+
 class FlipEnsembleInferer(Inferer):
     """Test-time augmentation by mirroring: mean logits of ``network(x)`` and of the un-flipped ``network(flip(x))``.
 
     ``inputs`` ``(B, C, *S)`` -> logits ``(B, out_channels, *S)``; ``spatial_axes`` counts spatial axes from 0
     (0 = the first spatial axis, i.e. tensor dim 2). Use only axes along which the anatomy is mirror-symmetric
-    (e.g. left-right), so a flipped label keeps its meaning.
+    (e.g. left-right), so a flipped label keeps its meaning. ``base_inferer`` (e.g. a
+    :class:`monai.inferers.SlidingWindowInferer`) runs each view; without it the network sees the whole input.
     """
 
-    def __init__(self, spatial_axes: Sequence[int] = (0,)) -> None:
+    def __init__(self, spatial_axes: Sequence[int] = (0,), base_inferer: Inferer | None = None) -> None:
         super().__init__()
         self.dims = [int(a) + 2 for a in spatial_axes]
+        self.base_inferer = base_inferer
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
-        out = network(inputs, *args, **kwargs)
+        out = _run(self.base_inferer, inputs, network, *args, **kwargs)
         for d in self.dims:
-            out = out + torch.flip(network(torch.flip(inputs, dims=[d]), *args, **kwargs), dims=[d])
+            view = _run(self.base_inferer, torch.flip(inputs, dims=[d]), network, *args, **kwargs)
+            out = out + torch.flip(view, dims=[d])
         return out / (1 + len(self.dims))
+
+
+class DihedralEnsembleInferer(Inferer):
+    """Test-time augmentation over the 8 symmetries of the square (4 rotations x mirror) in one spatial plane.
+
+    For images without a preferred in-plane orientation (EM sections, histology): the mean of the outputs of the
+    eight rotated/mirrored views, each mapped back; logits by default (so a bundle's softmax post-processing
+    stays as it is), probabilities with ``activation="softmax"`` or ``"sigmoid"``.
+    ``inputs`` ``(B, C, *S)``; ``plane`` names two spatial axes (0-based) whose sizes may differ (rotations of
+    a non-square input are run on the rotated shape). MONAI's ``TestTimeAugmentation`` draws random
+    transforms per call and inverts them through the transform stack; this is the deterministic, exhaustive
+    dihedral group with no metadata bookkeeping, cheap enough for every evaluation.
+    """
+
+    def __init__(
+        self, base_inferer: Inferer | None = None, plane: Sequence[int] = (0, 1), activation: str | None = None
+    ) -> None:
+        super().__init__()
+        if len(plane) != 2 or plane[0] == plane[1]:
+            raise ValueError(f"DihedralEnsembleInferer: plane must name two different spatial axes, got {plane}.")
+        if activation not in (None, "softmax", "sigmoid"):
+            raise ValueError(f"DihedralEnsembleInferer: activation must be None, softmax or sigmoid, not {activation}.")
+        self.base_inferer = base_inferer
+        self.dims = (int(plane[0]) + 2, int(plane[1]) + 2)
+        self.activation = activation
+
+    def _act(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation == "softmax":
+            return torch.softmax(x, dim=1)
+        if self.activation == "sigmoid":
+            return torch.sigmoid(x)
+        return x
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        total = None
+        for k in range(4):
+            for mirror in (False, True):
+                view = torch.rot90(inputs, k, self.dims)
+                view = torch.flip(view, dims=[self.dims[1]]) if mirror else view
+                out = self._act(_run(self.base_inferer, view, network, *args, **kwargs))
+                out = torch.flip(out, dims=[self.dims[1]]) if mirror else out
+                out = torch.rot90(out, -k, self.dims)
+                total = out if total is None else total + out
+        return total / 8
