@@ -56,6 +56,28 @@ def test_tiny_training_then_volume_evaluation(tmp_path, synthetic_cases):
     assert m["dice"] == pytest.approx(m["tumour_f1"], abs=1e-6) and m["eval_cases"] == ["s3"]
     assert m["dice"] > 0.2  # the bright synthetic blob is learnt within 3 tiny epochs (chance ~0.05)
     assert (out / "confusion_matrix.png").is_file()
+    check_case_report(out / "reports" / "s3_report.pdf", "s3", m)
+
+
+def check_case_report(pdf, case: str, metrics: dict) -> None:
+    """The evaluation's PDF: case id, this case's Dice and the set's Dice as text; overlays on the native grid."""
+    pypdf = pytest.importorskip("pypdf")
+    pdfium = pytest.importorskip("pypdfium2")
+    assert pdf.is_file(), sorted(p.name for p in pdf.parent.glob("*"))
+    reader = pypdf.PdfReader(str(pdf))
+    text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())
+    assert f"medcnn case report: {case}" in text
+    assert f"{metrics['dice']:.4f}" in text  # one case evaluated: its Dice is the set's Dice
+    assert "Training curves" in text and len(reader.pages) == 3
+    doc = pdfium.PdfDocument(str(pdf))
+    try:
+        page = np.asarray(doc[0].render(scale=1.0).to_pil().convert("L"), dtype=float)
+        overlay = np.asarray(doc[1].render(scale=1.0).to_pil().convert("RGB"), dtype=float)
+    finally:
+        doc.close()
+    assert page.shape[0] > page.shape[1] and page.std() > 10  # an A4 page with text and figures, not blank
+    green = (overlay[..., 1] > 150) & (overlay[..., 0] < 100) & (overlay[..., 2] < 100)
+    assert green.sum() > 20  # predicted-mask outlines drawn on the slices
 
 
 @pytest.mark.parametrize("name", ["segresnet", "flexible_unet"])

@@ -39,7 +39,12 @@ def _to_mask(x, threshold: float) -> np.ndarray:
     return (a > threshold).to(torch.uint8).numpy()
 
 
-def _case_name(item: Mapping, image_key: str, index: int) -> str:
+def _case_name(item: Mapping, image_key: str, index: int, name_key: str | None = None) -> str:
+    """File-safe case name: ``item[name_key]`` when given and present, else the image's file stem."""
+    if name_key and item.get(name_key) not in (None, ""):
+        named = item[name_key]
+        named = named[0] if isinstance(named, (list, tuple)) and named else named
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(named)) or f"case_{index:04d}"
     img = item.get(image_key)
     src = getattr(img, "meta", {}).get("filename_or_obj") if hasattr(img, "meta") else None
     if isinstance(src, (list, tuple)):
@@ -76,6 +81,8 @@ class PDFReportHandler:
             probability of class ``cam_class_idx``).
         presence_threshold: a classifier probability below this means "absent": the CAM is still drawn, but
             the predicted region is empty, so the summary agrees with the classifier.
+        name_key: item key naming the case (e.g. a datalist's ``"case"``); default: the image's file name, which
+            is ambiguous when every case folder holds the same file names (BraTS).
         class_names, finding_name, template, max_slices: passed to :func:`write_case_report`.
 
     In a bundle's ``evaluate.json`` (segmentation)::
@@ -111,6 +118,7 @@ class PDFReportHandler:
         cam_mode: str = "fraction",
         cam_class_idx: int = 1,
         presence_threshold: float = 0.5,
+        name_key: str | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.image_key, self.pred_key, self.label_key, self.cam_key = image_key, pred_key, label_key, cam_key
@@ -123,6 +131,7 @@ class PDFReportHandler:
         self.cam_method, self.cam_handler = cam_method, cam_handler
         self.cam_threshold, self.cam_mode, self.cam_class_idx = cam_threshold, cam_mode, int(cam_class_idx)
         self.presence_threshold = float(presence_threshold)
+        self.name_key = name_key
         self.cases: list[dict[str, Any]] = []
         self.written: list[Path] = []
         self._skipped = 0
@@ -162,7 +171,7 @@ class PDFReportHandler:
             spatial = torch.as_tensor(image).ndim - 1
             spacing = [float(v) for v in image.pixdim] if hasattr(image, "pixdim") else None
             case = {
-                "name": _case_name(item, self.image_key, len(self.cases)),
+                "name": _case_name(item, self.image_key, len(self.cases), self.name_key),
                 "image": torch.as_tensor(image).detach().cpu().float()[:1].numpy(),
                 "spacing": spacing,
                 "source": str(getattr(image, "meta", {}).get("filename_or_obj", "")),
