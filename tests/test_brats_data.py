@@ -194,3 +194,36 @@ def test_hemispheres_split_masks_and_labels(tmp_path):
     # slice 5 (radius 5) reaches 8 pixels into the first half
     assert [h["label"] for h in halves if h["slice_index"] == 6] == [0, 1]
     assert [h["tumour_pixels"] for h in halves if h["slice_index"] == 5][0] == 8
+
+
+def test_brain_zscore_and_neighbouring_slices(tmp_path):
+    from medcnn.data.brats import load_brats_case, normalise_in_brain
+
+    make_brats_case(tmp_path, "c1", shape=(24, 24, 8), tumour_slices=range(2, 6))
+    entry = brats_case_datalist(tmp_path, ["c1"])[0]
+    volume = load_brats_case(entry)
+    brain = volume["brainmask"]
+    scaled = dict(volume, image=3.0 * volume["image"] - 7.0)  # another scanner / normalisation of the same case
+    for vol in (volume, scaled):
+        z = normalise_in_brain(vol["image"], brain)
+        for c in range(2):
+            assert abs(z[c][brain].mean()) < 1e-4 and abs(z[c][brain].std() - 1) < 1e-3
+            assert np.all(z[c][~brain] == 0)  # background identical in every case
+    np.testing.assert_allclose(normalise_in_brain(volume["image"], brain), normalise_in_brain(scaled["image"], brain),
+                               atol=1e-4)
+    with pytest.raises(BratsDataError, match="empty brain"):
+        normalise_in_brain(volume["image"], np.zeros_like(brain))
+
+    flat = brats_slices([entry], min_brain_fraction=0.0)
+    ctx = brats_slices([entry], min_brain_fraction=0.0, context=1, normalise="brain_zscore")
+    assert [i["slice_index"] for i in ctx] == [i["slice_index"] for i in flat]
+    assert ctx[0]["image"].shape == (6, 24, 24)  # (FLAIR z-1, z, z+1, T1c z-1, z, z+1)
+    zn = normalise_in_brain(volume["image"], brain)
+    k = 3
+    item = next(i for i in ctx if i["slice_index"] == k)
+    np.testing.assert_allclose(item["image"][[0, 1, 2]], zn[0][..., [k - 1, k, k + 1]].transpose(2, 0, 1))
+    np.testing.assert_allclose(item["image"][4], zn[1][..., k])
+    last = next(i for i in ctx if i["slice_index"] == 7)
+    np.testing.assert_allclose(last["image"][2], last["image"][1])  # edge slice repeated
+    with pytest.raises(ValueError, match="normalise must be one of"):
+        brats_slices([entry], normalise="minmax")

@@ -52,6 +52,24 @@ def test_tiny_training_then_slice_evaluation_with_cam_dice(tmp_path, synthetic_c
     assert m["n_images"] == 39 and m["test_cases"] == ["s3"]  # every brain slice of the held-out case
     assert m["cam_n_images"] == 24 and 0.0 <= m["cam_dice"] <= 1.0
     assert m["cam_calibration_cases"] == ["s1", "s2"]  # threshold rule chosen on training-case slices only
+    check_case_report(out / "reports" / "s3_report.pdf", "s3", m, n_slices=40)
+
+
+def check_case_report(pdf, case: str, metrics: dict, n_slices: int) -> None:
+    """One PDF per case (slices stacked back into the volume), CAM and mask drawn on the native slices."""
+    pypdf = pytest.importorskip("pypdf")
+    pdfium = pytest.importorskip("pypdfium2")
+    assert sorted(p.name for p in pdf.parent.glob("*.pdf")) == [pdf.name]  # one report for the case, not per slice
+    reader = pypdf.PdfReader(str(pdf))
+    text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())
+    assert f"medcnn case report: {case}" in text and f"{metrics['cam_dice']:.4f}" in text
+    assert f"of {n_slices}" in text  # slice numbers of the native volume
+    doc = pdfium.PdfDocument(str(pdf))
+    try:
+        page = np.asarray(doc[0].render(scale=1.0).to_pil().convert("L"), dtype=float)
+    finally:
+        doc.close()
+    assert page.std() > 10
 
 
 @pytest.fixture

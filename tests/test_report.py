@@ -217,3 +217,38 @@ def test_handler_for_a_classifier_with_cam(tmp_path):
     bad.attach(engine)
     with pytest.raises(ValueError, match="slice_012.png.*no CAM"):
         engine.run([batch], max_epochs=1)
+
+
+def test_handler_groups_slices_and_draws_on_the_native_grid(tmp_path):
+    """Slice items of one case -> one report; the CAM computed on the cropped, resized input is mapped back."""
+    from ignite.engine import Engine
+    from monai.transforms import CenterSpatialCropd, Compose, CopyItemsd, EnsureTyped, Resized
+
+    from medcnn.handlers.report import PDFReportHandler
+
+    image, label, _, _ = phantom((48, 40, 6))
+    prep = Compose([CopyItemsd(["image", "mask"], names=["image_native", "mask_native"]),
+                    EnsureTyped(["image", "mask"]), CenterSpatialCropd(["image", "mask"], roi_size=(40, 32)),
+                    Resized(["image", "mask"], spatial_size=(20, 16), mode=["area", "nearest"])])
+    items = [prep({"image": image[None, :, :, z], "mask": label[None, :, :, z], "case": "pat7", "slice_index": z})
+             for z in (1, 2, 3, 4)]
+
+    def step(engine, b):
+        return [{"image": i["image"], "pred": torch.tensor([0.1, 0.9])} for i in b]
+
+    handler = PDFReportHandler(tmp_path, label_key="mask", native_image_key="image_native",
+                               native_label_key="mask_native", invert_transform=prep, group_key="case",
+                               name_key="case", cam_method=lambda x, c: x / x.amax(), cam_threshold=0.9,
+                               presence_threshold=0.5)
+    engine = Engine(step)
+    handler.attach(engine)
+    engine.run([items[:2], items[2:]], max_epochs=1)
+    assert [p.name for p in handler.written] == ["pat7_report.pdf"]
+    assert all(c["cam"].shape == c["pred"].shape == (1, 48, 40) for c in handler.cases)  # native grid
+    ball = label[:, :, 3] > 0
+    pred = handler.cases[2]["pred"][0] > 0  # slice 3: the bright ball, found through crop + resize and back
+    assert 2 * (pred & ball).sum() / (pred.sum() + ball.sum()) > 0.6
+    text = " ".join(pdf_text(handler.written[0]).split())
+    assert "medcnn case report: pat7" in text and "of 5 slices" in text
+    with pytest.raises(ValueError, match="native_image_key"):
+        PDFReportHandler(tmp_path, invert_transform=prep)

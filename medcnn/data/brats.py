@@ -42,6 +42,7 @@ __all__ = [
     "brats_slices",
     "split_slices_by_block",
     "brats_hemispheres",
+    "normalise_in_brain",
     "slice_summary",
 ]
 
@@ -56,6 +57,7 @@ BRATS_FILE_NAMES: dict[str, str] = {
     "brainmask": "brainmask.nii.gz",
 }
 BRATS_LABELS = (0, 1, 2, 3, 4)
+NORMALISATIONS = (None, "brain_zscore")
 
 
 class BratsDataError(ValueError):
@@ -166,6 +168,28 @@ def _check_label(label: np.ndarray, path, ref_shape: tuple, ref_path) -> None:
         )
 
 
+def normalise_in_brain(image: np.ndarray, brain: np.ndarray, case: str = "") -> np.ndarray:
+    """Z-score each channel of ``image`` (C, H, W, D) over the voxels of ``brain`` (H, W, D) and set everything
+    outside the brain to 0 (the brain's mean).
+
+    DeepMedic's ``subtrMeanDivStd`` volumes are normalised over a different region per case (in-brain standard
+    deviations of 1.27-1.75 in the shared cases) and their background is a per-case constant (-3.5 to -6.2):
+    a globally pooled classifier reads the large background area too, and its log-odds on a new case shift by
+    tens, so no decision threshold transfers between cases. After this, tissue and background have the same
+    values in every case.
+    """
+    if not brain.any():
+        raise BratsDataError(f"BraTS case {case}: empty brain mask, cannot normalise inside the brain")
+    out = np.empty_like(image, dtype=np.float32)
+    for c in range(image.shape[0]):
+        values = image[c][brain]
+        std = float(values.std())
+        if std <= 0:
+            raise BratsDataError(f"BraTS case {case}: channel {c} is constant inside the brain")
+        out[c] = np.where(brain, (image[c] - float(values.mean())) / std, 0.0)
+    return out
+
+
 def extract_brats_slices(
     volume: Mapping,
     min_brain_fraction: float = 0.1,
@@ -173,10 +197,13 @@ def extract_brats_slices(
     drop_ambiguous: bool = False,
     mask_key: str = "mask",
     class_key: str = "label",
+    context: int = 0,
 ) -> list[dict]:
     """Axial slice items of a case loaded by :func:`load_brats_case`.
 
-    Each item: ``image`` (C, H, W) float32, ``<mask_key>`` (1, H, W) uint8 whole tumour (labels 1-4),
+    Each item: ``image`` (C * (2 * context + 1), H, W) float32 (with ``context`` > 0 every modality brings its
+    slices z - context ... z + context, edge slices repeated: a 2.5D input), ``<mask_key>`` (1, H, W) uint8 whole
+    tumour (labels 1-4),
     ``<class_key>`` int (1 when the tumour area >= ``min_tumour_pixels``), ``ambiguous`` (0 < area <
     ``min_tumour_pixels``), ``case``, ``slice_index``, ``id`` (``<case>_slice<zzz>``), ``tumour_pixels``,
     ``brain_pixels``; the class is -1 for an unlabelled case. A classifier uses the
@@ -188,6 +215,8 @@ def extract_brats_slices(
         raise ValueError(f"min_brain_fraction must be in [0, 1], got {min_brain_fraction}")
     if min_tumour_pixels < 1:
         raise ValueError(f"min_tumour_pixels must be >= 1, got {min_tumour_pixels}")
+    if context < 0:
+        raise ValueError(f"context must be >= 0 neighbouring slices, got {context}")
     image, label, brain = volume["image"], volume["label"], volume["brainmask"]
     brain_area = brain.sum(axis=(0, 1))
     tumour = label > 0
@@ -199,8 +228,13 @@ def extract_brats_slices(
         ambiguous = 0 < area < min_tumour_pixels
         if ambiguous and drop_ambiguous:
             continue
+        if context:
+            zs = np.clip(np.arange(z - context, z + context + 1), 0, image.shape[-1] - 1)
+            slice_image = image[..., zs].transpose(0, 3, 1, 2).reshape(-1, *image.shape[1:3])
+        else:
+            slice_image = image[..., z]
         items.append({
-            "image": np.ascontiguousarray(image[..., z]),
+            "image": np.ascontiguousarray(slice_image),
             mask_key: tumour[None, :, :, z].astype(np.uint8),
             class_key: int(area >= min_tumour_pixels) if volume.get("has_label", True) else -1,
             "ambiguous": bool(ambiguous),
@@ -222,8 +256,16 @@ def brats_slices(
     mask_key: str = "mask",
     class_key: str = "label",
     require_label: bool = True,
+    normalise: str | None = None,
+    context: int = 0,
 ) -> list[dict]:
-    """Slice items (see :func:`extract_brats_slices`) of every case entry, in case then slice order."""
+    """Slice items (see :func:`extract_brats_slices`) of every case entry, in case then slice order.
+
+    ``normalise="brain_zscore"`` z-scores every modality inside the case's brain mask first
+    (:func:`normalise_in_brain`); ``context`` adds neighbouring slices as channels.
+    """
+    if normalise not in NORMALISATIONS:
+        raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}")
     if isinstance(cases, Mapping):
         cases = [cases]
     if not cases:
@@ -231,8 +273,11 @@ def brats_slices(
     items: list[dict] = []
     for entry in cases:
         volume = load_brats_case(entry, modalities, require_label)
+        if normalise == "brain_zscore":
+            volume["image"] = normalise_in_brain(volume["image"], volume["brainmask"], volume["case"])
         case_items = extract_brats_slices(
-            volume, min_brain_fraction, min_tumour_pixels, drop_ambiguous, mask_key=mask_key, class_key=class_key
+            volume, min_brain_fraction, min_tumour_pixels, drop_ambiguous, mask_key=mask_key, class_key=class_key,
+            context=context,
         )
         logger.info("%s: %s", volume["case"], slice_summary(case_items, class_key))
         items += case_items

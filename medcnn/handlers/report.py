@@ -39,6 +39,15 @@ def _to_mask(x, threshold: float) -> np.ndarray:
     return (a > threshold).to(torch.uint8).numpy()
 
 
+def _scalar(value: Any) -> Any:
+    """A collated one-element value (list, tensor) -> its element; anything else unchanged."""
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    return value
+
+
 def _case_name(item: Mapping, image_key: str, index: int, name_key: str | None = None) -> str:
     """File-safe case name: ``item[name_key]`` when given and present, else the image's file stem."""
     if name_key and item.get(name_key) not in (None, ""):
@@ -83,6 +92,14 @@ class PDFReportHandler:
             the predicted region is empty, so the summary agrees with the classifier.
         name_key: item key naming the case (e.g. a datalist's ``"case"``); default: the image's file name, which
             is ambiguous when every case folder holds the same file names (BraTS).
+        display_channel: the image channel drawn (e.g. the centre slice of a 2.5D input).
+        native_image_key, native_label_key: item keys of copies of the image / reference mask taken before
+            resizing (``CopyItemsd``); the report draws on them. A CAM and its mask, computed on ``image_key`` at
+            the network's input size, are mapped back onto that grid by inverting ``invert_transform``
+            (the evaluation preprocessing, e.g. centre crop + resize) with :class:`monai.transforms.Invertd`.
+        group_key, order_key: 2D items (slices) with the same ``item[group_key]`` (e.g. ``"case"``) are stacked into
+            one volume, slice ``item[order_key]`` at that index along the last axis, and get one report; the
+            classifier probability shown is the largest over the slices. ``max_cases`` then counts groups.
         class_names, finding_name, template, max_slices: passed to :func:`write_case_report`.
 
     In a bundle's ``evaluate.json`` (segmentation)::
@@ -119,6 +136,12 @@ class PDFReportHandler:
         cam_class_idx: int = 1,
         presence_threshold: float = 0.5,
         name_key: str | None = None,
+        display_channel: int = 0,
+        native_image_key: str | None = None,
+        native_label_key: str | None = None,
+        invert_transform: Callable | None = None,
+        group_key: str | None = None,
+        order_key: str = "slice_index",
     ) -> None:
         self.output_dir = Path(output_dir)
         self.image_key, self.pred_key, self.label_key, self.cam_key = image_key, pred_key, label_key, cam_key
@@ -132,6 +155,12 @@ class PDFReportHandler:
         self.cam_threshold, self.cam_mode, self.cam_class_idx = cam_threshold, cam_mode, int(cam_class_idx)
         self.presence_threshold = float(presence_threshold)
         self.name_key = name_key
+        self.display_channel = int(display_channel)
+        self.native_image_key, self.native_label_key = native_image_key, native_label_key
+        self.invert_transform = invert_transform
+        self.group_key, self.order_key = group_key, order_key
+        if invert_transform is not None and native_image_key is None:
+            raise ValueError("PDFReportHandler: invert_transform needs native_image_key (the grid to draw on)")
         self.cases: list[dict[str, Any]] = []
         self.written: list[Path] = []
         self._skipped = 0
@@ -161,28 +190,40 @@ class PDFReportHandler:
             items = [{**b, **o} for b, o in zip(batch_items, items, strict=True)]
         cam_fn, cam_thr, cam_mode, cam_lcc, cam_cls = self._cam_rule()
         for item in items:
-            if self.max_cases is not None and len(self.cases) >= self.max_cases:
+            group = _scalar(item.get(self.group_key)) if self.group_key else None
+            n_seen = len({c["group"] for c in self.cases}) if self.group_key else len(self.cases)
+            new_group = not self.group_key or group not in {c["group"] for c in self.cases}
+            if self.max_cases is not None and new_group and n_seen >= self.max_cases:
                 self._skipped += 1
                 continue
-            for key in (self.image_key, self.pred_key):
+            keys = (self.image_key, self.pred_key, self.native_image_key, self.group_key)
+            for key in (k for k in keys if k):
                 if key not in item:
                     raise KeyError(f"PDFReportHandler: engine output has no '{key}' (keys: {sorted(item)})")
             image = item[self.image_key]
+            shown = item[self.native_image_key] if self.native_image_key else image
             spatial = torch.as_tensor(image).ndim - 1
-            spacing = [float(v) for v in image.pixdim] if hasattr(image, "pixdim") else None
+            ch = self.display_channel
+            if not 0 <= ch < torch.as_tensor(shown).shape[0]:
+                raise ValueError(f"PDFReportHandler: display_channel {ch} is not a channel of '{self.image_key}' "
+                                 f"(shape {tuple(torch.as_tensor(shown).shape)})")
+            spacing = [float(v) for v in shown.pixdim] if hasattr(shown, "pixdim") else None
             case = {
                 "name": _case_name(item, self.image_key, len(self.cases), self.name_key),
-                "image": torch.as_tensor(image).detach().cpu().float()[:1].numpy(),
+                "image": torch.as_tensor(shown).detach().cpu().float()[ch:ch + 1].numpy(),
                 "spacing": spacing,
-                "source": str(getattr(image, "meta", {}).get("filename_or_obj", "")),
+                "source": str(getattr(shown, "meta", {}).get("filename_or_obj", "")),
+                "group": group,
+                "order": int(_scalar(item.get(self.order_key, 0))) if self.group_key else 0,
             }
             pred = torch.as_tensor(item[self.pred_key]).detach().cpu().float()
             if pred.ndim > spatial:  # a (C, *spatial) segmentation output
                 case["pred"] = _to_mask(pred, self.threshold)
             else:  # class scores of a classifier
                 case["probability"] = float(pred.reshape(-1)[min(cam_cls, pred.numel() - 1)])
-            if self.label_key and self.label_key in item:
-                label = torch.as_tensor(item[self.label_key])
+            label_key = self.native_label_key or self.label_key
+            if label_key and label_key in item:
+                label = torch.as_tensor(item[label_key])
                 if label.ndim > spatial:
                     case["label"] = _to_mask(label, self.threshold)
             if self.cam_key and self.cam_key in item:
@@ -201,7 +242,52 @@ class PDFReportHandler:
                 case["pred"] = cam_to_mask(torch.from_numpy(case["cam"]), cam_thr, cam_mode, cam_lcc).numpy()
                 if case["probability"] < self.presence_threshold:  # classifier says absent: no region
                     case["pred"] = np.zeros_like(case["pred"])
+                if self.invert_transform is not None:
+                    self._to_native(case, image)
             self.cases.append(case)
+
+    def _to_native(self, case: dict, image: Any) -> None:
+        """Map ``case["cam"]`` / ``case["pred"]`` from the network input grid of ``image`` to the native grid."""
+        from monai.data import MetaTensor
+        from monai.transforms import Invertd
+
+        if not isinstance(image, MetaTensor):
+            raise ValueError(f"PDFReportHandler: cannot invert the preprocessing of {case['name']}: "
+                             f"'{self.image_key}' is not a MetaTensor with its applied operations")
+        keys = [k for k in ("cam", "pred") if k in case]
+        data = {self.image_key: image, **{k: MetaTensor(np.asarray(case[k], np.float32)) for k in keys}}
+        inverted = Invertd(keys=keys, transform=self.invert_transform, orig_keys=self.image_key,
+                           nearest_interp=[k == "pred" for k in keys], to_tensor=True)(data)
+        for k in keys:
+            arr = torch.as_tensor(inverted[k]).detach().cpu().float().numpy()
+            case[k] = (arr > 0.5).astype(np.uint8) if k == "pred" else arr
+            if case[k].shape[1:] != case["image"].shape[1:]:
+                raise ValueError(f"PDFReportHandler: inverted {k} of {case['name']} has shape {case[k].shape}, "
+                                 f"the native image {case['image'].shape}; is invert_transform the preprocessing?")
+
+    def _grouped(self) -> list[dict]:
+        """Cases as collected, or (``group_key``) one case per group with its slices stacked on the last axis."""
+        if not self.group_key:
+            return self.cases
+        out = []
+        for group in dict.fromkeys(c["group"] for c in self.cases):
+            parts = sorted((c for c in self.cases if c["group"] == group), key=lambda c: c["order"])
+            depth = max(c["order"] for c in parts) + 1
+            merged = {"name": re.sub(r"[^A-Za-z0-9_.-]+", "_", str(group)), "spacing": None,
+                      "source": parts[0]["source"]}
+            for key in ("image", "pred", "cam", "label"):
+                if all(key in c for c in parts):
+                    vol = np.zeros((*parts[0][key].shape, depth), dtype=parts[0][key].dtype)
+                    for c in parts:
+                        vol[..., c["order"]] = c[key]
+                    merged[key] = vol
+            probs = [c["probability"] for c in parts if "probability" in c]
+            if probs:
+                merged["probability"] = float(max(probs))
+            if parts[0]["spacing"]:
+                merged["spacing"] = [*parts[0]["spacing"][:2], 1.0]
+            out.append(merged)
+        return out
 
     def _write(self, engine: Engine) -> None:
         metrics: dict[str, Any] = {}
@@ -215,7 +301,7 @@ class PDFReportHandler:
         if self.curves_json and Path(self.curves_json).is_file():
             curves = load_json_or_none(self.curves_json, "curves")
         names: dict[str, int] = {}
-        for case in self.cases:
+        for case in self._grouped():
             name = case["name"]
             names[name] = names.get(name, 0) + 1
             if names[name] > 1:

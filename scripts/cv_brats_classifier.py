@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""Case-level cross-validation of bundles/brats_tumour_localisation recipes on the TRAINING cases only.
+
+Each recipe (a set of config overrides of the bundle's ``train.json``) is trained twice with the bundle's own
+training workflow: on one training case (its own block validation drives early stopping and the best checkpoint,
+exactly as the default training does) and scored on every brain slice of the OTHER training case. The test case of
+the bundle is never loaded. Per fold and per slice-scoring rule it records the held-out case's AUC, the accuracy /
+sensitivity / specificity at (a) the Youden threshold of the training case's validation blocks and (b) the Youden
+threshold of the other fold's held-out case (a threshold chosen on one new case and applied to another one:
+the transfer the bundle needs), and the Grad-CAM++ Dice on the held-out case's tumour slices. Scores are the
+positive-class log-odds (logit difference; a monotone function of the probability that does not saturate)::
+
+    OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py --out /tmp/brats_cv \\
+        --recipe baseline='{}' --recipe zscore='{"intensity_normalisation": "brain_zscore"}'
+
+Slice-scoring rules (no retraining): ``whole`` (whole slice), ``half_max`` (the more tumour-like half, the bundle's
+``HemisphereMaxClassifier``), ``half_mean``, ``half_max_flip`` (mean of ``half_max`` on the slice and on its
+left-right mirror image), and ``*_z3`` (the score averaged with the two neighbouring slices of the same case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "brats_tumour_localisation"
+TRAIN_CASES = ("brats_2013_pat0005_1", "brats_2013_pat0006_1")
+
+
+def half_probabilities(net, data, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Positive-class log-odds of the first / second half of every slice, of the mirrored slice, and whole."""
+    import torch
+    from monai.data import DataLoader
+
+    out: dict[str, list] = {"p1": [], "p2": [], "f1": [], "f2": [], "whole": [], "label": [], "case": [], "z": []}
+    net.eval()
+    with torch.no_grad():
+        for batch in DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0):
+            x = torch.as_tensor(batch["image"]).float()
+            h = x.shape[2] // 2
+            xf = torch.flip(x, dims=[2])
+
+            def prob(t):  # log-odds of the positive class: probabilities saturate to 1.0 on a shifted case
+                logits = net(t)
+                return (logits[:, 1] - logits[:, 0]).numpy()
+
+            out["p1"] += prob(x[:, :, :h]).tolist()
+            out["p2"] += prob(x[:, :, h:]).tolist()
+            out["f1"] += prob(xf[:, :, :h]).tolist()
+            out["f2"] += prob(xf[:, :, h:]).tolist()
+            out["whole"] += prob(x).tolist()
+            out["label"] += torch.as_tensor(batch["label"]).reshape(-1).tolist()
+            out["case"] += list(batch["case"])
+            out["z"] += torch.as_tensor(batch["slice_index"]).reshape(-1).tolist()
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def z_smooth(score: np.ndarray, case: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Mean of each slice's score with the scores of slices z - 1 and z + 1 of the same case (when present)."""
+    out = np.empty_like(score)
+    lookup = {(c, int(s)): i for i, (c, s) in enumerate(zip(case, z, strict=True))}
+    for i, (c, s) in enumerate(zip(case, z, strict=True)):
+        idx = [lookup[(c, int(s) + d)] for d in (-1, 0, 1) if (c, int(s) + d) in lookup]
+        out[i] = score[idx].mean()
+    return out
+
+
+def scoring_rules(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    rules = {
+        "whole": p["whole"],
+        "half_max": np.maximum(p["p1"], p["p2"]),
+        "half_mean": (p["p1"] + p["p2"]) / 2,
+        "half_max_flip": (np.maximum(p["p1"], p["p2"]) + np.maximum(p["f1"], p["f2"])) / 2,
+    }
+    for name in list(rules):
+        rules[name + "_z3"] = z_smooth(rules[name], p["case"], p["z"])
+    return rules
+
+
+def run_fold(recipe: dict, train_case: str, heldout_case: str, out_dir: Path, dataset_dir: str | None,
+             cam: bool) -> dict:
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    import medcnn.data as md
+    from medcnn.handlers.classification import youden_threshold
+    from medcnn.localisation import calibrate_cam, evaluate_cam
+    from medcnn.localisation.pipeline import mask_rule
+    from medcnn.metrics import binary_classification_report
+
+    config = ConfigParser()
+    config.read_config(str(BUNDLE / "configs" / "train.json"))
+    config["bundle_root"] = str(BUNDLE)
+    if dataset_dir:
+        config["dataset_dir"] = dataset_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.update({"train_cases": [train_case], "output_dir": str(out_dir), "ckpt_dir": str(out_dir),
+                   "test_cases": [heldout_case], **recipe})
+    start = time.perf_counter()
+    config.get_parsed_content("initialize")
+    config.get_parsed_content("run")
+    train_s = time.perf_counter() - start
+    curves = json.loads((out_dir / "curves.json").read_text()) if (out_dir / "curves.json").is_file() else {}
+    net = config.get_parsed_content("network")
+    net.load_state_dict(torch.load(out_dir / "model.pt", weights_only=True, map_location="cpu"))
+    net.eval()
+    transforms = Compose(config.get_parsed_content("slice_transforms"))
+    kwargs = {"min_brain_fraction": config["min_brain_fraction"], "min_tumour_pixels": config["min_tumour_pixels"],
+              "drop_ambiguous": True, "normalise": config["intensity_normalisation"],
+              "context": config["slice_context"]}
+    pool = config.get_parsed_content("train_pool")
+    val = md.split_slices_by_block(pool, **config["validation_blocks"], validation=True)
+    val_data = [transforms(dict(i)) for i in val]
+    ds = config.get_parsed_content("dataset_dir")
+    held = [transforms(dict(i)) for i in md.brats_slices(md.brats_case_datalist(ds, [heldout_case]), **kwargs)]
+    p_val, p_held = half_probabilities(net, val_data), half_probabilities(net, held)
+    r_val, r_held = scoring_rules(p_val), scoring_rules(p_held)
+    rules = {}
+    for name in r_held:
+        thr = youden_threshold(p_val["label"], r_val[name])
+        rep = binary_classification_report(p_held["label"].tolist(), r_held[name].tolist(), thr)
+        rules[name] = {"auc": rep["auc"], "val_auc": binary_classification_report(
+            p_val["label"].tolist(), r_val[name].tolist(), thr)["auc"], "val_threshold": thr,
+            "accuracy@val_thr": rep["accuracy"], "sensitivity@val_thr": rep["sensitivity"],
+            "specificity@val_thr": rep["specificity"], "scores": r_held[name].tolist()}
+    result = {"train_case": train_case, "heldout_case": heldout_case, "train_s": round(train_s, 1),
+              "epochs": len(curves.get("loss", [])), "labels": p_held["label"].tolist(), "rules": rules,
+              "curves": {k: v for k, v in curves.items() if k in ("loss", "val_loss", "val_auc")}}
+    if cam:
+        rule = calibrate_cam(net, val_data, "gradcampp", config["cam_layer"])
+        res = evaluate_cam(net, held, "gradcampp", config["cam_layer"], **mask_rule(rule))
+        result["cam"] = {"val_dice": rule["dice"], "heldout_dice": res["dice"], "heldout_dice_std": res["dice_std"],
+                         "rule": mask_rule(rule), "n": res["n_images"]}
+    return result
+
+
+def transfer(folds: list[dict]) -> dict:
+    """Per rule: mean AUC over folds and accuracy at the threshold chosen (Youden) on the OTHER fold's held-out case."""
+    from medcnn.handlers.classification import youden_threshold
+    from medcnn.metrics import binary_classification_report
+
+    summary = {}
+    for name in folds[0]["rules"]:
+        row = {"auc_mean": float(np.mean([f["rules"][name]["auc"] for f in folds])),
+               "auc_min": float(np.min([f["rules"][name]["auc"] for f in folds])),
+               "acc@val_thr_mean": float(np.mean([f["rules"][name]["accuracy@val_thr"] for f in folds]))}
+        if len(folds) == 2:
+            accs, bal = [], []
+            for a, b in ((0, 1), (1, 0)):
+                thr = youden_threshold(folds[a]["labels"], folds[a]["rules"][name]["scores"])
+                rep = binary_classification_report(folds[b]["labels"], folds[b]["rules"][name]["scores"], thr)
+                accs.append(rep["accuracy"])
+                bal.append((rep["sensitivity"] + rep["specificity"]) / 2)
+            row["acc@other_case_thr_mean"] = float(np.mean(accs))
+            row["balacc@other_case_thr_mean"] = float(np.mean(bal))
+            pooled_labels = folds[0]["labels"] + folds[1]["labels"]
+            pooled_scores = folds[0]["rules"][name]["scores"] + folds[1]["rules"][name]["scores"]
+            row["pooled_youden_threshold"] = youden_threshold(pooled_labels, pooled_scores)
+        summary[name] = row
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", action="append", required=True, metavar="NAME=JSON",
+                        help="a recipe: a name and a JSON object of train.json overrides")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/brats_cv"))
+    parser.add_argument("--dataset_dir", default=None)
+    parser.add_argument("--no_cam", action="store_true", help="skip the Grad-CAM++ Dice of each fold")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    for item in args.recipe:
+        name, value = item.split("=", 1)
+        recipe = json.loads(value)
+        folds = []
+        for train_case, heldout in ((TRAIN_CASES[0], TRAIN_CASES[1]), (TRAIN_CASES[1], TRAIN_CASES[0])):
+            load = [round(v, 2) for v in os.getloadavg()]
+            fold = run_fold(recipe, train_case, heldout, args.out / name / train_case, args.dataset_dir,
+                            not args.no_cam)
+            fold["load_average_at_start"] = load
+            folds.append(fold)
+            print(f"{name} train {train_case} -> {heldout}: epochs {fold['epochs']} ({fold['train_s']} s), "
+                  + ", ".join(f"{k} AUC {v['auc']:.3f}" for k, v in fold["rules"].items())
+                  + (f"; CAM Dice {fold['cam']['heldout_dice']:.3f}" if "cam" in fold else ""), flush=True)
+        result = {"recipe": name, "overrides": recipe, "folds": folds, "summary": transfer(folds),
+                  "command": "OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py --recipe " + item}
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+        for rule, row in result["summary"].items():
+            print(f"  {name:14s} {rule:18s} " + " ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
