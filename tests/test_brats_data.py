@@ -227,3 +227,29 @@ def test_brain_zscore_and_neighbouring_slices(tmp_path):
     np.testing.assert_allclose(last["image"][2], last["image"][1])  # edge slice repeated
     with pytest.raises(ValueError, match="normalise must be one of"):
         brats_slices([entry], normalise="minmax")
+
+
+def test_brain_zscore_transform_matches_the_slice_normalisation(tmp_path):
+    import torch
+    from monai.data import MetaTensor
+
+    from medcnn.data.brats import load_brats_case, normalise_in_brain
+    from medcnn.transforms import BrainZScore, BrainZScored
+
+    make_brats_case(tmp_path, "c1", shape=(24, 24, 8), tumour_slices=range(2, 6))
+    volume = load_brats_case(brats_case_datalist(tmp_path, ["c1"])[0])
+    expected = normalise_in_brain(volume["image"], volume["brainmask"])
+    img = MetaTensor(torch.from_numpy(volume["image"]))
+    out = BrainZScore()(img, volume["brainmask"][None])
+    assert isinstance(out, MetaTensor) and out.shape == img.shape
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
+    # without a mask: the brain is where a channel is above its (background) minimum, as in load_brats_case
+    derived = np.any(volume["image"] > volume["image"].min(axis=(1, 2, 3), keepdims=True), axis=0)
+    np.testing.assert_allclose(BrainZScored("image")({"image": volume["image"]})["image"],
+                               normalise_in_brain(volume["image"], derived), atol=1e-5)
+    np.testing.assert_allclose(BrainZScored("image", mask_key="brain")(
+        {"image": volume["image"], "brain": volume["brainmask"]})["image"], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="mask shape"):
+        BrainZScore()(img, np.ones((3, 3)))
+    with pytest.raises(ValueError, match="empty brain"):
+        BrainZScore()(img, np.zeros((24, 24, 8)))
