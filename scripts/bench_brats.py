@@ -73,8 +73,9 @@ def curve_figures(bundle: Path, key: str, levels: list[float], n_train: int) -> 
     }
 
 
-def _bench_network(net: torch.nn.Module, classify: bool, steps: int, batch: int = 16, size: int = 96) -> dict:
-    x = torch.randn(batch, 2, size, size)
+def _bench_network(net: torch.nn.Module, classify: bool, steps: int, batch: int = 16, size: int = 96,
+                   channels: int = 2) -> dict:
+    x = torch.randn(batch, channels, size, size)
     if classify:
         y = torch.randint(0, 2, (batch,))
         loss_fn = torch.nn.CrossEntropyLoss()
@@ -108,11 +109,16 @@ def network_figures(steps: int) -> dict:
 
     torch.manual_seed(0)
     nets = {name: (build_segmentation_network(name, 2, 2, 2), False) for name in ("unet", "segresnet", "flexible_unet")}
-    nets["resnet_classifier"] = (ResNetClassifier(2, 2, 2, num_blocks=3, channels=32, max_channels=128), True)
+    context = json.loads((LOC / "configs" / "train.json").read_text()).get("slice_context", 0)
+    in_channels = 2 * (2 * int(context) + 1)  # FLAIR + T1c, each with its neighbouring slices (2.5D)
+    nets["resnet_classifier"] = (
+        ResNetClassifier(2, in_channels, 2, num_blocks=3, channels=32, max_channels=128), True)
     out = {}
     for name, (net, classify) in nets.items():
         load = os.getloadavg()[0]
-        out[name] = {**_bench_network(net, classify, steps), "load_average_1m": round(load, 2)}
+        channels = in_channels if classify else 2
+        out[name] = {**_bench_network(net, classify, steps, channels=channels), "input_channels": channels,
+                     "load_average_1m": round(load, 2)}
     return out
 
 

@@ -168,10 +168,41 @@ def transfer(folds: list[dict]) -> dict:
     return summary
 
 
+def summarise(out_dir: Path, rules: tuple[str, ...] = ("whole", "half_max", "half_max_flip")) -> list[dict]:
+    """One row per (recipe, scoring rule) of the recipe JSONs in ``out_dir``: per-fold held-out AUC, accuracy at
+    the three threshold rules (validation-block Youden, p = 0.5, the other held-out case's Youden) and CAM Dice."""
+    from medcnn.metrics import binary_classification_report
+
+    table = []
+    for path in sorted(out_dir.glob("*.json")):
+        result = json.loads(path.read_text())
+        if "folds" not in result:
+            continue
+        for rule in rules:
+            folds = result["folds"]
+            at_half = [binary_classification_report(f["labels"], f["rules"][rule]["scores"], 0.0)["accuracy"]
+                       for f in folds]
+            table.append({
+                "recipe": result["recipe"], "overrides": result["overrides"], "rule": rule,
+                "auc": [round(f["rules"][rule]["auc"], 4) for f in folds],
+                "auc_mean": round(float(np.mean([f["rules"][rule]["auc"] for f in folds])), 4),
+                "acc@val_youden": [round(f["rules"][rule]["accuracy@val_thr"], 3) for f in folds],
+                "acc@p0.5": [round(a, 3) for a in at_half],
+                "acc@other_case_youden_mean": round(result["summary"][rule].get("acc@other_case_thr_mean", np.nan), 3),
+                "cam_dice": [round(f["cam"]["heldout_dice"], 3) for f in folds if "cam" in f],
+                "epochs": [f["epochs"] for f in folds],
+                "load_average_at_start": [f.get("load_average_at_start") for f in folds],
+            })
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", action="append", required=True, metavar="NAME=JSON",
+    parser.add_argument("--recipe", action="append", default=[], metavar="NAME=JSON",
                         help="a recipe: a name and a JSON object of train.json overrides")
+    parser.add_argument("--summary", type=Path, default=None,
+                        help="write the table of every recipe JSON in --out to this JSON file (and print it)")
+    parser.add_argument("--note", default="", help="free text stored in the summary (e.g. the base config)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/brats_cv"))
     parser.add_argument("--dataset_dir", default=None)
     parser.add_argument("--no_cam", action="store_true", help="skip the Grad-CAM++ Dice of each fold")
@@ -195,6 +226,16 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
         for rule, row in result["summary"].items():
             print(f"  {name:14s} {rule:18s} " + " ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    if args.summary:
+        table = summarise(args.out)
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(json.dumps({"command": "OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py "
+                                            "--out <dir> --summary <file>", "note": args.note, "rows": table},
+                                           indent=1) + "\n")
+        for row in table:
+            print(f"{row['recipe']:18s} {row['rule']:14s} AUC {row['auc']} mean {row['auc_mean']:.4f} "
+                  f"acc@valYouden {row['acc@val_youden']} acc@p0.5 {row['acc@p0.5']} "
+                  f"acc@otherYouden {row['acc@other_case_youden_mean']} CAM Dice {row['cam_dice']}")
     return 0
 
 
