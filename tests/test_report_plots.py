@@ -63,3 +63,18 @@ def test_curves_handler_records_loss_and_validation(tmp_path):
     assert hist["val_dice"] == pytest.approx([0.2, 0.4, 0.6]) and hist["val_dice_x"] == [1, 2, 3]
     assert "name" not in hist
     assert (tmp_path / "curves.png").exists()
+
+
+def test_report_slices_span_the_finding():
+    import numpy as np
+
+    from medcnn.report.pdf import select_slices
+
+    pred = np.zeros((8, 8, 40), np.uint8)
+    for z in range(10, 31):
+        pred[: 1 + (z == 20) * 6, :2, z] = 1  # a finding on slices 10-30, largest on slice 20
+    picked = select_slices(pred, max_slices=6)
+    assert len(picked) == 6 and picked == sorted(picked)
+    assert picked[0] == 10 and picked[-1] == 30 and 20 in picked  # both ends of the finding and its largest slice
+    assert select_slices(pred[..., 9:13], max_slices=6) == [1, 2, 3]  # few positive slices: all of them
+    assert select_slices(np.zeros((4, 4, 5))) == [1, 2, 3]  # nothing found: evenly spaced slices

@@ -75,7 +75,9 @@ def _volume(a, name: str) -> np.ndarray | None:
 
 
 def select_slices(pred: np.ndarray, label=None, cam=None, max_slices: int = 6) -> list[int]:
-    """Slice indices to show: largest predicted (else reference, else CAM) area first, returned in order."""
+    """Slice indices to show, in order: the slice with the largest predicted (else reference, else CAM) area and
+    slices spread evenly from the first to the last slice of the finding, so the pages show its whole extent
+    rather than six neighbouring, nearly identical slices."""
     n = pred.shape[-1]
     scores = [(pred > 0).reshape(-1, n).sum(0)]
     if label is not None:
@@ -85,7 +87,15 @@ def select_slices(pred: np.ndarray, label=None, cam=None, max_slices: int = 6) -
         scores.append(cam.reshape(-1, n).max(0) - cam.min())
     for score in scores:
         if score.max() > 0:
-            return sorted(int(i) for i in np.argsort(-score, kind="stable")[:max_slices] if score[i] > 0)
+            found = np.flatnonzero(score > 0)
+            if len(found) <= max_slices:
+                return [int(i) for i in found]
+            spread = [int(found[int(round(q))]) for q in np.linspace(0, len(found) - 1, max_slices)]
+            largest = int(np.argmax(score))
+            if largest not in spread:  # it replaces the nearest inner position (the two ends stay)
+                inner = range(1, len(spread) - 1) if len(spread) > 2 else range(len(spread))
+                spread[min(inner, key=lambda i: abs(spread[i] - largest))] = largest
+            return sorted(set(spread))
     return sorted({int(round(v)) for v in np.linspace(0, n - 1, min(max_slices, n) + 2)[1:-1]}) or [0]
 
 
@@ -267,7 +277,8 @@ def write_case_report(
             legend = "green outline: predicted region"
             legend += "; yellow dashed: reference" if ref is not None else ""
             legend += "; colour overlay: Grad-CAM attention (red = strongest)" if heat is not None else ""
-            what = "slices with the largest predicted region" if img.shape[-1] > 1 else "image and predicted region"
+            what = ("slices from the first to the last with a predicted region, and its largest" if img.shape[-1] > 1
+                    else "image and predicted region")
             fig.suptitle(f"{case_id}: {what}\n{legend}", fontsize=10)
             if len(idx) > 1:
                 fig.tight_layout(rect=(0, 0, 1, 0.95))
