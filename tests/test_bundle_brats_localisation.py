@@ -140,3 +140,16 @@ def test_hemisphere_max_classifier_keeps_the_more_tumour_like_half():
     assert set(wrapper.state_dict()) == {"classifier." + k for k in net.state_dict()}
     with pytest.raises(ValueError, match="spatial axis"):
         HemisphereMaxClassifier(net, axis=1)
+
+
+def test_inference_uses_the_validated_cam_rule_and_decision_threshold():
+    """inference.json repeats numbers chosen elsewhere (CAM rule on validation slices, threshold by case-level CV)."""
+    infer = json.loads((ROOT / "configs" / "inference.json").read_text())
+    train = json.loads((ROOT / "configs" / "train.json").read_text())
+    best = json.loads((ROOT / "docs" / "cam_selection.json").read_text())["best"]
+    card = json.loads((ROOT / "docs" / "metrics_test.json").read_text())
+    assert (infer["cam_method"], infer["cam_layer"]) == (best["method"], best["target_layer"])
+    assert infer["cam_threshold"] == pytest.approx(best["threshold"]) == pytest.approx(card["cam_threshold"])
+    assert infer["cam_threshold_mode"] == best["mode"] and infer["cam_largest_component"] == best["largest_component"]
+    for key in ("decision_threshold", "slice_score", "intensity_normalisation", "slice_context"):
+        assert infer[key] == train[key] == card[key], key
