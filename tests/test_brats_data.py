@@ -253,3 +253,14 @@ def test_brain_zscore_transform_matches_the_slice_normalisation(tmp_path):
         BrainZScore()(img, np.ones((3, 3)))
     with pytest.raises(ValueError, match="empty brain"):
         BrainZScore()(img, np.zeros((24, 24, 8)))
+
+
+def test_datalist_entries_are_named_by_their_case_folder(tmp_path):
+    from medcnn.data.brats import name_brats_cases
+
+    entries = [{"flair": str(tmp_path / "caseA" / "Flair.nii.gz"), "t1c": "x", "label": "y"},
+               {"case": "mine", "flair": str(tmp_path / "caseB" / "Flair.nii.gz")}]
+    named = name_brats_cases(entries)
+    assert [e["case"] for e in named] == ["caseA", "mine"] and "case" not in entries[0]  # input untouched
+    with pytest.raises(BratsDataError, match="no 'flair' file"):
+        name_brats_cases([{"t1c": "x"}])

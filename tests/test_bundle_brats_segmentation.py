@@ -57,6 +57,14 @@ def test_tiny_training_then_volume_evaluation(tmp_path, synthetic_cases):
     assert m["dice"] > 0.2  # the bright synthetic blob is learnt within 3 tiny epochs (chance ~0.05)
     assert (out / "confusion_matrix.png").is_file()
     check_case_report(out / "reports" / "s3_report.pdf", "s3", m)
+    # the same case through --eval_datalist (no "case" key): the report is named by the case folder
+    datalist = tmp_path / "eval.json"
+    datalist.write_text(json.dumps([{k: f"{synthetic_cases}/s3/{f}" for k, f in (
+        ("flair", "Flair_subtrMeanDivStd.nii.gz"), ("t1c", "T1c_subtrMeanDivStd.nii.gz"),
+        ("label", "OTMultiClass.nii.gz"))}]))
+    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", **{**common, "output_dir": str(tmp_path / "dl")},
+                 eval_datalist=str(datalist))
+    assert [p.name for p in (tmp_path / "dl" / "reports").glob("*.pdf")] == ["s3_report.pdf"]
 
 
 def check_case_report(pdf, case: str, metrics: dict) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "BRATS_MODALITIES",
     "BratsDataError",
     "brats_case_datalist",
+    "name_brats_cases",
     "load_brats_case",
     "extract_brats_slices",
     "brats_slices",
@@ -93,6 +94,20 @@ def brats_case_datalist(
                 raise BratsDataError(f"{path}: missing {key} file of BraTS case {case}")
         entries.append(entry)
     return entries
+
+
+def name_brats_cases(entries: Sequence[Mapping], key: str = "flair") -> list[dict]:
+    """Datalist entries with a ``case`` name: kept when present, else the folder of the ``key`` file (BraTS case
+    folders hold identically named files, so file names do not tell cases apart in reports and metrics)."""
+    out = []
+    for entry in entries:
+        entry = dict(entry)
+        if not entry.get("case"):
+            if key not in entry:
+                raise BratsDataError(f"BraTS datalist entry {entry}: no '{key}' file to name the case by")
+            entry["case"] = Path(str(entry[key])).parent.name
+        out.append(entry)
+    return out
 
 
 def _read(path: str | os.PathLike, key: str) -> np.ndarray:
