@@ -37,11 +37,11 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _parser(overrides: dict):
+def _parser(overrides: dict, configs: tuple[str, ...] = ("train.json",)):
     from monai.bundle import ConfigParser
 
     p = ConfigParser()
-    p.read_config(str(BUNDLE / "configs" / "train.json"))
+    p.read_config([str(BUNDLE / "configs" / c) for c in configs])
     p["bundle_root"] = str(BUNDLE)
     for k, v in overrides.items():
         p[k] = v
@@ -82,17 +82,24 @@ def throughput(output_dir: str, steps: int, warmup: int) -> dict:
         if n_aug >= patches * 2:
             break
     aug_s = (time.perf_counter() - t1) / n_aug
-    # sliding-window inference on whole slices
-    inferer = p.get_parsed_content("validate#inferer")
+    # whole-slice inference: the plain sliding window (training-time validation) and the evaluation inferer
+    # of evaluate.json / inference.json (sliding window inside the 8-view dihedral ensemble)
     val = p.get_parsed_content("validate#dataset")
+    items = [val[i]["image"][None] for i in range(min(3, len(val)))]
     net.eval()
-    t2 = time.perf_counter()
-    n_inf = 0
-    with torch.no_grad():
-        for item in [val[i] for i in range(min(3, len(val)))]:
-            inferer(item["image"][None], net)
-            n_inf += 1
-    infer_s = time.perf_counter() - t2
+
+    def slices_per_s(inferer) -> float:
+        t = time.perf_counter()
+        with torch.no_grad():
+            for x in items:
+                inferer(x, net)
+        return round(len(items) / (time.perf_counter() - t), 3)
+
+    infer_rate = slices_per_s(p.get_parsed_content("validate#inferer"))
+    eval_inferer = _parser({"output_dir": output_dir}, ("train.json", "evaluate.json")).get_parsed_content(
+        "validate#inferer"
+    )
+    tta_rate = slices_per_s(eval_inferer)
     return {
         "patch_size": list(p.get_parsed_content("patch_size")),
         "patches_per_step": patches,
@@ -102,7 +109,9 @@ def throughput(output_dir: str, steps: int, warmup: int) -> dict:
             patches * steps * int(torch.tensor(p.get_parsed_content("patch_size")).prod()) / train_s
         ),
         "augmentation_s_per_patch": round(aug_s, 4),
-        "inference_slices_per_s": round(n_inf / infer_s, 3),
+        "inference_slices_per_s": infer_rate,
+        "evaluation_inferer": type(eval_inferer).__name__,
+        "evaluation_inference_slices_per_s": tta_rate,
         "inference_slice_shape": list(val[0]["image"].shape[1:]),
         "load_average_before": load_before,
         "load_average_after": _load(),
