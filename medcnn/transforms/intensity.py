@@ -20,7 +20,9 @@ class BrainZScore(Transform):
     where some channel is above that channel's minimum (skull-stripped MRI has a constant background). This is
     the normalisation of :func:`medcnn.data.brats.normalise_in_brain`, which the BraTS classifier is trained with;
     apply it to the whole volume, not slice by slice. Raises ``ValueError`` for an empty brain or a channel that
-    is constant inside it.
+    is constant inside it. MONAI's ``NormalizeIntensity(nonzero=True)`` assumes a zero background; the BraTS
+    volumes medcnn reads are already z-scored per case with a negative, case-dependent background (-3.5 to -6.2),
+    so the brain has to come from a mask or from "above the channel minimum".
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
