@@ -82,6 +82,41 @@ def test_tiny_training_then_evaluation(tmp_path, data_dir):
     assert (out / "error_overlays" / "train-volume_slice025_error.png").is_file()
 
 
+@pytest.mark.slow
+def test_border_weight_override_trains_with_weighted_labels(tmp_path, data_dir):
+    """configs/border_weights.json: the weight map rides as a second label channel into the weighted loss."""
+    from monai.bundle import ConfigParser
+
+    out, ckpt = tmp_path / "out", tmp_path / "models"
+    overrides = {"dataset_dir": str(data_dir(DATASET)), "output_dir": str(out), "ckpt_dir": str(ckpt)}
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "border_weights.json")])
+    parser.update({"bundle_root": str(ROOT), **overrides, "train_slices": [0], "patch_size": [96, 96]})
+    for _ in parser.get_parsed_content("initialize"):
+        pass
+    sample = parser.get_parsed_content("train#dataset")[0][0]
+    assert sample["label"].shape == (2, 96, 96)  # class index + weight map
+    cls, weight = sample["label"][0], sample["label"][1]
+    assert set(torch.unique(cls).tolist()) <= {0.0, 1.0}
+    assert float(weight.min()) >= 1.0 - 1e-4 and float(weight.max()) > 2.0  # thin membranes weigh more
+    run_workflow(
+        NAME,
+        ["train.json", "border_weights.json"],
+        "train",
+        **overrides,
+        train_slices=[0, 1],
+        val_slices=[20],
+        patch_size=[96, 96],
+        samples_per_slice=4,
+        val_interval=1,
+        learning_rate=0.01,
+        **{"train#trainer#max_epochs": 2},
+    )
+    curves = json.loads((out / "curves.json").read_text())
+    assert len(curves["loss"]) == 2 and (ckpt / "model.pt").is_file()
+    assert 0.0 < curves["val_membrane_dice"][-1] <= 1.0
+
+
 @pytest.fixture
 def weights():
     if not WEIGHTS.is_file():

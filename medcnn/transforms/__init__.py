@@ -5,8 +5,12 @@ from medcnn.transforms.intensity import BrainZScore, BrainZScored
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
 from medcnn.transforms.stack import SelectSlice, SelectSliced
 from medcnn.transforms.validation import CheckImage, CheckImaged, CheckImageLabeld, InvalidInputError
+from medcnn.transforms.weights import BorderWeightMap, BorderWeightMapd, border_weight_map
 
 __all__ = [
+    "BorderWeightMap",
+    "BorderWeightMapd",
+    "border_weight_map",
     "BrainZScore",
     "BrainZScored",
     "CheckImage",
