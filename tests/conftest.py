@@ -42,3 +42,12 @@ def _few_threads():
     torch.set_num_threads(min(n, os.cpu_count() or 1))
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def weights(request) -> Path:
+    """The committed ``models/model.pt`` named by the test module's ``WEIGHTS``; missing weights fail the test."""
+    path = Path(request.module.WEIGHTS)
+    if not path.is_file():
+        pytest.fail(f"committed weights {path} are missing")
+    return path

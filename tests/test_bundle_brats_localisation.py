@@ -72,13 +72,6 @@ def check_case_report(pdf, case: str, metrics: dict, n_slices: int) -> None:
     assert page.std() > 10
 
 
-@pytest.fixture
-def weights():
-    if not WEIGHTS.is_file():
-        pytest.fail(f"committed weights {WEIGHTS} are missing")
-    return WEIGHTS
-
-
 def test_torchscript_export_matches_eager(tmp_path, weights):
     x = torch.randn(3, 2, 96, 96, generator=torch.Generator().manual_seed(0))
     export_matches_eager(NAME, weights, x, tmp_path, atol=1e-4)

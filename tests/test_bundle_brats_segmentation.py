@@ -98,13 +98,6 @@ def test_network_variants_by_override(name):
         assert type(net).__name__ == "FlexibleUNet" and not wf.parser["network_kwargs"].get("pretrained")
 
 
-@pytest.fixture
-def weights():
-    if not WEIGHTS.is_file():
-        pytest.fail(f"committed weights {WEIGHTS} are missing")
-    return WEIGHTS
-
-
 def test_torchscript_export_matches_eager(tmp_path, weights):
     x = torch.randn(2, 2, 96, 96, generator=torch.Generator().manual_seed(0))
     export_matches_eager(NAME, weights, x, tmp_path, atol=1e-4)

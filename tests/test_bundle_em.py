@@ -19,6 +19,15 @@ ROOT = bundle_root(NAME)
 WEIGHTS = ROOT / "models" / "model.pt"
 DATASET = "isbi2012_em_membranes"
 pytestmark = [pytest.mark.realdata]
+# two training slices, one validation slice, 96x96 patches: a training run of seconds
+TINY_TRAINING = {
+    "train_slices": [0, 1],
+    "val_slices": [20],
+    "patch_size": [96, 96],
+    "samples_per_slice": 4,
+    "val_interval": 1,
+    "learning_rate": 0.01,
+}
 
 
 def _chain(exc: BaseException) -> str:
@@ -57,12 +66,7 @@ def test_tiny_training_then_evaluation(tmp_path, data_dir):
         ["train.json"],
         "train",
         **common,
-        train_slices=[0, 1],
-        val_slices=[20],
-        patch_size=[96, 96],
-        samples_per_slice=4,
-        val_interval=1,
-        learning_rate=0.01,
+        **TINY_TRAINING,
         **{"train#trainer#max_epochs": 3},
     )
     curves = json.loads((out / "curves.json").read_text())
@@ -104,24 +108,12 @@ def test_border_weight_override_trains_with_weighted_labels(tmp_path, data_dir):
         ["train.json", "border_weights.json"],
         "train",
         **overrides,
-        train_slices=[0, 1],
-        val_slices=[20],
-        patch_size=[96, 96],
-        samples_per_slice=4,
-        val_interval=1,
-        learning_rate=0.01,
+        **TINY_TRAINING,
         **{"train#trainer#max_epochs": 2},
     )
     curves = json.loads((out / "curves.json").read_text())
     assert len(curves["loss"]) == 2 and (ckpt / "model.pt").is_file()
     assert 0.0 < curves["val_membrane_dice"][-1] <= 1.0
-
-
-@pytest.fixture
-def weights():
-    if not WEIGHTS.is_file():
-        pytest.fail(f"committed weights {WEIGHTS} are missing")
-    return WEIGHTS
 
 
 def test_evaluation_on_committed_weights_reproduces_the_model_card(tmp_path, data_dir, weights):

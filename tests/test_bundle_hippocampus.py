@@ -88,13 +88,6 @@ def test_tiny_training_evaluation_and_inference(tmp_path, data_dir):
     assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2}
 
 
-@pytest.fixture(scope="module")
-def weights():
-    if not WEIGHTS.is_file():
-        pytest.fail(f"committed weights {WEIGHTS} missing")
-    return WEIGHTS
-
-
 def test_committed_weights_reproduce_the_model_card(tmp_path, data_dir, weights):
     """The first 12 held-out test cases (a documented subset, to keep the test fast) within 0.01 Dice."""
     ref = json.loads(SUBSET_METRICS.read_text())
