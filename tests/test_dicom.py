@@ -253,3 +253,19 @@ def test_loaders_pickle(tmp_path):
     make_series(tmp_path / "s", n=3)
     loader = pickle.loads(pickle.dumps(LoadDicomSeriesd(keys="image", reader_kwargs={"spacing_tolerance": 0.1})))
     assert loader({"image": str(tmp_path / "s")})["image"].shape == (10, 12, 3)
+
+
+@pytest.mark.parametrize("writer", ["series", "seg"])
+def test_writers_refuse_a_mask_off_the_series_grid(tmp_path, writer):
+    make_series(tmp_path / "s")
+    img = load_dicom_series(tmp_path / "s")
+    off_grid = torch.zeros(1, img.shape[1], img.shape[2] - 1, img.shape[3], dtype=torch.uint8)
+    two_channels = torch.zeros(2, *img.shape[1:], dtype=torch.uint8)
+    for bad, message in ((off_grid, "does not match the series"), (two_channels, "one channel")):
+        with pytest.raises(ValueError, match=message) as info:
+            if writer == "series":
+                write_dicom_series_like(bad, tmp_path / "s", tmp_path / "out")
+            else:
+                write_dicom_seg(bad, tmp_path / "s", tmp_path / "seg.dcm", segment_labels=["tumour"])
+        assert str(tmp_path / "s") in str(info.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "seg.dcm").exists()

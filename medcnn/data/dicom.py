@@ -359,6 +359,23 @@ def save_like(
     return output_path
 
 
+def _series_and_mask(reference_folder, mask) -> tuple[DicomSeries, np.ndarray]:
+    """Read the reference series and check ``mask`` ((1,) W, H, slices) lies on its grid; -> (series, (W, H, N))."""
+    series = read_dicom_series(reference_folder)
+    arr = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+    if arr.ndim == 4:
+        if arr.shape[0] != 1:
+            raise ValueError(f"mask for {reference_folder}: one channel expected, got shape {arr.shape}")
+        arr = arr[0]
+    rows, cols, n = int(series.datasets[0].Rows), int(series.datasets[0].Columns), len(series.datasets)
+    if arr.shape != (cols, rows, n):
+        raise ValueError(
+            f"mask for {reference_folder}: shape {arr.shape} does not match the series ({cols}, {rows}, {n}) "
+            "(W, H, slices)"
+        )
+    return series, arr
+
+
 def write_dicom_series_like(
     mask: torch.Tensor | np.ndarray,
     reference_folder: str | os.PathLike,
@@ -372,18 +389,7 @@ def write_dicom_series_like(
     orientation), gets new Series/SOP Instance UIDs and 16-bit unsigned pixel data, so the result loads back on
     exactly the reference grid (:func:`load_dicom_series`). The mask axes are those of the loaded reference.
     """
-    series = read_dicom_series(reference_folder)
-    arr = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
-    if arr.ndim == 4:
-        if arr.shape[0] != 1:
-            raise ValueError(f"mask for {reference_folder}: one channel expected, got shape {arr.shape}")
-        arr = arr[0]
-    rows, cols = int(series.datasets[0].Rows), int(series.datasets[0].Columns)
-    if arr.shape != (cols, rows, len(series.datasets)):
-        raise ValueError(
-            f"mask for {reference_folder}: shape {arr.shape} does not match the series ({cols}, {rows}, "
-            f"{len(series.datasets)}) (W, H, slices)"
-        )
+    series, arr = _series_and_mask(reference_folder, mask)
     output_folder = Path(output_folder)
     if output_folder.resolve() == series.folder.resolve():
         raise ValueError(f"output {output_folder}: would overwrite the input series")
@@ -446,18 +452,9 @@ def write_dicom_seg(
     so viewers (3D Slicer, OHIF) and MONAI's ``PydicomReader`` place it on the input grid. Written by hand with
     pydicom (no highdicom dependency): category "Morphologically Altered Structure", type "Neoplasm" (SNOMED CT).
     """
-    series = read_dicom_series(reference_folder)
-    arr = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
-    if arr.ndim == 4:
-        if arr.shape[0] != 1:
-            raise ValueError(f"mask for {reference_folder}: one channel of label values expected, got {arr.shape}")
-        arr = arr[0]
+    series, arr = _series_and_mask(reference_folder, mask)
     src0 = series.datasets[0]
-    rows, cols, n = int(src0.Rows), int(src0.Columns), len(series.datasets)
-    if arr.shape != (cols, rows, n):
-        raise ValueError(
-            f"mask for {reference_folder}: shape {arr.shape} does not match the series ({cols}, {rows}, {n})"
-        )
+    cols, rows, _ = arr.shape
     labels = [int(v) for v in np.unique(arr) if v != 0]
     if any(v < 0 or v > len(segment_labels) for v in labels):
         raise ValueError(f"mask for {reference_folder}: label values {labels} need names in segment_labels")
