@@ -70,6 +70,41 @@ def test_dictionary_pipeline_selects_one_slice(tmp_path, stack16):
     assert tuple(out["image"].affine.shape) == (3, 3)  # a 2D image's affine
 
 
+def test_select_slice_with_context_stacks_neighbours_as_channels_and_repeats_edges(stack16):
+    img = torch.as_tensor(stack16.astype(np.int32))[None]  # (1, N=5, H, W)
+    two = torch.stack([img[0], -img[0]])  # (2, N, H, W): two channels, kept in order
+    mid = SelectSlice(context=1)(two, 2)
+    assert tuple(mid.shape) == (6, 12, 9)
+    expected = [two[0, 1], two[0, 2], two[0, 3], two[1, 1], two[1, 2], two[1, 3]]
+    assert all(torch.equal(mid[i], e) for i, e in enumerate(expected))
+    first, last = SelectSlice(context=2)(img, 0), SelectSlice(context=2)(img, -1)
+    assert [int(c[0, 0]) for c in first] == [int(img[0, i, 0, 0]) for i in (0, 0, 0, 1, 2)]
+    assert [int(c[0, 0]) for c in last] == [int(img[0, i, 0, 0]) for i in (2, 3, 4, 4, 4)]
+    with pytest.raises(ValueError, match="context"):
+        SelectSlice(context=-1)
+    with pytest.raises(InvalidInputError, match=r"expected a channel-first stack .* got shape \(5, 12, 9\)"):
+        SelectSlice()(img[0], 0)  # channel dimension missing
+
+
+def test_select_sliced_context_per_key_keeps_metadata(tmp_path, stack16):
+    write_tiff_stack(stack16, tmp_path / "img.tif")
+    write_tiff_stack((stack16 > 30000).astype(np.uint8), tmp_path / "lab.tif")
+    item = {"image": str(tmp_path / "img.tif"), "label": str(tmp_path / "lab.tif"), "slice": 4}
+    pipe = Compose(
+        [
+            LoadStackd(["image", "label"]),
+            EnsureChannelFirstd(["image", "label"]),
+            SelectSliced(["image", "label"], context=[1, 0]),
+        ]
+    )
+    out = pipe(item)
+    assert tuple(out["image"].shape) == (3, 12, 9) and tuple(out["label"].shape) == (1, 12, 9)
+    assert np.array_equal(out["image"][1].numpy(), stack16[4]) and np.array_equal(out["image"][2].numpy(), stack16[4])
+    assert np.array_equal(out["image"][0].numpy(), stack16[3])
+    assert out["image"].meta["slice_index"] == 4 and out["image"].meta["filename_or_obj"].endswith("img.tif")
+    assert tuple(out["image"].affine.shape) == (3, 3)
+
+
 def test_select_slice_out_of_range_names_file(tmp_path, stack16):
     img = LoadImage(reader=TiffStackReader(), dtype=None, ensure_channel_first=True)(
         write_tiff_stack(stack16, tmp_path / "v.tif")

@@ -31,6 +31,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medcnn.transforms.stack import SelectSlice
+
 __all__ = [
     "BRATS_FILE_NAMES",
     "BRATS_KEYS",
@@ -230,8 +232,7 @@ def extract_brats_slices(
         raise ValueError(f"min_brain_fraction must be in [0, 1], got {min_brain_fraction}")
     if min_tumour_pixels < 1:
         raise ValueError(f"min_tumour_pixels must be >= 1, got {min_tumour_pixels}")
-    if context < 0:
-        raise ValueError(f"context must be >= 0 neighbouring slices, got {context}")
+    select_axial = SelectSlice(dim=2, context=context)  # (C, H, W, D) -> (C * (2 * context + 1), H, W)
     image, label, brain = volume["image"], volume["label"], volume["brainmask"]
     brain_area = brain.sum(axis=(0, 1))
     tumour = label > 0
@@ -243,13 +244,8 @@ def extract_brats_slices(
         ambiguous = 0 < area < min_tumour_pixels
         if ambiguous and drop_ambiguous:
             continue
-        if context:
-            zs = np.clip(np.arange(z - context, z + context + 1), 0, image.shape[-1] - 1)
-            slice_image = image[..., zs].transpose(0, 3, 1, 2).reshape(-1, *image.shape[1:3])
-        else:
-            slice_image = image[..., z]
         items.append({
-            "image": np.ascontiguousarray(slice_image),
+            "image": np.ascontiguousarray(select_axial(image, int(z)).numpy()),
             mask_key: tumour[None, :, :, z].astype(np.uint8),
             class_key: int(area >= min_tumour_pixels) if volume.get("has_label", True) else -1,
             "ambiguous": bool(ambiguous),

@@ -1,14 +1,20 @@
-"""Pick one 2D slice out of a stack: ``(C, N, H, W)`` -> ``(C, H, W)``, the MONAI way (array + dictionary)."""
+"""Pick one 2D slice out of a stack: ``(C, N, H, W)`` -> ``(C, H, W)``, the MONAI way (array + dictionary).
+
+With ``context=k`` the slice comes with its ``k`` neighbours on either side as extra channels (2.5D input):
+``(C, N, H, W)`` -> ``(C * (2k + 1), H, W)``, ordered from ``index - k`` to ``index + k`` for each channel.
+Neighbours beyond the first or last slice repeat the edge slice, so every slice of a stack gets the same
+number of channels and a network trained on the middle of a stack runs on its ends.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, SqueezeDim, Transform
-from monai.utils import convert_to_tensor
+from monai.utils import convert_to_tensor, ensure_tuple_rep
 
 from medcnn.transforms.validation import InvalidInputError, source_name
 
@@ -18,22 +24,29 @@ __all__ = ["SelectSlice", "SelectSliced"]
 class SelectSlice(Transform):
     """Return slice ``index`` of spatial axis ``dim`` (0 = the stack axis) of a channel-first ``(C, N, H, W)`` array.
 
-    The result is ``(C, H, W)``; a MetaTensor keeps its metadata, its affine loses the selected axis (as
-    ``SqueezeDim(update_meta=True)`` does) and ``meta["slice_index"]`` records ``index``.
+    The result is ``(C, H, W)``, or ``(C * (2 * context + 1), H, W)`` with ``context`` neighbours on either
+    side (edge slices repeated at the ends of the stack); a MetaTensor keeps its metadata, its affine loses
+    the selected axis (as ``SqueezeDim(update_meta=True)`` does) and ``meta["slice_index"]`` records ``index``.
     An index outside the stack raises :class:`InvalidInputError` naming the source file.
     """
 
     backend = [torch.Tensor.__name__]
 
-    def __init__(self, dim: int = 0) -> None:
+    def __init__(self, dim: int = 0, context: int = 0) -> None:
+        if int(context) < 0:
+            raise ValueError(f"context must be >= 0 neighbouring slices, got {context}")
+        if dim not in (0, 1, 2):
+            raise ValueError(f"dim must be a spatial axis 0, 1 or 2 of a (C, N, H, W) stack, got {dim}")
         self.dim = dim
+        self.context = int(context)
 
     def __call__(self, img, index: int):
         img = convert_to_tensor(img, track_meta=isinstance(img, MetaTensor))
         axis = self.dim + 1
-        if img.ndim < axis + 2:
+        if img.ndim != 4:
             raise InvalidInputError(
-                f"{source_name(img)}: expected a channel-first stack (C, N, H, W), got shape {tuple(img.shape)}"
+                f"{source_name(img)}: expected a channel-first stack of 2D slices (C, N, H, W), "
+                f"got shape {tuple(img.shape)}"
             )
         n = img.shape[axis]
         index = int(index)
@@ -41,27 +54,44 @@ class SelectSlice(Transform):
             raise InvalidInputError(f"{source_name(img)}: slice {index} is outside the stack of {n} slices")
         index %= n
         out = SqueezeDim(dim=axis, update_meta=True)(img.narrow(axis, index, 1))
+        if self.context:
+            # neighbours index-k..index+k clamped to the stack; (C, 2k+1, H, W) -> (C * (2k+1), H, W)
+            order = torch.arange(index - self.context, index + self.context + 1, device=img.device).clamp(0, n - 1)
+            window = torch.movedim(convert_to_tensor(img, track_meta=False).index_select(axis, order), axis, 1)
+            window = window.reshape(-1, *window.shape[2:])
+            if isinstance(out, MetaTensor):
+                window = MetaTensor(window, meta=out.meta, applied_operations=out.applied_operations)
+            out = window
         if isinstance(out, MetaTensor):
             out.meta["slice_index"] = index
         return out
 
 
 class SelectSliced(MapTransform):
-    """Dictionary version of :class:`SelectSlice`: the index is read from ``data[index_key]`` (default ``"slice"``)."""
+    """Dictionary version of :class:`SelectSlice`: the index is read from ``data[index_key]`` (default ``"slice"``).
+
+    ``context`` is one number for all keys or one per key, e.g. ``context=[1, 0]`` for keys ``["image", "label"]``
+    gives a three-channel 2.5D image and the single label slice that goes with it.
+    """
 
     backend = SelectSlice.backend
 
     def __init__(
-        self, keys: KeysCollection, index_key: str = "slice", dim: int = 0, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        index_key: str = "slice",
+        dim: int = 0,
+        context: int | Sequence[int] = 0,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.index_key = index_key
-        self.selector = SelectSlice(dim=dim)
+        self.selectors = [SelectSlice(dim=dim, context=c) for c in ensure_tuple_rep(context, len(self.keys))]
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         if self.index_key not in d:
             raise InvalidInputError(f"data has no '{self.index_key}' entry naming the slice to select")
-        for key in self.key_iterator(d):
-            d[key] = self.selector(d[key], d[self.index_key])
+        for key, selector in self.key_iterator(d, self.selectors):
+            d[key] = selector(d[key], d[self.index_key])
         return d
