@@ -10,7 +10,12 @@ from monai.data import MetaTensor
 from monai.networks.utils import one_hot
 
 from medcnn.data.tiff import read_stack
-from medcnn.handlers.segmentation import PixelConfusionMetric, SegmentationFiguresHandler, StackPredictionWriter
+from medcnn.handlers.segmentation import (
+    MaxFPixelErrorMetric,
+    PixelConfusionMetric,
+    SegmentationFiguresHandler,
+    StackPredictionWriter,
+)
 
 
 def _items():
@@ -60,3 +65,22 @@ def test_metric_figures_handler_and_writer_on_an_engine(tmp_path):
 def test_metric_rejects_wrong_class_count():
     with pytest.raises(ValueError, match="class names"):
         PixelConfusionMetric(3, ["a", "b"])
+
+
+def test_isbi_pixel_error_metric_scores_cell_probabilities_over_all_items():
+    engine = Engine(lambda e, batch: batch)
+    MaxFPixelErrorMetric(scored_class=0).attach(engine, "isbi")
+    items = []
+    for k in range(2):
+        label = torch.zeros(1, 8, 8)
+        label[0, :, 4] = 1  # membrane column; cells elsewhere
+        prob_membrane = label.clone() * 0.8 + 0.1
+        if k == 1:
+            prob_membrane[0, :, 5] = 0.6  # a membrane-ish column the reference calls cell
+        items.append({"prob": torch.cat([1 - prob_membrane, prob_membrane]), "label": one_hot(label[None], 2)[0]})
+    m = engine.run([items], max_epochs=1).metrics
+    # cell probability 0.9 on true cells except 0.4 on the doubtful column, 0.1 on membrane:
+    # a threshold in [0.1, 0.4) keeps every true cell and drops the membrane -> F = 1, error 0
+    assert m["isbi_pixel_error"] == pytest.approx(0.0) and 0.1 <= m["isbi_pixel_error_threshold"] < 0.4
+    with pytest.raises(ValueError, match="class probabilities"):
+        MaxFPixelErrorMetric(scored_class=1).update(([torch.rand(1, 4, 4)], [torch.zeros(1, 4, 4)]))

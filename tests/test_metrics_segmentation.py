@@ -6,11 +6,13 @@ import torch
 
 from medcnn.metrics.segmentation import (
     adapted_rand_error_2d,
+    max_f_pixel_error,
     normalise_confusion_matrix,
     per_class_scores,
     pixel_accuracy,
     pixel_confusion_matrix,
     segmentation_report,
+    threshold_counts,
 )
 
 
@@ -87,3 +89,31 @@ def test_adapted_rand_error_zero_for_identical_regions_and_positive_for_merge():
     merged = np.zeros_like(membrane)  # the prediction misses the membrane: the two cells merge
     err, prec, rec = adapted_rand_error_2d(membrane, merged)
     assert err > 0.2 and min(prec, rec) < 1.0 and max(prec, rec) == pytest.approx(1.0)
+
+
+def test_max_f_pixel_error_is_one_minus_best_f_score_over_the_threshold_sweep():
+    truth = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    prob = np.array([0.95, 0.75, 0.55, 0.35, 0.65, 0.15, 0.05, 0.0])
+    counts = threshold_counts(prob, truth)
+    assert counts.shape == (11, 3)
+    # "> t", as the challenge's Fiji scorer binarises: at t = 0.0 every pixel above 0 counts as positive
+    assert counts[0].tolist() == [4, 3, 0] and counts[10].tolist() == [0, 0, 4]
+    assert counts[5].tolist() == [3, 1, 1]  # t = 0.5: 0.95, 0.75, 0.55 right; 0.65 wrong; 0.35 missed
+    f1 = [2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0 for tp, fp, fn in counts]
+    error, threshold = max_f_pixel_error(counts)
+    # t = 0.2 and 0.3 both give tp 4, fp 1 -> F 8/9; the lower threshold is reported
+    assert error == pytest.approx(1 - max(f1)) and threshold == pytest.approx(0.2)
+    assert error == pytest.approx(1 / 9)
+    # not 1 - accuracy: at t = 0.2 one pixel of eight is wrong (accuracy 0.875), the F-score is 8/9
+    halves = threshold_counts(prob[:4], truth[:4]) + threshold_counts(prob[4:], truth[4:])
+    assert np.array_equal(halves, counts)  # sums over images
+
+
+def test_max_f_pixel_error_rejects_bad_input():
+    with pytest.raises(ValueError, match="differ in shape"):
+        threshold_counts(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        threshold_counts(np.array([0.2, np.nan]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="counts"):
+        max_f_pixel_error(np.zeros((3, 3)))
+    assert math.isnan(max_f_pixel_error(threshold_counts(np.zeros(4), np.zeros(4)))[0])

@@ -16,10 +16,23 @@ from monai.data import MetaTensor
 from monai.handlers.utils import from_engine
 
 from medcnn.handlers.metrics_json import write_metrics_json
-from medcnn.metrics.segmentation import adapted_rand_error_2d, pixel_confusion_matrix, segmentation_report
+from medcnn.metrics.segmentation import (
+    ISBI_THRESHOLDS,
+    adapted_rand_error_2d,
+    max_f_pixel_error,
+    pixel_confusion_matrix,
+    segmentation_report,
+    threshold_counts,
+)
 from medcnn.report.plots import plot_confusion_matrix, save_error_overlay
 
-__all__ = ["PixelConfusionMetric", "SegmentationFiguresHandler", "StackPredictionWriter", "as_class_map"]
+__all__ = [
+    "MaxFPixelErrorMetric",
+    "PixelConfusionMetric",
+    "SegmentationFiguresHandler",
+    "StackPredictionWriter",
+    "as_class_map",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +97,49 @@ class PixelConfusionMetric(Metric):
             report["adapted_rand_error"] = float(np.mean(valid)) if valid else math.nan
         report[self.count_name] = self._n
         return report
+
+
+class MaxFPixelErrorMetric(Metric):
+    """The ISBI 2012 challenge's pixel error (:func:`medcnn.metrics.segmentation.max_f_pixel_error`) of one class.
+
+    Each update takes ``(prob, label)``: probabilities ``(C, *spatial)`` before any argmax (keep a copy of the
+    network output, e.g. ``CopyItemsd(keys="pred", names="prob")`` after the softmax) and the reference as an
+    index map ``(1, *spatial)`` or one-hot ``(C, *spatial)``. ``compute`` returns ``{name: error,
+    name + "_threshold": best threshold}``, the threshold sweep summed over all items, so the figure can be
+    set beside published challenge results (for ISBI 2012 the scored class is the cell interior).
+    """
+
+    def __init__(
+        self,
+        scored_class: int,
+        name: str = "isbi_pixel_error",
+        thresholds: Sequence[float] = ISBI_THRESHOLDS,
+        output_transform: Callable = from_engine(["prob", "label"]),
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.scored_class, self.name, self.thresholds = int(scored_class), name, tuple(float(t) for t in thresholds)
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._counts = np.zeros((len(self.thresholds), 3), np.int64)
+        self._n = 0
+
+    def update(self, output) -> None:
+        probs, labels = output
+        for p, y in zip(probs, labels, strict=True):
+            p = p.detach().cpu() if isinstance(p, torch.Tensor) else torch.as_tensor(np.asarray(p))
+            if p.shape[0] <= self.scored_class:
+                want = f"(C > {self.scored_class}, *spatial)"
+                raise ValueError(f"{self.name}: expected class probabilities {want}, got {tuple(p.shape)}")
+            truth = as_class_map(y) == self.scored_class
+            self._counts += threshold_counts(p[self.scored_class].numpy(), truth, self.thresholds)
+            self._n += 1
+
+    def compute(self) -> dict:
+        if self._n == 0:
+            raise RuntimeError(f"{type(self).__name__} needs at least one update before compute")
+        error, threshold = max_f_pixel_error(self._counts, self.thresholds)
+        return {self.name: error, f"{self.name}_threshold": threshold}
 
 
 def _item_name(img, index: int) -> str:

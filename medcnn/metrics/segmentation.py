@@ -20,6 +20,8 @@ __all__ = [
     "per_class_scores",
     "segmentation_report",
     "adapted_rand_error_2d",
+    "threshold_counts",
+    "max_f_pixel_error",
 ]
 
 
@@ -139,3 +141,46 @@ def adapted_rand_error_2d(true_boundary, pred_boundary, connectivity: int = 1) -
         return math.nan, math.nan, math.nan
     err, prec, rec = adapted_rand_error(true_regions, pred_regions, ignore_labels=(0,))
     return float(err), float(prec), float(rec)
+
+
+ISBI_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(11))  # Fiji's default sweep: 0.0, 0.1, ..., 1.0
+
+
+def threshold_counts(probability, truth, thresholds: Sequence[float] = ISBI_THRESHOLDS) -> np.ndarray:
+    """``(T, 3)`` counts ``[tp, fp, fn]`` of ``probability > t`` against the binary ``truth`` for every threshold.
+
+    ``probability`` and ``truth`` are arrays of one shape (a class's probability map and its reference mask).
+    Counts add up over images, so a sweep over a whole evaluation is the sum of the per-image sweeps.
+    """
+    prob, true = _to_numpy(probability).astype(np.float64, copy=False), _to_numpy(truth) > 0
+    if prob.shape != true.shape:
+        raise ValueError(f"probability {prob.shape} and reference {true.shape} differ in shape")
+    if not np.isfinite(prob).all():
+        raise ValueError("probability map contains NaN or infinite values")
+    n_true = int(true.sum())
+    out = np.zeros((len(thresholds), 3), np.int64)
+    for i, t in enumerate(thresholds):
+        pred = prob > t
+        tp = int(np.count_nonzero(pred & true))
+        out[i] = (tp, int(np.count_nonzero(pred)) - tp, n_true - tp)
+    return out
+
+
+def max_f_pixel_error(counts, thresholds: Sequence[float] = ISBI_THRESHOLDS) -> tuple[float, float]:
+    """The ISBI 2012 challenge's *pixel error*: ``1 - max_t F1`` over the threshold sweep of
+    :func:`threshold_counts` (the challenge scores the cell-interior pixels, label > 0, of a cell-probability
+    map, thresholds 0.0-1.0 in steps of 0.1, as Fiji's ``PixelError.getPixelErrorMaximalFScore`` does).
+
+    This is not ``1 - pixel accuracy``: it is an F-score of one class, maximised over thresholds on the scored
+    data itself. Returns ``(error, best threshold)``; NaN when neither truth nor prediction has a positive pixel.
+    """
+    c = _to_numpy(counts).astype(np.float64)
+    if c.ndim != 2 or c.shape != (len(thresholds), 3):
+        raise ValueError(f"expected ({len(thresholds)}, 3) counts [tp, fp, fn], got shape {c.shape}")
+    den = 2 * c[:, 0] + c[:, 1] + c[:, 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(den > 0, 2 * c[:, 0] / den, np.nan)
+    if np.isnan(f1).all():
+        return math.nan, math.nan
+    best = int(np.nanargmax(f1))
+    return float(1.0 - f1[best]), float(thresholds[best])
