@@ -122,7 +122,7 @@ def test_evaluation_on_committed_weights_reproduces_the_model_card(tmp_path, dat
     run_workflow(NAME, ["train.json", "evaluate.json"], "eval", dataset_dir=str(data_dir(DATASET)), output_dir=str(out))
     m = read_metrics(out)
     assert m["n_slices"] == card["n_slices"] == 5
-    for key in ("pixel_accuracy", "membrane_dice", "cell_dice", "adapted_rand_error"):
+    for key in ("pixel_accuracy", "membrane_dice", "cell_dice", "adapted_rand_error", "isbi_pixel_error"):
         assert m[key] == pytest.approx(card[key], abs=0.005), key
     assert len(list((out / "error_overlays").glob("*_error.png"))) == 5
 
