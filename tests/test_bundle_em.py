@@ -170,3 +170,25 @@ def test_torchscript_export_matches_eager(tmp_path, weights):
     x = torch.randn(1, 1, 192, 192, generator=torch.Generator().manual_seed(0))
     export_matches_eager(NAME, weights, x, tmp_path)
     verify_net_in_out("network_def", meta_file=meta, config_file=inf, bundle_root=str(ROOT))
+
+
+def _error_bands_script():
+    import importlib.util
+
+    path = ROOT.parents[1] / "scripts" / "em_error_bands.py"
+    spec = importlib.util.spec_from_file_location("em_error_bands", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_error_band_analysis_reproduces_the_model_card(tmp_path, data_dir, weights):
+    bands = _error_bands_script()
+    membrane = np.zeros((6, 6), bool)
+    membrane[:, 2:4] = True  # a two-pixel-wide membrane: columns 1-4 touch both classes
+    assert bands.edge_band(membrane)[0].tolist() == [False, True, True, True, True, False]
+    card = json.loads((ROOT / "docs" / "error_bands_val.json").read_text())
+    out = bands.main(["--dataset_dir", str(data_dir(DATASET)), "--out", str(tmp_path / "bands.json")])
+    assert [r["slice"] for r in out["slices"]] == [20, 21, 22, 23, 24]  # validation slices, never the test ones
+    for key in ("pixel_accuracy", "share_of_wrong_pixels_in_edge_band", "pixel_accuracy_if_edge_band_right"):
+        assert out[key] == pytest.approx(card[key], abs=0.002), key
