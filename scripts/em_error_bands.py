@@ -65,16 +65,17 @@ def main(argv: list[str] | None = None) -> dict:
                 truth = item["label"][0].numpy() > 0.5
                 pred = inferer(item["image"][None].as_tensor(), net).argmax(1)[0].numpy() == 1
                 wrong, band = pred != truth, edge_band(truth)
+                n_wrong, n_band_wrong = int(wrong.sum()), int((wrong & band).sum())
                 rows.append(
                     {
                         "slice": int(item["slice"]),
                         "wrong": float(wrong.mean()),
-                        "wrong_in_edge_band": float((wrong & band).sum() / max(wrong.sum(), 1)),
+                        "wrong_in_edge_band": n_band_wrong / max(n_wrong, 1),
                         "edge_band_area": float(band.mean()),
                     }
                 )
-                wrong_all += int(wrong.sum())
-                band_wrong_all += int((wrong & band).sum())
+                wrong_all += n_wrong
+                band_wrong_all += n_band_wrong
                 n_all += wrong.size
     result = {
         "checkpoint": _shown(args.ckpt),
