@@ -6,12 +6,22 @@ from medcnn.handlers.classification import ClassificationReportHandler
 from medcnn.handlers.curves import TrainingCurvesHandler
 from medcnn.handlers.metrics_json import MetricsJSONWriter, write_metrics_json
 from medcnn.handlers.report import PDFReportHandler
-from medcnn.handlers.segmentation import PixelConfusionMetric, SegmentationFiguresHandler, StackPredictionWriter
+from medcnn.handlers.segmentation import (
+    EmptyReferenceCount,
+    HausdorffDistance,
+    MeanDice,
+    PixelConfusionMetric,
+    SegmentationFiguresHandler,
+    StackPredictionWriter,
+)
 
 __all__ = [
     "CAMDiceHandler",
     "CheckpointLoader",
     "ClassificationReportHandler",
+    "EmptyReferenceCount",
+    "HausdorffDistance",
+    "MeanDice",
     "MetricsJSONWriter",
     "PDFReportHandler",
     "PixelConfusionMetric",

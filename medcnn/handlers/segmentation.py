@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import monai.handlers
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -19,6 +20,7 @@ from medcnn.handlers.metrics_json import write_metrics_json
 from medcnn.metrics.segmentation import (
     ISBI_THRESHOLDS,
     adapted_rand_error_2d,
+    empty_classes,
     max_f_pixel_error,
     pixel_confusion_matrix,
     segmentation_report,
@@ -27,7 +29,10 @@ from medcnn.metrics.segmentation import (
 from medcnn.report.plots import plot_confusion_matrix, save_error_overlay
 
 __all__ = [
+    "EmptyReferenceCount",
+    "HausdorffDistance",
     "MaxFPixelErrorMetric",
+    "MeanDice",
     "PixelConfusionMetric",
     "SegmentationFiguresHandler",
     "StackPredictionWriter",
@@ -77,12 +82,17 @@ class PixelConfusionMetric(Metric):
         self._cm = np.zeros((self.num_classes, self.num_classes), np.int64)
         self._rand: list[float] = []
         self._n = 0
+        self._empty = np.zeros(self.num_classes, np.int64)
+        self._n_any_empty = 0
 
     def update(self, output) -> None:
         preds, labels = output  # Ignite hands over batched tensors (B, C, *spatial); lists are per item
         for p, y in zip(preds, labels, strict=True):
             p_map, y_map = as_class_map(p), as_class_map(y)
             self._cm += pixel_confusion_matrix(y_map, p_map, self.num_classes)
+            missing = empty_classes(y_map, self.num_classes, include_background=True, one_hot=False)
+            self._empty[missing] += 1
+            self._n_any_empty += bool(missing)
             if self.boundary_class is not None and y_map.ndim == 2:
                 err, _, _ = adapted_rand_error_2d(y_map == self.boundary_class, p_map == self.boundary_class)
                 self._rand.append(err)
@@ -92,10 +102,13 @@ class PixelConfusionMetric(Metric):
         if self._n == 0:
             raise RuntimeError("PixelConfusionMetric needs at least one update before compute")
         report = segmentation_report(self._cm, self.class_names)
-        if self.boundary_class is not None:
+        if self.boundary_class is not None:  # NaN for a reference without regions, left out of the mean
             valid = [r for r in self._rand if not math.isnan(r)]
             report["adapted_rand_error"] = float(np.mean(valid)) if valid else math.nan
         report[self.count_name] = self._n
+        report["n_empty_reference"] = self._n_any_empty  # items whose reference lacks a class (still pooled)
+        for name, n in zip(self.class_names, self._empty.tolist(), strict=True):
+            report[f"n_empty_reference_{name}"] = n
         return report
 
 
@@ -106,7 +119,8 @@ class MaxFPixelErrorMetric(Metric):
     network output, e.g. ``CopyItemsd(keys="pred", names="prob")`` after the softmax) and the reference as an
     index map ``(1, *spatial)`` or one-hot ``(C, *spatial)``. ``compute`` returns ``{name: error,
     name + "_threshold": best threshold}``, the threshold sweep summed over all items, so the figure can be
-    set beside published challenge results (for ISBI 2012 the scored class is the cell interior).
+    set beside published challenge results (for ISBI 2012 the scored class is the cell interior). When the pooled
+    reference holds only one class (e.g. one all-cell label) the error is NaN, not the 0.0 of a trivial prediction.
     """
 
     def __init__(
@@ -123,6 +137,7 @@ class MaxFPixelErrorMetric(Metric):
     def reset(self) -> None:
         self._counts = np.zeros((len(self.thresholds), 3), np.int64)
         self._n = 0
+        self._n_pixels = 0
 
     def update(self, output) -> None:
         probs, labels = output
@@ -133,13 +148,87 @@ class MaxFPixelErrorMetric(Metric):
                 raise ValueError(f"{self.name}: expected class probabilities {want}, got {tuple(p.shape)}")
             truth = as_class_map(y) == self.scored_class
             self._counts += threshold_counts(p[self.scored_class].numpy(), truth, self.thresholds)
+            self._n_pixels += int(truth.size)
             self._n += 1
 
     def compute(self) -> dict:
         if self._n == 0:
             raise RuntimeError(f"{type(self).__name__} needs at least one update before compute")
+        tp, fn = int(self._counts[0, 0]), int(self._counts[0, 2])
+        if tp + fn == 0 or self._n_pixels == tp + fn:  # the pooled reference holds one class only: undefined
+            return {self.name: math.nan, f"{self.name}_threshold": math.nan}
         error, threshold = max_f_pixel_error(self._counts, self.thresholds)
         return {self.name: error, f"{self.name}_threshold": threshold}
+
+
+class _UndefinedIsNaN:
+    """``compute`` gives NaN when every (case, class) value is undefined, where MONAI's reduction gives 0.0."""
+
+    def compute(self):
+        buffer = self.metric_fn.get_buffer()
+        if isinstance(buffer, torch.Tensor) and buffer.numel() and bool(torch.isnan(buffer).all()):
+            self._is_reduced = True
+            return math.nan
+        return super().compute()
+
+
+class MeanDice(_UndefinedIsNaN, monai.handlers.MeanDice):
+    """``monai.handlers.MeanDice`` (``ignore_empty``: a case with an empty reference class is NaN and left out of the
+    mean) whose mean over no defined case is NaN instead of 0.0; count the left-out cases with
+    :class:`EmptyReferenceCount`."""
+
+
+class HausdorffDistance(_UndefinedIsNaN, monai.handlers.HausdorffDistance):
+    """``monai.handlers.HausdorffDistance`` (empty reference or empty prediction: NaN, left out of the mean) whose mean
+    over no defined case is NaN instead of 0.0."""
+
+
+class EmptyReferenceCount(Metric):
+    """Count the cases whose reference (or prediction) has no voxel of a foreground class.
+
+    ``update`` takes ``(pred, label)`` items ``(C, *spatial)`` (one-hot, or index maps with C = 1). ``compute``
+    returns ``n_empty_reference`` (cases with at least one empty reference class), ``n_empty_reference_<class>``
+    and ``n_empty_prediction_<class>`` (empty prediction where the reference is not: no finite HD95) for the
+    foreground classes: the cases that the Dice / HD95 means of :class:`MeanDice` / :class:`HausdorffDistance` leave
+    out (see :mod:`medcnn.metrics.segmentation`).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        output_transform: Callable = from_engine(["pred", "label"]),
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.num_classes = int(num_classes)
+        names = list(class_names) if class_names is not None else [str(i) for i in range(1, self.num_classes)]
+        if len(names) == self.num_classes:  # names given with background: drop it
+            names = names[1:]
+        if len(names) != self.num_classes - 1:
+            raise ValueError(f"{len(names)} foreground class names for {num_classes} classes (background included)")
+        self.class_names = names
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._ref = np.zeros(self.num_classes, np.int64)
+        self._pred = np.zeros(self.num_classes, np.int64)
+        self._any = 0
+
+    def update(self, output) -> None:
+        preds, labels = output
+        for p, y in zip(preds, labels, strict=True):
+            ref_missing = empty_classes(y, self.num_classes)
+            pred_missing = set(empty_classes(p, self.num_classes)) - set(ref_missing)
+            self._ref[ref_missing] += 1
+            self._pred[sorted(pred_missing)] += 1
+            self._any += bool(ref_missing)
+
+    def compute(self) -> dict:
+        out = {"n_empty_reference": self._any}
+        for c, name in enumerate(self.class_names, start=1):
+            out[f"n_empty_reference_{name}"] = int(self._ref[c])
+            out[f"n_empty_prediction_{name}"] = int(self._pred[c])
+        return out
 
 
 def _item_name(img, index: int) -> str:
