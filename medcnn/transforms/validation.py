@@ -118,11 +118,13 @@ class CheckImaged(MapTransform):
 
 
 class CheckImageLabeld(MapTransform):
-    """Validate an image / label pair ``(C, *spatial)``: dims, NaN, label classes, empty mask, equal shapes.
+    """Validate an image / label pair ``(C, *spatial)``: dims, NaN, label classes, empty mask, equal shapes, one grid.
 
     The image keys get the finite-value and dimension checks; ``label_key`` additionally gets the
     ``allowed_labels`` and ``require_foreground`` checks, and with ``same_shape`` every key must share the
-    label's spatial shape. Returns the data unchanged.
+    label's spatial shape. With ``same_affine`` (default) every MetaTensor key must have the label's affine
+    (within ``affine_atol`` mm): a label with a flipped or shifted header would otherwise be compared voxel by
+    voxel with an image it does not overlay. Returns the data unchanged.
     """
 
     backend = CheckImage.backend
@@ -137,10 +139,14 @@ class CheckImageLabeld(MapTransform):
         require_foreground: bool = False,
         same_shape: bool = True,
         allow_missing_keys: bool = False,
+        same_affine: bool = True,
+        affine_atol: float = 1e-3,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_key = label_key
         self.same_shape = same_shape
+        self.same_affine = same_affine
+        self.affine_atol = float(affine_atol)
         self.image_check = CheckImage(spatial_dims=spatial_dims, allow_nan=allow_nan)
         self.label_check = CheckImage(
             spatial_dims=spatial_dims,
@@ -167,4 +173,25 @@ class CheckImageLabeld(MapTransform):
                         f"{source_name(d[key])}: {key} has spatial shape {shape} but {ref} "
                         f"({source_name(d[ref])}) has {shapes[ref]}"
                     )
+        if self.same_affine:
+            self._check_affines(d, list(shapes))
         return d
+
+    def _check_affines(self, d: dict, keys: list) -> None:
+        affines = {k: np.asarray(d[k].affine, dtype=float) for k in keys if isinstance(d[k], MetaTensor)}
+        ref = self.label_key if self.label_key in affines else next(iter(affines), None)
+        for key, affine in affines.items():
+            if key == ref or affine.shape != affines[ref].shape:
+                continue
+            diff = float(np.abs(affine - affines[ref]).max())
+            if diff > self.affine_atol:
+                flipped = [i for i in range(affine.shape[0] - 1)
+                           if np.sign(affine[i, i]) != np.sign(affines[ref][i, i])]
+                hint = f" (axis {flipped} flipped)" if flipped else ""
+                raise InvalidInputError(
+                    f"{source_name(d[ref])}: {ref} affine differs from the affine of {key} "
+                    f"({source_name(d[key])}) by up to {diff:.3g}{hint}; the two are not on one voxel grid, so a "
+                    f"voxel-by-voxel comparison would be wrong. Resample the {ref} onto the {key} grid "
+                    f"(e.g. with the image as reference) first. {ref} affine {np.round(affines[ref], 3).tolist()}, "
+                    f"{key} affine {np.round(affine, 3).tolist()}"
+                )
