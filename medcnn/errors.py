@@ -17,9 +17,13 @@ import sys
 import traceback
 from types import TracebackType
 
-__all__ = ["user_error", "format_user_error", "install_error_handler"]
+__all__ = ["OutputCollisionError", "user_error", "format_user_error", "install_error_handler"]
 
 TRACEBACK_ENV = "MEDCNN_TRACEBACK"
+
+
+class OutputCollisionError(ValueError):
+    """An output would overwrite an input, land inside an input folder, or be written twice by different inputs."""
 
 
 def _chain(exc: BaseException):

@@ -16,6 +16,7 @@ from ignite.metrics import Metric
 from monai.data import MetaTensor
 from monai.handlers.utils import from_engine
 
+from medcnn.errors import OutputCollisionError
 from medcnn.handlers.metrics_json import write_metrics_json
 from medcnn.metrics.segmentation import (
     ISBI_THRESHOLDS,
@@ -314,7 +315,9 @@ class StackPredictionWriter:
     ``(C, H, W)`` one-hot/probabilities) as a MetaTensor with ``filename_or_obj`` and ``slice_index`` metadata.
     At completion ``<output_dir>/<stem><suffix>`` is written with the slices in index order; ``value_map``
     maps class indices to the stored values (e.g. ``{1: 0, 0: 255}`` for the ISBI convention membrane = 0).
-    Existing files are replaced only with ``overwrite``.
+    Existing files are replaced only with ``overwrite``. A prediction that would land on its input, inside an input
+    folder (the next run would read it as a slice), or on the prediction of another input with the same name raises
+    :class:`medcnn.errors.OutputCollisionError` naming the input, before anything is written.
     """
 
     def __init__(
@@ -341,12 +344,36 @@ class StackPredictionWriter:
     def _reset(self, engine: Engine) -> None:
         self.stacks, self.written = {}, []
 
+    def target(self, source: str) -> Path:
+        """The file written for the stack ``source``: ``<output_dir>/<stem><suffix>``."""
+        name = Path(source).name
+        for ext in (".tiff", ".tif", ".png"):
+            name = name[: -len(ext)] if name.lower().endswith(ext) else name
+        return self.output_dir / f"{name}{self.suffix}"
+
+    def _check_target(self, source: str) -> None:
+        """Refuse an output onto its input, inside an input folder (read back as a slice next run), or shared."""
+        path, src = self.target(source).resolve(), Path(source).expanduser().resolve()
+        if path == src or (src.is_dir() and path.is_relative_to(src)):
+            raise OutputCollisionError(
+                f"{source}: the prediction {path} would be written {'onto' if path == src else 'into'} this input, "
+                "and the next run would read it as input; choose an output_dir outside the input"
+            )
+        for other in self.stacks:
+            if other != source and self.target(other).resolve() == path:
+                raise OutputCollisionError(
+                    f"{source}: its prediction {path} would overwrite the prediction of {other} (same file name); "
+                    "rename one of the inputs or run them separately"
+                )
+
     def _collect(self, engine: Engine) -> None:
         output = engine.state.output
         for item in output if isinstance(output, list) else [output]:
             pred = item[self.pred_key]
             meta = pred.meta if isinstance(pred, MetaTensor) else {}
             source = str(meta.get("filename_or_obj", "prediction"))
+            if source not in self.stacks:
+                self._check_target(source)
             index = int(meta.get("slice_index", len(self.stacks.get(source, {}))))
             classes = as_class_map(pred)
             out = classes.astype(np.uint8)
@@ -358,10 +385,7 @@ class StackPredictionWriter:
         from medcnn.data.tiff import write_tiff_stack
 
         for source, slices in self.stacks.items():
-            name = Path(source).name
-            for ext in (".tiff", ".tif", ".png"):
-                name = name[: -len(ext)] if name.lower().endswith(ext) else name
-            path = self.output_dir / f"{name}{self.suffix}"
+            path = self.target(source)
             write_tiff_stack(np.stack([slices[i] for i in sorted(slices)]), path, overwrite=self.overwrite)
             self.written.append(path)
             logger.info("%d predicted slices of %s written to %s", len(slices), source, path)
