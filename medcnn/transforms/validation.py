@@ -77,7 +77,10 @@ class CheckImage(Transform):
                 f"{self.spatial_dims} spatial axes, i.e. a {self.spatial_dims}D {self.name}"
             )
         if self.num_channels is not None and shape[0] != self.num_channels:
-            raise InvalidInputError(f"{src}: {self.name} has {shape[0]} channel(s), expected {self.num_channels}")
+            raise InvalidInputError(
+                f"{src}: {self.name} has {shape[0]} channel(s) (shape {shape}, channel first), expected "
+                f"{self.num_channels}{' (a 4D file where a 3D volume is expected?)' if self.num_channels == 1 else ''}"
+            )
         if any(s == 0 for s in shape):
             raise InvalidInputError(f"{src}: {self.name} is empty (shape {shape})")
         arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
@@ -122,9 +125,11 @@ class CheckImageLabeld(MapTransform):
 
     The image keys get the finite-value and dimension checks; ``label_key`` additionally gets the
     ``allowed_labels`` and ``require_foreground`` checks, and with ``same_shape`` every key must share the
-    label's spatial shape. With ``same_affine`` (default) every MetaTensor key must have the label's affine
-    (within ``affine_atol`` mm): a label with a flipped or shifted header would otherwise be compared voxel by
-    voxel with an image it does not overlay. Returns the data unchanged.
+    label's spatial shape; ``num_channels`` (e.g. 1) is required of every key, so a 4D file given for a 3D
+    modality is named instead of failing later as a wrong channel count of the network. With ``same_affine``
+    (default) every MetaTensor key must have the label's affine (within ``affine_atol`` mm): a label with a flipped
+    or shifted header would otherwise be compared voxel by voxel with an image it does not overlay. Returns the
+    data unchanged.
     """
 
     backend = CheckImage.backend
@@ -141,15 +146,17 @@ class CheckImageLabeld(MapTransform):
         allow_missing_keys: bool = False,
         same_affine: bool = True,
         affine_atol: float = 1e-3,
+        num_channels: int | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_key = label_key
         self.same_shape = same_shape
         self.same_affine = same_affine
         self.affine_atol = float(affine_atol)
-        self.image_check = CheckImage(spatial_dims=spatial_dims, allow_nan=allow_nan)
+        self.image_check = CheckImage(spatial_dims=spatial_dims, allow_nan=allow_nan, num_channels=num_channels)
         self.label_check = CheckImage(
             spatial_dims=spatial_dims,
+            num_channels=num_channels,
             allowed_values=allowed_labels,
             allow_nan=False,
             require_nonempty=require_foreground,
