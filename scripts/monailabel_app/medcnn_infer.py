@@ -92,6 +92,8 @@ def make_infer_task(path: str, conf: dict) -> BundleInferTask:
     cls = MedcnnCAMGridTask if is_classifier(bundle_metadata(path)) else MedcnnSegmentationTask
     model_file = override_settings(path).get("model_file", "model.pt")
     task = cls(path, conf, const=_WeightsFile(model_file))  # the bundle's own weights file, never a client's
+    if task.is_valid():  # BundleInferTask offers every models/*.pt to the client as "model_filename": withdraw it
+        task._config.pop("model_filename", None)
     device = conf.get("device", "auto")
     if task.is_valid() and device and device != "auto":
         task._config["device"] = [device]
