@@ -42,7 +42,7 @@ def test_training_checkpoints_go_under_output_dir_not_to_the_committed_weights(n
     parser = _parsed(name, ["train.json"], output_dir=str(tmp_path / "out"))
     ckpt_dir = Path(parser.get_parsed_content("ckpt_dir"))
     assert ckpt_dir == tmp_path / "out" / "models"
-    savers = list(_components(parser.get(""), "CheckpointSaver"))
+    savers = list(_components(parser.get(""), "medcnn.handlers.CheckpointSaver"))
     assert savers and all(h["save_dir"] == "@ckpt_dir" for h in savers), name
     committed = (BUNDLES / name / "models").resolve()
     assert ckpt_dir.resolve() != committed

@@ -66,3 +66,50 @@ def test_bundle_evaluation_with_a_truncated_checkpoint_names_it(tmp_path):
                                                          "synthetic#radius_range": [4.0, 8.0]})
     err = user_error(info.value)
     assert isinstance(err, CheckpointError) and str(err).startswith(f"{bad}: not a readable PyTorch weights file")
+
+
+def _saver_run(tmp_path, fail_on_save: int | None, monkeypatch):
+    """Three epochs with a rising key metric; the ``fail_on_save``-th torch.save dies half-way (a killed run)."""
+    from ignite.engine import Engine, Events
+
+    from medcnn.handlers import CheckpointSaver
+
+    net = torch.nn.Linear(4, 2)
+    engine = Engine(lambda e, b: None)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _score(e):
+        e.state.metrics["acc"] = 0.5 + 0.1 * e.state.epoch
+        with torch.no_grad():
+            net.weight.fill_(float(e.state.epoch))
+
+    CheckpointSaver(str(tmp_path), {"model": net}, save_key_metric=True, key_metric_name="acc",
+                    key_metric_filename="model.pt").attach(engine)
+    real_save, calls = torch.save, []
+
+    def dying_save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == fail_on_save:
+            f.write(b"PK\x03\x04 half a checkpoint")
+            raise KeyboardInterrupt("killed while saving")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    try:
+        engine.run([0], max_epochs=3)
+    except KeyboardInterrupt:
+        pass
+    return tmp_path / "model.pt"
+
+
+def test_checkpoint_saver_keeps_the_previous_best_whole_when_killed(tmp_path, monkeypatch):
+    path = _saver_run(tmp_path, fail_on_save=2, monkeypatch=monkeypatch)
+    state = load_weights(path)  # epoch 1's weights, whole: not a truncated file, not a missing one
+    assert float(state["weight"].mean()) == 1.0
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("tmp")) == ["model.pt"]
+
+
+def test_checkpoint_saver_replaces_the_best_with_a_readable_file(tmp_path, monkeypatch):
+    path = _saver_run(tmp_path, fail_on_save=None, monkeypatch=monkeypatch)
+    assert float(load_weights(path)["weight"].mean()) == 3.0
+    assert path.stat().st_mode & 0o044 == 0o044  # group / others can read it, as with MONAI's own saver

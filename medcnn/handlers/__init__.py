@@ -1,7 +1,7 @@
 """Ignite handlers that medcnn bundles wire into MONAI workflows."""
 
 from medcnn.handlers.cam import CAMDiceHandler
-from medcnn.handlers.checkpoint import CheckpointLoader
+from medcnn.handlers.checkpoint import CheckpointLoader, CheckpointSaver
 from medcnn.handlers.classification import ClassificationReportHandler
 from medcnn.handlers.curves import TrainingCurvesHandler
 from medcnn.handlers.metrics_json import MetricsJSONWriter, write_metrics_json
@@ -18,6 +18,7 @@ from medcnn.handlers.segmentation import (
 __all__ = [
     "CAMDiceHandler",
     "CheckpointLoader",
+    "CheckpointSaver",
     "ClassificationReportHandler",
     "EmptyReferenceCount",
     "HausdorffDistance",
