@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -15,6 +16,7 @@ from ignite.metrics import Metric
 from monai.data import MetaTensor
 from monai.handlers.utils import from_engine
 
+from medcnn.distributed import gather_lists, is_distributed
 from medcnn.handlers.metrics_json import write_metrics_json
 from medcnn.metrics.segmentation import (
     ISBI_THRESHOLDS,
@@ -91,11 +93,16 @@ class PixelConfusionMetric(Metric):
     def compute(self) -> dict:
         if self._n == 0:
             raise RuntimeError("PixelConfusionMetric needs at least one update before compute")
-        report = segmentation_report(self._cm, self.class_names)
+        cm, rand, n = self._cm, self._rand, self._n
+        if is_distributed():  # under torchrun each rank saw its share of the items: add them up
+            cm = idist.all_reduce(torch.as_tensor(cm)).cpu().numpy()
+            n = int(idist.all_reduce(n))
+            (rand,) = gather_lists(rand)
+        report = segmentation_report(cm, self.class_names)
         if self.boundary_class is not None:
-            valid = [r for r in self._rand if not math.isnan(r)]
+            valid = [r for r in rand if not math.isnan(r)]
             report["adapted_rand_error"] = float(np.mean(valid)) if valid else math.nan
-        report[self.count_name] = self._n
+        report[self.count_name] = n
         return report
 
 
