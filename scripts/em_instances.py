@@ -5,7 +5,7 @@ Two steps, so the slow part runs once:
 ``cache``   runs the bundle's evaluation inferer (8-view ensemble around the sliding window, ``evaluate.json``) with
             a checkpoint on a slice split (default: the validation slices 20-24) and stores the membrane
             probability maps and reference masks in one ``.npz``.
-``search``  scores a grid of watershed parameters (seed threshold, Gaussian sigma, minimum seed area) on the
+``search``  scores a grid of parameters (Gaussian sigma, seed depth, agglomeration threshold) on the
             cached maps with the challenge's V_rand / V_info (:mod:`medcnn.metrics.rand`), next to the thinned
             threshold sweep without the instance step, and writes the grid and the best parameters (highest mean
             V_rand, ties broken by V_info) as JSON.
@@ -33,9 +33,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "em_membrane_segmentation"
-SEED_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-SIGMAS = (0.0, 1.0, 2.0, 3.0)
-MIN_SEED_AREAS = (0, 25, 100, 250)
+SIGMAS = (1.0, 2.0)
+SEED_DEPTHS = (0.01, 0.02, 0.05)
+MERGE_THRESHOLDS = (0.0, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)  # 0 = watershed only, no agglomeration
 
 logger = logging.getLogger("em_instances")
 
@@ -105,14 +105,14 @@ def search(args: argparse.Namespace) -> dict:
     true_labels = [label(c, connectivity=1) for c in cells]
     thinned = best_rand_info(np.stack([rand_info_sweep(1.0 - p, c) for p, c in zip(probs, cells, strict=True)]))
     rows = []
-    grid = list(itertools.product(SEED_THRESHOLDS, SIGMAS, MIN_SEED_AREAS))
+    grid = list(itertools.product(SIGMAS, SEED_DEPTHS, MERGE_THRESHOLDS))
     start = time.perf_counter()
-    for thr, sigma, area in tqdm(grid, desc="watershed grid", mininterval=5):
+    for sigma, depth, merge in tqdm(grid, desc="watershed grid", mininterval=5):
         per_slice = [
-            foreground_restricted_scores(t, membrane_to_instances(p, thr, sigma, area))
+            foreground_restricted_scores(t, membrane_to_instances(p, sigma, depth, merge))
             for p, t in zip(probs, true_labels, strict=True)
         ]
-        row = {"seed_threshold": thr, "sigma": sigma, "min_seed_area": area}
+        row = {"sigma": sigma, "seed_depth": depth, "merge_threshold": merge}
         row.update({k: float(np.mean([s[k] for s in per_slice])) for k in SCORE_KEYS})
         rows.append(row)
     best = max(rows, key=lambda r: (round(r["v_rand"], 6), r["v_info"]))

@@ -27,30 +27,33 @@ def _three_cells() -> tuple[np.ndarray, np.ndarray]:
 
 def test_watershed_gives_one_label_per_cell_and_no_boundary():
     prob, membrane = _three_cells()
-    prob[4, 4] = 0.6  # a faint membrane speck inside the first cell does not split it
-    cells = membrane_to_instances(prob, seed_threshold=0.3, sigma=1.0, min_seed_area=10)
+    prob[4, 4] = 0.3  # a faint speck inside the first cell: its minimum is shallower than the seed depth
+    cells = membrane_to_instances(prob, sigma=1.0, seed_depth=0.1)
     assert cells.dtype == np.int32 and cells.min() >= 1 and len(np.unique(cells)) == 3
     assert len(np.unique(cells[:, :15])) == 1 and len(np.unique(cells[:15, 16:])) == 1
     truth = np.zeros((32, 32), int)
     truth[:, :15], truth[:15, 16:], truth[16:, 16:] = 1, 2, 3
     s = foreground_restricted_scores(truth, cells)
     assert s["v_rand"] == 1.0 and s["v_info"] == 1.0
+    assert (membrane_to_instances(np.full((8, 8), 0.9), 1.0, 0.1) == 1).all()  # no minimum: one cell
 
 
-def test_small_seeds_are_dropped_and_a_map_without_seeds_is_one_cell():
-    prob = np.full((20, 20), 0.9, np.float32)
-    prob[2:12, 2:12] = 0.05  # a 100-pixel cell
-    prob[15:17, 15:17] = 0.05  # a 4-pixel hole in the membrane
-    assert len(np.unique(membrane_to_instances(prob, 0.3, 0.0, min_seed_area=0))) == 2
-    assert len(np.unique(membrane_to_instances(prob, 0.3, 0.0, min_seed_area=5))) == 1
-    assert (membrane_to_instances(np.full((8, 8), 0.9), 0.3, 0.0, 0) == 1).all()
+def test_agglomeration_merges_regions_across_a_faint_boundary_only():
+    prob, _ = _three_cells()
+    prob[:, 7] = 0.3  # a faint false membrane cutting the left cell in two (the true one at column 15 is 0.9)
+    split = membrane_to_instances(prob, sigma=0.0, seed_depth=0.02)
+    assert len(np.unique(split[:, :15])) == 2 and len(np.unique(split)) == 4  # the watershed alone splits it
+    # boundary means over the pixels on both sides: faint (0.3 + 0.05) / 2, true (0.9 + 0.05) / 2
+    merged = membrane_to_instances(prob, sigma=0.0, seed_depth=0.02, merge_threshold=0.3)
+    assert len(np.unique(merged[:, :15])) == 1 and len(np.unique(merged)) == 3  # 0.175 < 0.3 < 0.475
+    assert set(np.unique(merged[:, :15])).isdisjoint(merged[:, 16:].ravel())
 
 
 def test_transform_keeps_metadata_and_names_the_file_on_bad_input():
     prob, _ = _three_cells()
     probs = torch.from_numpy(np.stack([1 - prob, prob]))
     img = MetaTensor(probs, meta={"filename_or_obj": "/data/stack.tif", "slice_index": 7})
-    out = MembraneToInstancesd(keys="instances", seed_threshold=0.3, min_seed_area=10)({"instances": img})["instances"]
+    out = MembraneToInstancesd(keys="instances", seed_depth=0.1)({"instances": img})["instances"]
     assert isinstance(out, MetaTensor) and out.shape == (1, 32, 32) and out.meta["slice_index"] == 7
     assert out.dtype == torch.int32 and len(torch.unique(out)) == 3
     bad = MetaTensor(torch.full((2, 8, 8), float("nan")), meta={"filename_or_obj": "/data/stack.tif"})
@@ -58,8 +61,8 @@ def test_transform_keeps_metadata_and_names_the_file_on_bad_input():
         MembraneToInstances()(bad)
     with pytest.raises(InvalidInputError, match=r"/data/stack\.tif: expected class probabilities"):
         MembraneToInstances()(MetaTensor(torch.rand(1, 8, 8), meta={"filename_or_obj": "/data/stack.tif"}))
-    with pytest.raises(ValueError, match="seed_threshold"):
-        MembraneToInstances(seed_threshold=0.0)
+    with pytest.raises(ValueError, match="seed_depth"):
+        MembraneToInstances(seed_depth=0.0)
 
 
 def _engine_items():
