@@ -130,5 +130,7 @@ def test_no_reference_cell_is_nan_and_bad_input_is_named():
         rand_info_sweep(np.full((4, 4), np.nan), np.ones((4, 4)))
     with pytest.raises(ValueError, match="differ in shape"):
         foreground_restricted_scores(np.ones((4, 4), int), np.ones((4, 5), int))
+    with pytest.raises(ValueError, match="non-negative"):
+        foreground_restricted_scores(np.ones((4, 4), int), -np.ones((4, 4), int))
     with pytest.raises(ValueError, match=r"2D slice"):
         foreground_restricted_scores(np.ones((2, 4, 4), int), np.ones((2, 4, 4), int))

@@ -104,6 +104,8 @@ def foreground_restricted_scores(true_labels, pred_labels) -> dict[str, float]:
     p = _as_2d(pred_labels, "pred_labels")
     if t.shape != p.shape:
         raise ValueError(f"reference labels {t.shape} and proposed labels {p.shape} differ in shape")
+    if (t.size and t.min() < 0) or (p.size and p.min() < 0):
+        raise ValueError("label images must be non-negative (0 = boundary, 1..K = cells)")
     fg = t != 0
     n = int(fg.sum())
     if n == 0:
