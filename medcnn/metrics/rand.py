@@ -24,9 +24,17 @@ challenge's ``Segmentation evaluation after border thinning`` script with thresh
 5. *Sweep*: every threshold is scored on every slice, slice scores are averaged (Fiji averages per slice), and
    the best mean over the thresholds is reported, each score at its own best threshold.
 
+Sources: the scoring formulas (N^2 normalisation, the ``p_i0`` singleton terms, entropies in nats) follow Fiji's
+``RandError.getForegroundRestrictedRandIndexStatsN2`` and ``VariationOfInformation.foregroundRestrictedVI``, read
+for this implementation; the source of Fiji's thinning step was not available, so steps 2 and 5 follow the
+challenge paper's description (borders thinned to one pixel, best score over the threshold sweep) and a MATLAB
+port of the challenge scorer (watershed of the binary boundary map, 4-connectivity, proposal only).
+
 Where this can differ from the official Fiji scorer:
 - The thinning uses scikit-image's seeded watershed; Fiji's own watershed may place a line one pixel
-  differently where a flat boundary is exactly equidistant from two cells.
+  differently where a flat boundary is exactly equidistant from two cells, and if Fiji also thins the
+  reference's borders (not done here: they are dropped by the foreground restriction anyway, but thinning them
+  first would add their pixels to the neighbouring reference cells), its scores count those pixels too.
 - The reference is binarised once (``label > 0``); Fiji binarises it with the same threshold as the proposal,
   which only matters at ``t = 1.0``, where Fiji's reference becomes empty (score undefined, never the maximum)
   and here the all-boundary proposal scores low.
