@@ -14,14 +14,28 @@ class DatalistError(ValueError):
     """A datalist file is missing, unreadable, or its entries lack required keys or files."""
 
 
-def resolve_data_dir(subdir: str, default_root: str | os.PathLike) -> str:
-    """Folder of one dataset: ``$MEDCNN_DATA_DIR/<subdir>`` when the variable is set, else ``<default_root>/<subdir>``.
+def resolve_data_dir(subdir: str, bundle_root: str | os.PathLike) -> str:
+    """Folder of one dataset: ``$MEDCNN_DATA_DIR/<subdir>`` when that exists, else ``<bundle_root>/data``.
 
-    Bundles use this for their ``dataset_dir`` default, so the same config runs on a user's machine (override
-    ``dataset_dir`` on the command line, or set ``MEDCNN_DATA_DIR``), in this repository's tests and in CI.
+    Bundles use this for their ``dataset_dir`` default, so the same config runs on a user's machine (put the data
+    in the bundle's ``data/`` folder, set ``MEDCNN_DATA_DIR`` to the folder holding one sub-folder per dataset, or
+    override ``dataset_dir`` on the command line), in this repository's tests and in CI. When neither folder exists
+    the error names both and the command-line override, instead of a later "file not found" deep in a dataset.
     """
-    root = os.environ.get("MEDCNN_DATA_DIR") or default_root
-    return str(Path(root).expanduser().resolve() / subdir)
+    candidates = []
+    env = os.environ.get("MEDCNN_DATA_DIR")
+    if env:
+        candidates.append(Path(env).expanduser().resolve() / subdir)
+    candidates.append(Path(bundle_root).expanduser().resolve() / "data")
+    for folder in candidates:
+        if folder.is_dir():
+            return str(folder)
+    looked = " nor ".join(str(c) for c in candidates)
+    hint = "" if env else " (MEDCNN_DATA_DIR is not set)"
+    raise DatalistError(
+        f"dataset {subdir!r}: neither {looked} exists{hint}; set MEDCNN_DATA_DIR to the folder holding {subdir}/, "
+        f"put the dataset in the bundle's data/ folder, or pass --dataset_dir /path/to/{subdir}"
+    )
 
 
 def _resolve(value, base: Path):
