@@ -1,7 +1,12 @@
 """Ignite handlers that medcnn bundles wire into MONAI workflows."""
 
 from medcnn.handlers.cam import CAMDiceHandler
-from medcnn.handlers.checkpoint import CheckpointLoader, CheckpointSaver
+from medcnn.handlers.checkpoint import (
+    CheckpointLoader,
+    CheckpointSaver,
+    TrainingCheckpoint,
+    TrainingCheckpointError,
+)
 from medcnn.handlers.classification import ClassificationReportHandler
 from medcnn.handlers.curves import TrainingCurvesHandler
 from medcnn.handlers.metrics_json import MetricsJSONWriter, write_metrics_json
@@ -28,6 +33,8 @@ __all__ = [
     "PixelConfusionMetric",
     "SegmentationFiguresHandler",
     "StackPredictionWriter",
+    "TrainingCheckpoint",
+    "TrainingCheckpointError",
     "TrainingCurvesHandler",
     "write_metrics_json",
 ]
