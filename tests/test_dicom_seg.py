@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import medcnn
-from medcnn.data.dicom import DicomSeriesError, load_dicom_series, read_dicom_series, read_dicom_seg, write_dicom_seg
+from medcnn.data.dicom import DicomSeriesError, load_dicom_series, read_dicom_seg, read_dicom_series, write_dicom_seg
 
 REPO = Path(__file__).resolve().parents[1]
 HIPPOCAMPUS_META = REPO / "bundles" / "hippocampus_segmentation" / "configs" / "metadata.json"
