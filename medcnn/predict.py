@@ -1,4 +1,4 @@
-"""``medcnn predict``: run a bundle's own inference on DICOM / NIfTI / TIFF / PNG inputs and write results on their grid.
+"""``medcnn predict``: run a bundle's own inference on DICOM / NIfTI / TIFF / PNG inputs, results on their grid.
 
 For each input the bundle's ``configs/inference.json`` pieces are used as they are: ``network_def`` with the
 committed ``models/model.pt``, ``preprocessing``, ``inferer`` and ``postprocessing`` (its ``Invertd`` brings the
@@ -368,6 +368,9 @@ class BundlePredictor:
         for key, arr in arrays.items():
             mt = MetaTensor(arr, meta=copy.deepcopy(image.meta), applied_operations=copy.deepcopy(
                 image.applied_operations)) if isinstance(image, MetaTensor) else arr
+            if not (isinstance(image, MetaTensor) and image.applied_operations):
+                out[key] = torch.as_tensor(arr)  # nothing spatial to undo
+                continue
             try:
                 arr = Invertd(keys="x", transform=self.preprocessing, orig_keys="image",
                               nearest_interp=key == "mask")({"x": mt, "image": image})["x"]
@@ -429,7 +432,11 @@ def _volumes(mask: np.ndarray, spacing: Sequence[float], names: dict[int, str]) 
 def _check_outputs(inputs: Sequence[Path], output: Path) -> None:
     out = output.resolve()
     for p in inputs:
-        folder = p.resolve() if p.is_dir() else p.resolve().parent
+        if not p.is_dir():
+            if out == p.resolve():
+                raise InvalidInputError(f"{p}: the output folder is the input file itself; choose another one")
+            continue
+        folder = p.resolve()  # a series / stack folder is never written into
         if out == folder or folder in out.parents:
             raise InvalidInputError(
                 f"{p}: the output folder {output} is {'the' if out == folder else 'inside the'} input folder "
