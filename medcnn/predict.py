@@ -186,20 +186,21 @@ class BundlePredictor:
     def from_bundle(
         cls,
         bundle_dir: str | os.PathLike,
-        backend: str = "torch",
+        backend: str | None = None,
         device: str | torch.device | None = None,
         weights: str | os.PathLike | None = None,
         overrides: dict | None = None,
     ) -> BundlePredictor:
-        """Load ``bundle_dir``'s inference config (+ ``configs/predict.json``), network and weights."""
+        """Load ``bundle_dir``'s inference config (+ ``configs/predict.json``), network and weights.
+
+        ``backend`` None: the bundle's ``backend`` id in ``inference.json`` when it has one, else ``torch``.
+        """
         from medcnn.transforms.stack import SelectSliced
 
         bundle_dir = Path(bundle_dir).expanduser().resolve()
         config = bundle_dir / "configs" / "inference.json"
         if not config.is_file():
             raise FileNotFoundError(f"bundle {bundle_dir}: configs/inference.json not found")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
         parser = ConfigParser()
         files = [str(config)] + [str(p) for p in [bundle_dir / "configs" / "predict.json"] if p.is_file()]
@@ -209,6 +210,9 @@ class BundlePredictor:
         parser["device"] = f"$torch.device('{dev}')"
         for k, v in (overrides or {}).items():
             parser[k] = v
+        backend = backend or (parser.get_parsed_content("backend") if parser.get("backend") else "torch")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         # the bundle's loader is replaced by medcnn's reader for the input's kind; its SaveImaged by predict's writers
         transforms = parser["preprocessing"]["transforms"]
         first = parser.get_parsed_content("preprocessing#transforms#0", instantiate=True)
@@ -529,7 +533,7 @@ def predict(
     bundle: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
     output: str | os.PathLike,
-    backend: str = "torch",
+    backend: str | None = None,
     device: str | None = None,
     report: bool = True,
     progress: bool = True,
@@ -587,7 +591,8 @@ def add_parser(parser) -> object:
     parser.add_argument("--input", "-i", required=True, nargs="+",
                         help="one or more inputs: DICOM series folder, .nii/.nii.gz, .tif/.tiff stack, .png")
     parser.add_argument("--output", "-o", required=True, help="output folder (results in <output>/<case>/)")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="how the network runs (default torch)")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="how the network runs (default: the bundle's 'backend' id, else torch)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime CPU threads (default: torch's)")
     parser.add_argument("--no-report", dest="no_report", action="store_true", help="skip the PDF report")

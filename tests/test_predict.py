@@ -226,3 +226,22 @@ def test_onnxruntime_backend_matches_eager_on_a_real_volume(hippocrop):
     a = torch_pred.predict_item(item)["mask"]
     b = ort_pred.predict_item(load_input(hippocrop / "PGBM-003"))["mask"]
     assert torch.equal(a, b)
+
+
+def test_inference_json_backend_onnxruntime_gives_the_eager_labels(data_dir, tmp_path):
+    """``--backend onnxruntime`` of the bundle's own inference.json (monai.bundle) writes the same label map."""
+    from bundle_helpers import run_workflow
+
+    ds = data_dir("msd_hippocampus")
+    split = json.loads((HIPPOCAMPUS / "configs" / "split.json").read_text())
+    image = str(ds / split["test"][0]["image"])
+    preds = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        wf = run_workflow("hippocampus_segmentation", ["inference.json"], "infer", dataset_dir=str(ds),
+                          output_dir=str(out), input_files=[image], backend=backend)
+        assert type(wf.parser.get_parsed_content("evaluator").network).__name__ == (
+            "OnnxRuntimeNetwork" if backend == "onnxruntime" else "UNet")
+        preds[backend] = np.asarray(nib.load(next((out / "predictions").glob("*_seg.nii.gz"))).dataobj)
+    assert preds["torch"].any()
+    np.testing.assert_array_equal(preds["onnxruntime"], preds["torch"])
