@@ -507,9 +507,11 @@ def write_case(predictor: BundlePredictor, item: PredictInput, pred: dict, outpu
                 probability = float(list(pred["result"]["class_probabilities"].values())[
                     int(predictor.cam_rule["class_idx"])])
             finding = ", ".join(names.values())
+            finding = finding if len(names) == 1 else f"segmented region ({finding})"
             show = [ref, mask, pred.get("cam")]
             if item.kind == "stack":  # (1, N, H, W) -> (1, H, W, N): the report pages through the last axis
-                show = [None if a is None else torch.as_tensor(a).permute(0, 2, 3, 1) for a in show]
+                # plain arrays: TIFF / PNG carry no spacing, so areas are in pixels (not the MetaTensor's 1 mm)
+                show = [None if a is None else np.asarray(torch.as_tensor(a).permute(0, 2, 3, 1)) for a in show]
             write_case_report(
                 tmp / outputs["report"], show[0], show[1], cam=show[2], case_id=case,
                 spacing=None if item.kind == "stack" else spacing,
