@@ -110,7 +110,7 @@ def load_input(path: str | os.PathLike) -> PredictInput:
         image = LoadDicomSeries()(str(path))
         return PredictInput(path, kind, image, str(image.meta.get("Modality", "")) or None, 1, case_id)
     if kind == "stack":
-        image = LoadImage(reader=TiffStackReader(), image_only=True, dtype=np.float32)(str(path))
+        image = LoadImage(reader=TiffStackReader(), image_only=True, dtype=None)(str(path))  # dtype kept, as LoadStackd
         return PredictInput(path, kind, image, None, 1, case_id)
     try:
         image = LoadImage(reader="NibabelReader", image_only=True)(str(path))
@@ -318,7 +318,20 @@ class BundlePredictor:
         return {"image": EnsureChannelFirst(channel_dim="no_channel")(image)}
 
     def _run(self, data: dict) -> dict:
-        d = self.preprocessing(data)
+        try:
+            d = self.preprocessing(data)
+        except (KeyError, RuntimeError) as exc:  # MONAI wraps a transform's error in RuntimeError("applying ...")
+            cause = exc
+            while isinstance(cause, RuntimeError) and cause.__cause__ is not None:
+                cause = cause.__cause__
+            if isinstance(cause, InvalidInputError):  # the bundle's own input checks: their message names the file
+                raise cause from None
+            if not isinstance(cause, KeyError):
+                raise
+            raise ValueError(
+                f"bundle {self.name}: its preprocessing reads the data key {cause}, but medcnn predict passes one "
+                "image as 'image'; the bundle needs a configs/predict.json that reads a single image"
+            ) from exc
         x = torch.as_tensor(d["image"]).float()[None].to(self.device)
         with torch.no_grad():
             out = self.inferer(x, self.model)

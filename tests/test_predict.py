@@ -61,9 +61,10 @@ def test_predict_dicom_series_writes_seg_nifti_report_and_summary(hippocrop, tmp
         np.testing.assert_array_equal(read_dicom_seg(seg_path, series)[0].numpy(), mask)
         seg = pydicom.dcmread(seg_path)
         assert [s.SegmentLabel for s in seg.SegmentSequence] == ["anterior hippocampus", "posterior hippocampus"]
-        assert seg.SeriesDescription == "hippocampus_segmentation 0.1.0"
+        version = json.loads((HIPPOCAMPUS / "configs" / "metadata.json").read_text())["version"]
+        assert seg.SeriesDescription == f"hippocampus_segmentation {version}"
         summary = json.loads((case / f"{series.name}_summary.json").read_text())
-        assert summary["model"]["bundle"] == "hippocampus_segmentation" and summary["model"]["version"] == "0.1.0"
+        assert summary["model"]["bundle"] == "hippocampus_segmentation" and summary["model"]["version"] == version
         assert summary["model"]["medcnn_version"] == medcnn.__version__
         for k, name in ((1, "anterior hippocampus"), (2, "posterior hippocampus")):
             assert summary["labels"][name]["voxels"] == int((mask == k).sum())
@@ -150,11 +151,14 @@ def _wrong_modality(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _nifti(shape):
+def _nifti(shape, nan: bool = False):
     def make(src: Path, dst: Path) -> Path:
         dst.mkdir()
         path = dst / "image.nii.gz"
-        nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=shape).astype(np.float32), np.eye(4)), path)
+        data = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+        if nan:
+            data[3, 4, 5] = np.nan
+        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
         return path
     return make
 
@@ -167,6 +171,7 @@ BAD_INPUTS = {
     "wrong modality": (_wrong_modality, "modality CT, but bundle hippocampus_segmentation takes MR"),
     "2D image for a 3D bundle": (_nifti((40, 48)), "bundle hippocampus_segmentation takes 3D volumes"),
     "two channels for a one-channel bundle": (_nifti((32, 40, 32, 2)), "2 channel(s)"),
+    "NaN voxel (the bundle's own check)": (_nifti((32, 40, 32), nan=True), "1 NaN or infinite value(s)"),
 }
 
 
@@ -245,3 +250,37 @@ def test_inference_json_backend_onnxruntime_gives_the_eager_labels(data_dir, tmp
         preds[backend] = np.asarray(nib.load(next((out / "predictions").glob("*_seg.nii.gz"))).dataobj)
     assert preds["torch"].any()
     np.testing.assert_array_equal(preds["onnxruntime"], preds["torch"])
+
+
+def test_predict_png_gives_the_bundle_probabilities_of_the_npz_arrays(data_dir, tmp_path):
+    """pneumonia_classification via configs/predict.json: a PNG of a test image gets the probabilities that the
+    bundle's own .npz pipeline gives the same image (8-bit scaling and resizing are not silently different)."""
+    from PIL import Image
+
+    from medcnn.predict import BundlePredictor
+
+    bundle = REPO / "bundles" / "pneumonia_classification"
+    images = np.load(data_dir("pneumoniamnist") / "pneumoniamnist.npz")["test_images"][:4]
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(tmp_path / f"xray{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    assert main(["predict", "--bundle", str(bundle), "--input", *map(str, paths), "--output", str(tmp_path / "out"),
+                 "--quiet", "--no-report"]) == 0
+    predictor = BundlePredictor.from_bundle(bundle, device="cpu")
+    with torch.no_grad():  # the bundle's own scaling (medcnn.data.medmnist: uint8 / 255) and network
+        x = torch.as_tensor(images[:, None].astype(np.float32) / 255.0)
+        x = torch.nn.functional.interpolate(x, size=(28, 28), mode="area")
+        reference = torch.softmax(predictor.network(x), 1)[:, 1]
+    positive_masks = []
+    for i, path in enumerate(paths):
+        summary = json.loads((tmp_path / "out" / path.stem / f"{path.stem}_summary.json").read_text())
+        assert summary["class_probabilities"]["pneumonia"] == pytest.approx(float(reference[i]), abs=1e-5)
+        mask = np.asarray(nib.load(tmp_path / "out" / path.stem / f"{path.stem}_seg.nii.gz").dataobj)
+        assert mask.shape in {(28, 28), (1, 28, 28)}  # the PNG's own grid
+        if summary["predicted_class"] == "pneumonia":
+            positive_masks.append(int(mask.sum()))
+        else:
+            assert not mask.any()
+    # Grad-CAM of this small network can vanish for a positive image (image 1 here), but not for all of them
+    assert len(positive_masks) == 3 and sum(m > 0 for m in positive_masks) >= 2
