@@ -69,8 +69,8 @@ def test_tiny_training_then_volume_evaluation(tmp_path, synthetic_cases):
 
 def check_case_report(pdf, case: str, metrics: dict) -> None:
     """The evaluation's PDF: case id, this case's Dice and the set's Dice as text; overlays on the native grid."""
-    pypdf = pytest.importorskip("pypdf")
-    pdfium = pytest.importorskip("pypdfium2")
+    import pypdf
+    import pypdfium2 as pdfium
     assert pdf.is_file(), sorted(p.name for p in pdf.parent.glob("*"))
     reader = pypdf.PdfReader(str(pdf))
     text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -31,3 +32,35 @@ def test_bad_datalists_name_the_file_and_entry(tmp_path):
     f.write_text(json.dumps([{"image": "a.nii.gz", "label": "b.nii.gz"}]))
     with pytest.raises(DatalistError, match="a.nii.gz does not exist"):
         load_datalist(f)
+
+
+def test_dataset_dir_default_prefers_medcnn_data_dir_then_the_bundle_data_folder(tmp_path, monkeypatch, caplog):
+    from medcnn.data.datalist import resolve_data_dir
+
+    bundle, shared = tmp_path / "bundle", tmp_path / "shared"
+    bundle.mkdir()
+    (shared / "em").mkdir(parents=True)
+    monkeypatch.setenv("MEDCNN_DATA_DIR", str(shared))
+    assert resolve_data_dir("em", bundle) == str(shared / "em")
+    assert not caplog.records
+    monkeypatch.setenv("MEDCNN_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert resolve_data_dir("em", bundle) == str(bundle / "data")
+    assert f"neither {tmp_path / 'elsewhere' / 'em'} nor {bundle / 'data'} exists" in caplog.text
+    assert "--dataset_dir" in caplog.text
+    (bundle / "data").mkdir()
+    monkeypatch.delenv("MEDCNN_DATA_DIR")
+    caplog.clear()
+    assert resolve_data_dir("em", bundle) == str(bundle / "data")
+    assert not caplog.records
+
+
+def test_bundle_without_its_dataset_names_the_folder_it_read(tmp_path, monkeypatch):
+    """A user running a bundle without its data gets an error naming the folder it looked in, not a stack of
+    missing-file errors from deep inside a dataset."""
+    from bundle_helpers import error_messages, run_workflow
+
+    monkeypatch.setenv("MEDCNN_DATA_DIR", str(tmp_path))
+    with pytest.raises(Exception) as info:
+        run_workflow("brats_tumour_segmentation", ["train.json"], "train", output_dir=str(tmp_path / "out"))
+    assert re.search(r"bundles/brats_tumour_segmentation/data/brats_2013_pat0005_1: BraTS case folder not found",
+                     error_messages(info.value))

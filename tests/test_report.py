@@ -6,15 +6,14 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pypdf
+import pypdfium2 as pdfium
 import pytest
 import torch
 from monai.data import MetaTensor
 
 from medcnn.report.pdf import write_case_report
 from medcnn.report.summary import case_facts, render_summary
-
-pypdf = pytest.importorskip("pypdf")
-pdfium = pytest.importorskip("pypdfium2")
 
 METRICS = {"auc": 0.9731, "accuracy": 0.9412, "sensitivity": 0.9, "specificity": 0.95, "cam_dice": 0.6123,
            "n_cases": 3, "confusion_matrix": [[50, 3], [4, 40]]}

@@ -31,6 +31,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medcnn.transforms.intensity import zscore_in_brain
 from medcnn.transforms.stack import SelectSlice
 
 __all__ = [
@@ -187,7 +188,8 @@ def _check_label(label: np.ndarray, path, ref_shape: tuple, ref_path) -> None:
 
 def normalise_in_brain(image: np.ndarray, brain: np.ndarray, case: str = "") -> np.ndarray:
     """Z-score each channel of ``image`` (C, H, W, D) over the voxels of ``brain`` (H, W, D) and set everything
-    outside the brain to 0 (the brain's mean).
+    outside the brain to 0 (the brain's mean): :func:`medcnn.transforms.intensity.zscore_in_brain` with errors
+    naming the BraTS case.
 
     DeepMedic's ``subtrMeanDivStd`` volumes are normalised over a different region per case (in-brain standard
     deviations of 1.27-1.75 in the shared cases) and their background is a per-case constant (-3.5 to -6.2):
@@ -195,16 +197,10 @@ def normalise_in_brain(image: np.ndarray, brain: np.ndarray, case: str = "") -> 
     tens, so no decision threshold transfers between cases. After this, tissue and background have the same
     values in every case.
     """
-    if not brain.any():
-        raise BratsDataError(f"BraTS case {case}: empty brain mask, cannot normalise inside the brain")
-    out = np.empty_like(image, dtype=np.float32)
-    for c in range(image.shape[0]):
-        values = image[c][brain]
-        std = float(values.std())
-        if std <= 0:
-            raise BratsDataError(f"BraTS case {case}: channel {c} is constant inside the brain")
-        out[c] = np.where(brain, (image[c] - float(values.mean())) / std, 0.0)
-    return out
+    try:
+        return zscore_in_brain(image, brain)
+    except ValueError as exc:
+        raise BratsDataError(f"BraTS case {case}: {exc}") from exc
 
 
 def extract_brats_slices(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,14 +15,31 @@ class DatalistError(ValueError):
     """A datalist file is missing, unreadable, or its entries lack required keys or files."""
 
 
-def resolve_data_dir(subdir: str, default_root: str | os.PathLike) -> str:
-    """Folder of one dataset: ``$MEDCNN_DATA_DIR/<subdir>`` when the variable is set, else ``<default_root>/<subdir>``.
+def resolve_data_dir(subdir: str, bundle_root: str | os.PathLike) -> str:
+    """Folder of one dataset: ``$MEDCNN_DATA_DIR/<subdir>`` when that exists, else ``<bundle_root>/data``.
 
-    Bundles use this for their ``dataset_dir`` default, so the same config runs on a user's machine (override
-    ``dataset_dir`` on the command line, or set ``MEDCNN_DATA_DIR``), in this repository's tests and in CI.
+    Bundles use this for their ``dataset_dir`` default, so the same config runs on a user's machine (put the data
+    in the bundle's ``data/`` folder, set ``MEDCNN_DATA_DIR`` to the folder holding one sub-folder per dataset, or
+    override ``dataset_dir`` on the command line), in this repository's tests and in CI. When neither folder
+    exists a warning names both places and the override, and the bundle's ``data/`` folder is returned: MONAI
+    resolves every ``@dataset_dir`` of a config expression eagerly, also where only ``--eval_datalist`` is read,
+    so raising here would stop users who evaluate their own cases without the bundle's dataset.
     """
-    root = os.environ.get("MEDCNN_DATA_DIR") or default_root
-    return str(Path(root).expanduser().resolve() / subdir)
+    candidates = []
+    env = os.environ.get("MEDCNN_DATA_DIR")
+    if env:
+        candidates.append(Path(env).expanduser().resolve() / subdir)
+    bundle_data = Path(bundle_root).expanduser().resolve() / "data"
+    candidates.append(bundle_data)
+    for folder in candidates:
+        if folder.is_dir():
+            return str(folder)
+    looked = " nor ".join(str(c) for c in candidates)
+    hint = "" if env else " (MEDCNN_DATA_DIR is not set)"
+    logging.getLogger(__name__).warning(
+        "dataset %r: neither %s exists%s; set MEDCNN_DATA_DIR to the folder holding %s/, put the dataset in the "
+        "bundle's data/ folder, or pass --dataset_dir /path/to/%s", subdir, looked, hint, subdir, subdir)
+    return str(bundle_data)
 
 
 def _resolve(value, base: Path):

@@ -1,6 +1,7 @@
 """Ignite handlers that medcnn bundles wire into MONAI workflows."""
 
 from medcnn.handlers.cam import CAMDiceHandler
+from medcnn.handlers.checkpoint import TrainingCheckpoint, TrainingCheckpointError
 from medcnn.handlers.classification import ClassificationReportHandler
 from medcnn.handlers.curves import TrainingCurvesHandler
 from medcnn.handlers.metrics_json import MetricsJSONWriter, write_metrics_json
@@ -15,6 +16,8 @@ __all__ = [
     "PixelConfusionMetric",
     "SegmentationFiguresHandler",
     "StackPredictionWriter",
+    "TrainingCheckpoint",
+    "TrainingCheckpointError",
     "TrainingCurvesHandler",
     "write_metrics_json",
 ]

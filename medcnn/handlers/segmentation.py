@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -15,7 +16,9 @@ from ignite.metrics import Metric
 from monai.data import MetaTensor
 from monai.handlers.utils import from_engine
 
+from medcnn.distributed import gather_lists, is_distributed
 from medcnn.handlers.metrics_json import write_metrics_json
+from medcnn.metrics.rand import SCORE_KEYS, best_rand_info, foreground_restricted_scores, rand_info_sweep
 from medcnn.metrics.segmentation import (
     ISBI_THRESHOLDS,
     adapted_rand_error_2d,
@@ -27,7 +30,9 @@ from medcnn.metrics.segmentation import (
 from medcnn.report.plots import plot_confusion_matrix, save_error_overlay
 
 __all__ = [
+    "InstanceRandInfoMetric",
     "MaxFPixelErrorMetric",
+    "ThinnedRandInfoMetric",
     "PixelConfusionMetric",
     "SegmentationFiguresHandler",
     "StackPredictionWriter",
@@ -91,11 +96,16 @@ class PixelConfusionMetric(Metric):
     def compute(self) -> dict:
         if self._n == 0:
             raise RuntimeError("PixelConfusionMetric needs at least one update before compute")
-        report = segmentation_report(self._cm, self.class_names)
+        cm, rand, n = self._cm, self._rand, self._n
+        if is_distributed():  # under torchrun each rank saw its share of the items: add them up
+            cm = idist.all_reduce(torch.as_tensor(cm)).cpu().numpy()
+            n = int(idist.all_reduce(n))
+            (rand,) = gather_lists(rand)
+        report = segmentation_report(cm, self.class_names)
         if self.boundary_class is not None:
-            valid = [r for r in self._rand if not math.isnan(r)]
+            valid = [r for r in rand if not math.isnan(r)]
             report["adapted_rand_error"] = float(np.mean(valid)) if valid else math.nan
-        report[self.count_name] = self._n
+        report[self.count_name] = n
         return report
 
 
@@ -140,6 +150,92 @@ class MaxFPixelErrorMetric(Metric):
             raise RuntimeError(f"{type(self).__name__} needs at least one update before compute")
         error, threshold = max_f_pixel_error(self._counts, self.thresholds)
         return {self.name: error, f"{self.name}_threshold": threshold}
+
+
+class ThinnedRandInfoMetric(Metric):
+    """The ISBI 2012 challenge's V_rand / V_info of one class's probability map (:mod:`medcnn.metrics.rand`).
+
+    Each update takes ``(prob, label)``: probabilities ``(C, H, W)`` before any argmax (e.g. a ``CopyItemsd``
+    copy after the softmax) and the reference as an index map ``(1, H, W)`` or one-hot ``(C, H, W)``; the scored
+    class is the cell interior (the challenge thresholds a cell-probability map). Every item is swept over
+    ``thresholds`` (proposal borders thinned, foreground-restricted); ``compute`` averages the items per threshold
+    and returns ``{prefix}v_rand``, ``{prefix}v_info``, each with its best ``_threshold`` and its ``_split`` /
+    ``_merge`` parts there. Only 2D items are accepted.
+    """
+
+    def __init__(
+        self,
+        scored_class: int,
+        prefix: str = "",
+        thresholds: Sequence[float] = ISBI_THRESHOLDS,
+        output_transform: Callable = from_engine(["prob", "label"]),
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.scored_class, self.prefix = int(scored_class), prefix
+        self.thresholds = tuple(float(t) for t in thresholds)
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._sweeps: list[np.ndarray] = []
+
+    def update(self, output) -> None:
+        probs, labels = output
+        for p, y in zip(probs, labels, strict=True):
+            p = p.detach().cpu() if isinstance(p, torch.Tensor) else torch.as_tensor(np.asarray(p))
+            if p.ndim != 3 or p.shape[0] <= self.scored_class:
+                want = f"(C > {self.scored_class}, H, W)"
+                raise ValueError(f"{self.prefix}v_rand: expected 2D class probabilities {want}, got {tuple(p.shape)}")
+            truth = as_class_map(y) == self.scored_class
+            self._sweeps.append(rand_info_sweep(p[self.scored_class].numpy(), truth, self.thresholds))
+
+    def compute(self) -> dict:
+        if not self._sweeps:
+            raise RuntimeError(f"{type(self).__name__} needs at least one update before compute")
+        best = best_rand_info(np.stack(self._sweeps), self.thresholds)
+        return {f"{self.prefix}{k}": v for k, v in best.items()}
+
+
+class InstanceRandInfoMetric(Metric):
+    """V_rand / V_info of cell instance labels (e.g. :class:`medcnn.transforms.MembraneToInstancesd` output).
+
+    Each update takes ``(instances, label)``: instance labels ``(1, H, W)`` (0 = boundary, scored as singletons)
+    and the reference as an index map ``(1, H, W)`` or one-hot ``(C, H, W)`` whose ``cell_class`` pixels form
+    the reference cells (4-connected components). No threshold and no thinning: the labels are the
+    segmentation. ``compute`` returns the mean over items of :data:`medcnn.metrics.rand.SCORE_KEYS`, prefixed.
+    """
+
+    def __init__(
+        self,
+        cell_class: int,
+        prefix: str = "instance_",
+        output_transform: Callable = from_engine(["instances", "label"]),
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.cell_class, self.prefix = int(cell_class), prefix
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._scores: list[dict] = []
+
+    def update(self, output) -> None:
+        from skimage.measure import label
+
+        instances, labels = output
+        for inst, y in zip(instances, labels, strict=True):
+            inst = inst.detach().cpu().numpy() if isinstance(inst, torch.Tensor) else np.asarray(inst)
+            if inst.ndim != 3 or inst.shape[0] != 1:
+                raise ValueError(f"{self.prefix}v_rand: expected instance labels (1, H, W), got {inst.shape}")
+            truth = label(as_class_map(y) == self.cell_class, connectivity=1)
+            self._scores.append(foreground_restricted_scores(truth, inst[0].astype(np.int64)))
+
+    def compute(self) -> dict:
+        if not self._scores:
+            raise RuntimeError(f"{type(self).__name__} needs at least one update before compute")
+        out = {}
+        for k in SCORE_KEYS:
+            vals = [s[k] for s in self._scores if not math.isnan(s[k])]
+            out[f"{self.prefix}{k}"] = float(np.mean(vals)) if vals else math.nan
+        return out
 
 
 def _item_name(img, index: int) -> str:
@@ -225,7 +321,8 @@ class StackPredictionWriter:
     ``(C, H, W)`` one-hot/probabilities) as a MetaTensor with ``filename_or_obj`` and ``slice_index`` metadata.
     At completion ``<output_dir>/<stem><suffix>`` is written with the slices in index order; ``value_map``
     maps class indices to the stored values (e.g. ``{1: 0, 0: 255}`` for the ISBI convention membrane = 0).
-    Existing files are replaced only with ``overwrite``.
+    ``dtype`` is the stored integer type (``"uint16"`` / ``"uint32"`` for instance label images with more than 255
+    cells; a label that does not fit raises). Existing files are replaced only with ``overwrite``.
     """
 
     def __init__(
@@ -235,8 +332,12 @@ class StackPredictionWriter:
         suffix: str = "_pred.tif",
         value_map: dict[int, int] | None = None,
         overwrite: bool = True,
+        dtype: str = "uint8",
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "u":
+            raise ValueError(f"dtype must be an unsigned integer type, got {dtype}")
         self.pred_key = pred_key
         self.suffix = suffix
         self.value_map = {int(k): int(v) for k, v in (value_map or {}).items()}
@@ -260,7 +361,11 @@ class StackPredictionWriter:
             source = str(meta.get("filename_or_obj", "prediction"))
             index = int(meta.get("slice_index", len(self.stacks.get(source, {}))))
             classes = as_class_map(pred)
-            out = classes.astype(np.uint8)
+            if classes.size and classes.max() > np.iinfo(self.dtype).max:
+                raise ValueError(
+                    f"{source}: label {int(classes.max())} does not fit the writer's {self.dtype} (use dtype='uint32')"
+                )
+            out = classes.astype(self.dtype)
             for k, v in self.value_map.items():
                 out[classes == k] = v
             self.stacks.setdefault(source, {})[index] = out

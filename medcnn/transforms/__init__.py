@@ -1,6 +1,7 @@
 """medcnn transforms: plain MONAI transforms (array + dictionary versions)."""
 
 from medcnn.transforms.coco import CocoAnnotationError, CocoToMask, CocoToMaskd
+from medcnn.transforms.instances import MembraneToInstances, MembraneToInstancesd, membrane_to_instances
 from medcnn.transforms.intensity import BrainZScore, BrainZScored
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
 from medcnn.transforms.stack import SelectSlice, SelectSliced
@@ -22,6 +23,9 @@ __all__ = [
     "InvalidInputError",
     "LoadImageChecked",
     "LoadImageCheckedd",
+    "MembraneToInstances",
+    "MembraneToInstancesd",
+    "membrane_to_instances",
     "SelectSlice",
     "SelectSliced",
 ]
