@@ -163,7 +163,13 @@ def _nifti(shape, nan: bool = False):
     return make
 
 
+def _single_file(src: Path, dst: Path) -> Path:
+    shutil.copytree(src / "PGBM-002", dst)
+    return next(dst.iterdir())
+
+
 BAD_INPUTS = {
+    "one DICOM file instead of the series folder": (_single_file, "a single DICOM file; pass the folder"),
     "several series": (_mixed_series, "holds 2 series"),
     "missing slice": (_missing_slice, "missing slice"),
     "SEG object in the series": (_with_object("SEG"), "zz_seg.dcm: a SEG object"),
