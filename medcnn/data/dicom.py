@@ -154,7 +154,8 @@ def read_dicom_series(
             raise DicomSeriesError(f"DICOM series folder {folder}: no slice of series {series_uid} (found {uids})")
     elif len(uids) > 1:
         raise DicomSeriesError(
-            f"DICOM series folder {folder}: holds {len(uids)} series {uids}; split them or pass series_uid"
+            f"DICOM series folder {folder}: holds {len(uids)} series {uids}; move each series to a folder of its own "
+            "(or pass series_uid to read one)"
         )
 
     ds0, f0 = items[0]
