@@ -18,6 +18,7 @@ from medcnn import __version__
 COMMANDS: dict[str, str] = {
     "convert": "medcnn.convert:add_parser",
     "report": "medcnn.report.pdf:add_parser",
+    "predict": "medcnn.predict:add_parser",
 }
 
 
