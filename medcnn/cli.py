@@ -19,6 +19,7 @@ from medcnn.errors import user_error
 COMMANDS: dict[str, str] = {
     "convert": "medcnn.convert:add_parser",
     "report": "medcnn.report.pdf:add_parser",
+    "predict": "medcnn.predict:add_parser",
 }
 
 
