@@ -59,8 +59,9 @@ def test_metadata_verifies_against_the_shipped_schema(tmp_path):
 @pytest.mark.slow
 def test_tiny_training_then_evaluation(tmp_path, data_dir):
     ds = str(data_dir(DATASET))
-    out, ckpt = tmp_path / "out", tmp_path / "models"
-    common = {"dataset_dir": ds, "output_dir": str(out), "ckpt_dir": str(ckpt)}
+    out = tmp_path / "out"
+    ckpt = out / "models"  # the default ckpt_dir: training writes under output_dir, never models/ of the bundle
+    common = {"dataset_dir": ds, "output_dir": str(out), "ckpt_path": str(ckpt / "model.pt")}
     run_workflow(
         NAME,
         ["train.json"],

@@ -11,7 +11,7 @@ from medcnn.data.brats import (
     split_slices_by_block,
 )
 from medcnn.data.coco import CocoFormatError, coco_categories, load_coco_datalist, masks_to_coco
-from medcnn.data.datalist import load_datalist, resolve_data_dir
+from medcnn.data.datalist import common_parent, load_datalist, resolve_data_dir
 from medcnn.data.dicom import (
     DicomSeriesError,
     DicomSeriesReader,
@@ -32,7 +32,7 @@ from medcnn.data.synthetic import (
 )
 from medcnn.data.tiff import StackReadError, TiffStackReader, expand_stack_datalist, read_stack, write_tiff_stack
 
-__all__ = ["load_datalist", "resolve_data_dir"]
+__all__ = ["common_parent", "load_datalist", "resolve_data_dir"]
 __all__ += [
     "BRATS_FILE_NAMES", "BRATS_KEYS", "BratsDataError", "brats_case_datalist", "brats_hemispheres", "brats_slices",
     "load_brats_case", "split_slices_by_block",

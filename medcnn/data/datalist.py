@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["load_datalist", "read_datalist_json", "resolve_data_dir", "DatalistError"]
+__all__ = ["load_datalist", "read_datalist_json", "resolve_data_dir", "DatalistError", "common_parent"]
 
 
 class DatalistError(ValueError):
@@ -103,3 +103,20 @@ def load_datalist(
                         raise DatalistError(f"datalist {path}: entry {i} key '{k}': file {f} does not exist")
         out.append(item)
     return out
+
+
+def common_parent(items: Sequence, key: str = "image") -> str:
+    """The deepest folder holding every input file (``items``: paths, or datalist dicts read at ``key``).
+
+    Given to ``SaveImaged(data_root_dir=...)``, outputs keep the inputs' sub-folders below it: inputs from one folder
+    are written side by side as before, while ``a/case.nii.gz`` and ``b/case.nii.gz`` become ``a/case_seg.nii.gz``
+    and ``b/case_seg.nii.gz`` instead of one file overwriting the other. ``""`` for no items.
+    """
+    paths = []
+    for item in items:
+        value = item.get(key) if isinstance(item, dict) else item
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if isinstance(value, (str, os.PathLike)):
+            paths.append(os.path.dirname(os.path.abspath(os.path.expanduser(str(value)))))
+    return os.path.commonpath(paths) if paths else ""

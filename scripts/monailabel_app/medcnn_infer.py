@@ -91,9 +91,9 @@ def make_infer_task(path: str, conf: dict) -> BundleInferTask:
     """The infer task for the bundle folder ``path``: CAM task for classifiers, segmentation task otherwise."""
     cls = MedcnnCAMGridTask if is_classifier(bundle_metadata(path)) else MedcnnSegmentationTask
     model_file = override_settings(path).get("model_file", "model.pt")
-    task = cls(path, conf, const=_WeightsFile(model_file))
-    if task.is_valid():
-        task._config["model_filename"] = [model_file]  # only the weights that match this network
+    task = cls(path, conf, const=_WeightsFile(model_file))  # the bundle's own weights file, never a client's
+    if task.is_valid():  # BundleInferTask offers every models/*.pt to the client as "model_filename": withdraw it
+        task._config.pop("model_filename", None)
     device = conf.get("device", "auto")
     if task.is_valid() and device and device != "auto":
         task._config["device"] = [device]
@@ -129,6 +129,34 @@ def override_files(bundle_path: str) -> list[str]:
     own = os.path.join(bundle_path, "configs", "monailabel.json")
     app = os.path.join(APP_DIR, "overrides", f"{os.path.basename(os.path.normpath(bundle_path))}.json")
     return [f for f in (own, app) if os.path.isfile(f)][:1]
+
+
+class _CommittedWeightsMixin:
+    """Loads only the bundle's own weights file, with ``torch.load(..., weights_only=True)``.
+
+    MONAI Label's ``_get_network`` calls ``torch.load`` without ``weights_only`` (safe only through torch's current
+    default) and, when the ``model_filename`` config is set, loads a weights file named by the client's request. Here
+    the file is always the bundle's ``models/<model_file>`` and is read by :func:`medcnn.networks.load_weights`
+    (tensors only; a missing, empty or truncated file is an error naming it). TorchScript bundles keep MONAI Label's
+    loader, without the request's data, so no client-chosen file either.
+    """
+
+    def _get_network(self, device, data):
+        from medcnn.networks import load_weights
+
+        path = self.get_path()
+        if not path or self.network is None:
+            return super()._get_network(device, None)
+        mtime = os.stat(path).st_mtime
+        cached = self._networks.get(device)
+        if cached and cached[1] == mtime:
+            return cached[0]
+        network = copy.deepcopy(self.network).to(torch.device(device))
+        state = load_weights(path, map_location=torch.device(device), key=self.model_state_dict)
+        network.load_state_dict(state, strict=self.load_strict)
+        network.train() if self.train_mode else network.eval()
+        self._networks[device] = (network, mtime)
+        return network
 
 
 class _BundleAdapterMixin:
@@ -265,7 +293,7 @@ class _NiftiGridMixin:
         return out, result_json
 
 
-class MedcnnSegmentationTask(_NiftiGridMixin, _BundleAdapterMixin, BundleInferTask):
+class MedcnnSegmentationTask(_NiftiGridMixin, _CommittedWeightsMixin, _BundleAdapterMixin, BundleInferTask):
     """A medcnn segmentation bundle as a MONAI Label segmentation model."""
 
     def __init__(self, path: str, conf: dict, const: BundleConstants | None = None):
@@ -307,7 +335,7 @@ def _cam_rule(path: str, bundle_config) -> dict:
     return rule
 
 
-class MedcnnCAMTask(_BundleAdapterMixin, BundleInferTask):
+class MedcnnCAMTask(_CommittedWeightsMixin, _BundleAdapterMixin, BundleInferTask):
     """A medcnn classifier bundle served as the thresholded Grad-CAM region of its positive class."""
 
     def __init__(self, path: str, conf: dict, const: BundleConstants | None = None):
