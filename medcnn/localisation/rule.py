@@ -96,6 +96,28 @@ class CAMRule:
             kw["threshold"] = 0.5
         return cls(**kw)
 
+    @classmethod
+    def from_json(cls, path: str | Any, **overrides: Any) -> CAMRule:
+        """A rule from a JSON file (a calibration result, ``models/cam_rule.json`` or a bundle's results JSON).
+
+        Raises:
+            FileNotFoundError / ValueError: naming the file when it is missing or holds no valid rule.
+        """
+        import json
+        import os
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"CAM rule file {path}: no such file")
+        with open(path) as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"CAM rule file {path}: not valid JSON ({e})") from None
+        try:
+            return cls.from_dict(d, **overrides)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"CAM rule file {path}: {e}") from None
+
     def to_dict(self) -> dict[str, Any]:
         """The rule as a plain JSON-serialisable dict."""
         return dataclasses.asdict(self)
