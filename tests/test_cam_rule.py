@@ -29,7 +29,8 @@ def test_rule_validates_fields_and_names_them():
 
 def test_rule_from_results_json_and_calibration_dicts():
     results = {"cam_method": "scorecam", "cam_layer": "blocks.1", "cam_threshold": 0.4,
-               "cam_threshold_mode": "fraction", "cam_largest_component": True, "accuracy": 1.0}
+               "cam_threshold_mode": "fraction", "cam_largest_component": True, "accuracy": 1.0,
+               "threshold": 0.5}  # a results JSON's "threshold" is the classifier's, not the CAM's
     rule = CAMRule.from_dict(results)
     assert rule == CAMRule("scorecam", "blocks.1", 1, 0.4, "fraction", True, 0.5)
     otsu = CAMRule.from_dict({"method": "gradcam", "threshold": None, "mode": "otsu", "table": []})

@@ -80,17 +80,18 @@ class CAMRule:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | CAMRule | None = None, **overrides: Any) -> CAMRule:
-        """A rule from a calibration / ``cam`` config / results dict (unknown keys ignored), then ``overrides``."""
+        """A rule from a calibration / ``cam`` config / results dict (unknown keys ignored), then ``overrides``.
+
+        A dict with ``cam_*`` keys is a results JSON: only those are read (its ``threshold`` is the classifier's).
+        """
         if isinstance(d, CAMRule):
             return dataclasses.replace(d, **overrides) if overrides else d
         fields = {f.name for f in dataclasses.fields(cls)}
-        kw: dict[str, Any] = {}
-        for k, v in dict(d or {}).items():
-            if k in RESULT_KEYS:
-                kw[RESULT_KEYS[k]] = v
-        for k, v in dict(d or {}).items():  # the rule's own names win over results-JSON names
-            if k in fields:
-                kw[k] = v
+        d = dict(d or {})
+        if any(k in RESULT_KEYS for k in d):  # a results JSON: its plain keys (e.g. "threshold") mean other things
+            kw = {RESULT_KEYS[k]: v for k, v in d.items() if k in RESULT_KEYS}
+        else:
+            kw = {k: v for k, v in d.items() if k in fields}
         kw.update(overrides)
         if kw.get("threshold") is None:  # calibrate_cam gives threshold None for Otsu
             kw["threshold"] = 0.5

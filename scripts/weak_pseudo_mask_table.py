@@ -1,0 +1,91 @@
+"""Pseudo-mask quality of the synthetic bundle's weak -> dense path: choose the refinement on validation images,
+then report the Dice of the pseudo-masks of the training images against their true masks (read here only, for
+this table; the pipeline never reads them), before and after each refinement step, with the throughput.
+
+    OMP_NUM_THREADS=1 python scripts/weak_pseudo_mask_table.py --dims 2 \
+        --out bundles/synthetic_localisation/docs/weak_pseudo_masks_2d.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+
+from medcnn.weak import compute_pseudo_masks, load_classifier, pseudo_mask_quality, select_refinement
+
+ROOT = Path(__file__).resolve().parents[1] / "bundles" / "synthetic_localisation"
+
+#: candidate refinements tried on validation images (the ignore band does not change a mask: it is scored by the
+#: accuracy of the pixels it keeps, and its width is fixed in the bundle config)
+CRF_CANDIDATES = {
+    "raw CAM": [],
+    "crf s3 i0.5 w3": [{"name": "dense_crf", "spatial_sigma": 3.0, "intensity_sigma": 0.5, "appearance_weight": 3.0}],
+    "crf s5 i0.5 w3": [{"name": "dense_crf", "spatial_sigma": 5.0, "intensity_sigma": 0.5, "appearance_weight": 3.0}],
+    "crf s5 i1 w3": [{"name": "dense_crf", "spatial_sigma": 5.0, "intensity_sigma": 1.0, "appearance_weight": 3.0}],
+    "crf s8 i0.5 w5": [{"name": "dense_crf", "spatial_sigma": 8.0, "intensity_sigma": 0.5, "appearance_weight": 5.0}],
+    "crf s5 i0.5 w3 c0.6": [{"name": "dense_crf", "spatial_sigma": 5.0, "intensity_sigma": 0.5,
+                             "appearance_weight": 3.0, "confidence": 0.6}],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dims", type=int, choices=(2, 3), default=2)
+    ap.add_argument("--out", required=True, help="JSON file of the table (a .md table is written next to it)")
+    ap.add_argument("--select", action="store_true", help="also score the CRF candidates on validation images")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(1)
+    files = [str(ROOT / "configs" / "train.json")] + ([str(ROOT / "configs" / "3d.json")] if args.dims == 3 else [])
+    files.append(str(ROOT / "configs" / "weak_pseudo_masks.json"))
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser["bundle_root"] = str(ROOT)
+    parser["device"] = "$torch.device('cpu')"
+    net = load_classifier(parser.get_parsed_content("network_def"), parser.get_parsed_content("classifier_path"))
+    rule = parser.get_parsed_content("cam_rule")
+    chain = parser.get_parsed_content("refinement")
+    result: dict = {"dims": args.dims, "rule": rule.to_dict(), "refinement": chain,
+                    "load_average": os.getloadavg(), "threads": torch.get_num_threads()}
+    if args.select:
+        val = parser.get_parsed_content("validate#dataset#data")
+        result["validation"] = select_refinement(net, val, rule, {**CRF_CANDIDATES, "bundle config": chain})
+    train = parser.get_parsed_content("pseudo_mask_items")
+    stages = {"raw CAM": []}
+    for i in range(len(chain)):
+        stages[" + ".join(s["name"] for s in chain[: i + 1])] = chain[: i + 1]
+    rows = []
+    for name, steps in stages.items():
+        t0 = time.perf_counter()
+        records = list(compute_pseudo_masks(net, train, rule, steps))
+        seconds = time.perf_counter() - t0
+        row = {"stage": name, **pseudo_mask_quality(records, [d["mask"] for d in train]),
+               "images": len(records), "seconds": round(seconds, 2),
+               "images_per_second": round(len(records) / seconds, 2)}
+        rows.append(row)
+        logging.info("%s: training pseudo-mask Dice %.4f, kept-pixel accuracy %.4f, ignored %.1f%%, %.1f images/s",
+                     name, row["dice"], row["kept_accuracy"], 100 * row["ignored_fraction"], row["images_per_second"])
+    result["training"] = rows
+    result["load_average_end"] = os.getloadavg()
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    md = ["| pseudo-masks (training images) | Dice | accuracy of the used pixels | ignored pixels | images/s |",
+          "|---|---|---|---|---|"]
+    md += [f"| {r['stage']} | {r['dice']:.4f} | {r['kept_accuracy']:.4f} | {100 * r['ignored_fraction']:.1f}% | "
+           f"{r['images_per_second']:.1f} |" for r in rows]
+    if "validation" in result:
+        md += ["", "| refinement (validation images) | Dice | accuracy of the used pixels | ignored pixels |",
+               "|---|---|---|---|"]
+        md += [f"| {r['name']} | {r['dice']:.4f} | {r['kept_accuracy']:.4f} | {100 * r['ignored_fraction']:.1f}% |"
+               for r in result["validation"]["table"]]
+    Path(args.out).with_suffix(".md").write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()
