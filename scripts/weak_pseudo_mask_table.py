@@ -22,16 +22,22 @@ from medcnn.weak import compute_pseudo_masks, load_classifier, pseudo_mask_quali
 
 ROOT = Path(__file__).resolve().parents[1] / "bundles" / "synthetic_localisation"
 
-#: candidate refinements tried on validation images (the ignore band does not change a mask: it is scored by the
-#: accuracy of the pixels it keeps, and its width is fixed in the bundle config)
+def _crf(spatial: float, intensity: float, weight: float, image_sigma: float = 0.0) -> list[dict]:
+    return [{"name": "dense_crf", "spatial_sigma": spatial, "intensity_sigma": intensity,
+             "appearance_weight": weight, "image_sigma": image_sigma}]
+
+
+#: CRF candidates tried on validation images, per dimensionality. The ignore band does not change a mask: it is
+#: scored by the accuracy of the pixels it keeps, and its width is fixed in the bundle config. A 3D pixel has many
+#: more neighbours within a kernel, so 3D needs narrower / weaker kernels for the same smoothing.
 CRF_CANDIDATES = {
-    "raw CAM": [],
-    "crf s3 i0.5 w3": [{"name": "dense_crf", "spatial_sigma": 3.0, "intensity_sigma": 0.5, "appearance_weight": 3.0}],
-    "crf s5 i0.5 w3": [{"name": "dense_crf", "spatial_sigma": 5.0, "intensity_sigma": 0.5, "appearance_weight": 3.0}],
-    "crf s5 i1 w3": [{"name": "dense_crf", "spatial_sigma": 5.0, "intensity_sigma": 1.0, "appearance_weight": 3.0}],
-    "crf s8 i0.5 w5": [{"name": "dense_crf", "spatial_sigma": 8.0, "intensity_sigma": 0.5, "appearance_weight": 5.0}],
-    "crf s5 i0.5 w3 c0.6": [{"name": "dense_crf", "spatial_sigma": 5.0, "intensity_sigma": 0.5,
-                             "appearance_weight": 3.0, "confidence": 0.6}],
+    2: {"raw CAM": [], "crf s3 i0.5 w3": _crf(3, 0.5, 3), "crf s5 i0.5 w3": _crf(5, 0.5, 3),
+        "crf s5 i1 w3": _crf(5, 1, 3), "crf s8 i0.5 w5": _crf(8, 0.5, 5),
+        "crf s5 i0.5 w3 c0.6": [{**_crf(5, 0.5, 3)[0], "confidence": 0.6}]},
+    3: {"raw CAM": [], "crf s1 i0.5 w1": _crf(1, 0.5, 1), "crf s1.5 i0.5 w1": _crf(1.5, 0.5, 1),
+        "crf s2 i0.5 w1": _crf(2, 0.5, 1), "crf s1.5 i0.5 w2": _crf(1.5, 0.5, 2),
+        "crf s1.5 i0.5 w3": _crf(1.5, 0.5, 3), "crf s2 i0.5 w2": _crf(2, 0.5, 2),
+        "crf s2 i0.5 w1 smooth1": _crf(2, 0.5, 1, 1.0), "crf s3 i0.5 w3": _crf(3, 0.5, 3)},
 }
 
 
@@ -40,6 +46,7 @@ def main() -> None:
     ap.add_argument("--dims", type=int, choices=(2, 3), default=2)
     ap.add_argument("--out", required=True, help="JSON file of the table (a .md table is written next to it)")
     ap.add_argument("--select", action="store_true", help="also score the CRF candidates on validation images")
+    ap.add_argument("--select_only", action="store_true", help="only score the candidates (no training table)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
@@ -56,7 +63,10 @@ def main() -> None:
                     "load_average": os.getloadavg(), "threads": torch.get_num_threads()}
     if args.select:
         val = parser.get_parsed_content("validate#dataset#data")
-        result["validation"] = select_refinement(net, val, rule, {**CRF_CANDIDATES, "bundle config": chain})
+        result["validation"] = select_refinement(net, val, rule, {**CRF_CANDIDATES[args.dims], "bundle config": chain})
+    if args.select_only:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        return
     train = parser.get_parsed_content("pseudo_mask_items")
     stages = {"raw CAM": []}
     for i in range(len(chain)):
