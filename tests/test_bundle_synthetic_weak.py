@@ -86,3 +86,18 @@ def test_no_pixel_label_is_read_through_the_bundle(weak_run, tmp_path):
         a = nib.load(out / "pseudo_masks_2d" / e["label"]).get_fdata()
         b = nib.load(tmp_path / "pseudo_masks_2d" / e["label"]).get_fdata()
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dims, override, target", [(2, [], 0.93), (3, ["3d.json"], 0.90)])
+def test_committed_segmenter_reproduces_model_card(tmp_path, dims, override, target):
+    """The committed segmenter on the default test seed gives the model card's Dice (and the issue's target)."""
+    card_file = ROOT / "docs" / f"weak_results_{dims}d.json"
+    if not card_file.is_file():
+        pytest.fail(f"{card_file} is missing: the {dims}D segmenter has no model card figure")
+    card = json.loads(card_file.read_text())
+    files = ["train.json", *override, "weak_train_segmenter.json", "weak_evaluate_segmenter.json"]
+    run_workflow(NAME, files, "eval", output_dir=str(tmp_path), num_threads=1)
+    m = read_metrics(tmp_path)
+    assert m["dice"] == pytest.approx(card["dice"], abs=0.01) and m["n_images"] == card["n_images"]
+    assert m["dice"] >= target
