@@ -1,9 +1,11 @@
-"""Pseudo-mask quality of the synthetic bundle's weak -> dense path: choose the refinement on validation images,
-then report the Dice of the pseudo-masks of the training images against their true masks (read here only, for
-this table; the pipeline never reads them), before and after each refinement step, with the throughput.
+"""Pseudo-mask quality of a bundle's weak -> dense path: choose the refinement on validation images, then report
+the Dice of the pseudo-masks of the training images against their true masks (read here only, for this table;
+the pipeline never reads them), before and after each refinement step, with the throughput.
 
-    OMP_NUM_THREADS=1 python scripts/weak_pseudo_mask_table.py --dims 2 \
+    OMP_NUM_THREADS=1 python scripts/weak_pseudo_mask_table.py --dims 2 --select \
         --out bundles/synthetic_localisation/docs/weak_pseudo_masks_2d.json
+    OMP_NUM_THREADS=1 MEDCNN_DATA_DIR=... python scripts/weak_pseudo_mask_table.py --bundle brats_tumour_localisation \
+        --select --out bundles/brats_tumour_localisation/docs/weak_pseudo_masks.json
 """
 
 from __future__ import annotations
@@ -17,10 +19,18 @@ from pathlib import Path
 
 import torch
 from monai.bundle import ConfigParser
+from monai.transforms import Compose
 
 from medcnn.weak import compute_pseudo_masks, load_classifier, pseudo_mask_quality, select_refinement
 
-ROOT = Path(__file__).resolve().parents[1] / "bundles" / "synthetic_localisation"
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+#: per bundle: the config id of the validation items and of the transform that brings items (image + mask) to the
+#: classifier's grid (None: items are already on it)
+BUNDLE_ITEMS = {
+    "synthetic_localisation": ("validate#dataset#data", None),
+    "brats_tumour_localisation": (
+        "$medcnn.data.split_slices_by_block(@train_pool, **@validation_blocks, validation=True)", "slice_transforms"),
+}
 
 def _crf(spatial: float, intensity: float, weight: float, image_sigma: float = 0.0) -> list[dict]:
     return [{"name": "dense_crf", "spatial_sigma": spatial, "intensity_sigma": intensity,
@@ -43,6 +53,7 @@ CRF_CANDIDATES = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", choices=sorted(BUNDLE_ITEMS), default="synthetic_localisation")
     ap.add_argument("--dims", type=int, choices=(2, 3), default=2)
     ap.add_argument("--out", required=True, help="JSON file of the table (a .md table is written next to it)")
     ap.add_argument("--select", action="store_true", help="also score the CRF candidates on validation images")
@@ -50,11 +61,15 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
-    files = [str(ROOT / "configs" / "train.json")] + ([str(ROOT / "configs" / "3d.json")] if args.dims == 3 else [])
-    files.append(str(ROOT / "configs" / "weak_pseudo_masks.json"))
+    root = BUNDLES / args.bundle
+    files = [str(root / "configs" / "train.json")] + ([str(root / "configs" / "3d.json")] if args.dims == 3 else [])
+    files.append(str(root / "configs" / "weak_pseudo_masks.json"))
     parser = ConfigParser()
     parser.read_config(files)
-    parser["bundle_root"] = str(ROOT)
+    parser["bundle_root"] = str(root)
+    val_id, transform_id = BUNDLE_ITEMS[args.bundle]
+    parser["weak_table_val_items"] = val_id if val_id.startswith("$") else f"@{val_id}"
+    to_grid = Compose(parser.get_parsed_content(transform_id)) if transform_id else (lambda d: d)
     parser["device"] = "$torch.device('cpu')"
     net = load_classifier(parser.get_parsed_content("network_def"), parser.get_parsed_content("classifier_path"))
     rule = parser.get_parsed_content("cam_rule")
@@ -62,12 +77,12 @@ def main() -> None:
     result: dict = {"dims": args.dims, "rule": rule.to_dict(), "refinement": chain,
                     "load_average": os.getloadavg(), "threads": torch.get_num_threads()}
     if args.select:
-        val = parser.get_parsed_content("validate#dataset#data")
+        val = [to_grid(d) for d in parser.get_parsed_content("weak_table_val_items")]
         result["validation"] = select_refinement(net, val, rule, {**CRF_CANDIDATES[args.dims], "bundle config": chain})
     if args.select_only:
         Path(args.out).write_text(json.dumps(result, indent=2))
         return
-    train = parser.get_parsed_content("pseudo_mask_items")
+    train = [to_grid(d) for d in parser.get_parsed_content("pseudo_mask_items")]
     stages = {"raw CAM": []}
     for i in range(len(chain)):
         stages[" + ".join(s["name"] for s in chain[: i + 1])] = chain[: i + 1]
