@@ -303,14 +303,10 @@ class MedcnnSegmentationTask(_NiftiGridMixin, _CommittedWeightsMixin, _BundleAda
             self._adapt_info()
 
 
-# keys of a bundle's results JSON (``cam_method``, ``cam_layer``, ...) -> keys of the CAM rule
-RESULT_KEYS = {"cam_method": "method", "cam_layer": "target_layer", "cam_target_layer": "target_layer",
-               "cam_threshold": "threshold", "cam_threshold_mode": "mode", "cam_mode": "mode",
-               "cam_largest_component": "largest_component", "cam_class_idx": "class_idx"}
-
-
 def _cam_rule(path: str, bundle_config) -> dict:
-    """CAM settings of the bundle (see the module docstring for where they come from)."""
+    """CAM settings of the bundle (see the module docstring for where they come from); checked by ``CAMRule``."""
+    from medcnn.localisation.rule import RESULT_KEYS, CAMRule
+
     rule = {"method": "gradcam", "target_layer": None, "threshold": 0.5, "mode": "fraction",
             "largest_component": False, "class_idx": 1, "decision_threshold": None}
     cam = bundle_config.get("cam")
@@ -332,6 +328,7 @@ def _cam_rule(path: str, bundle_config) -> dict:
             rule.update({RESULT_KEYS[k]: v for k, v in found.items() if k in RESULT_KEYS})
             rule["source"] = os.path.relpath(f, path)
             break
+    rule.update(CAMRule.from_dict(rule).to_dict())  # a bad rule fails when the app starts, naming the field
     return rule
 
 
@@ -355,7 +352,8 @@ class MedcnnCAMTask(_CommittedWeightsMixin, _BundleAdapterMixin, BundleInferTask
                             f"'{self.positive_name}'; class probabilities in the result JSON]")
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
-        from medcnn.localisation import cam_to_mask, localise
+        from medcnn.localisation import localise
+        from medcnn.localisation.rule import CAMRule, CAMToMask
 
         network = self._get_network(device, data)
         image = data[self.input_key]
@@ -367,18 +365,13 @@ class MedcnnCAMTask(_CommittedWeightsMixin, _BundleAdapterMixin, BundleInferTask
             logits = score_net(x).float()
         probs = torch.softmax(logits, dim=1)[0] if logits.shape[1] > 1 else torch.cat(
             [1 - torch.sigmoid(logits[0]), torch.sigmoid(logits[0])])
-        pos = int(self.rule["class_idx"])
-        predicted = int(torch.argmax(probs))
-        if self.rule.get("decision_threshold") is not None:  # the bundle's validation-chosen operating point
-            rest = [i for i in range(len(probs)) if i != pos]
-            above = float(probs[pos]) >= float(self.rule["decision_threshold"])
-            predicted = pos if above or not rest else max(rest, key=lambda i: float(probs[i]))
-        heat = localise(network, x, method=self.rule["method"], target_layer=self.rule["target_layer"],
-                        class_idx=pos)
-        mask = cam_to_mask(heat, float(self.rule["threshold"]), self.rule["mode"],
-                           bool(self.rule["largest_component"]))[0].float().cpu()
-        if predicted != pos:
-            mask.zero_()
+        rule = CAMRule.from_dict(self.rule)
+        pos = rule.class_idx
+        # the bundle's validation-chosen operating point (decision_threshold), else the arg-max class
+        rest = [i for i in range(len(probs)) if i != pos]
+        predicted = pos if rule.present(probs) or not rest else max(rest, key=lambda i: float(probs[i]))
+        heat = localise(network, x, method=rule.method, target_layer=rule.target_layer, class_idx=pos)
+        mask = CAMToMask(rule)(heat, [probs])[0].float().cpu()  # empty when the classifier says absent
         meta = copy.deepcopy(image.meta) if isinstance(image, MetaTensor) else {}
         ops = copy.deepcopy(image.applied_operations) if isinstance(image, MetaTensor) else []
         data[self.output_label_key] = MetaTensor(mask, meta=meta, applied_operations=ops)
