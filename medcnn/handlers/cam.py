@@ -60,6 +60,8 @@ class CAMDiceHandler:
         positive_label: label of the images that contain the object (scored with Dice).
         min_probability: saved masks are empty for images whose predicted probability of ``class_idx`` (the
             evaluator's ``pred`` output) is below this (the heatmap is still saved); Dice is unaffected.
+        group_key: batch key grouping the images (e.g. ``"patient"``); when given, ``state.metrics`` also gets
+            ``<prefix>dice_per_<group_key>``: ``{group: mean Dice of its positive images}``.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class CAMDiceHandler:
         prefix: str = "cam_",
         positive_label: int = 1,
         min_probability: float = 0.5,
+        group_key: str | None = None,
     ) -> None:
         self.network = network
         self.cam = get_cam_method(method, network, target_layer)
@@ -91,6 +94,8 @@ class CAMDiceHandler:
         self.prefix = prefix
         self.positive_label = int(positive_label)
         self.min_probability = float(min_probability)
+        self.group_key = group_key
+        self._groups: list[str] = []
         self._dice: list[float] = []
         self._records: list[dict] = []
         self._count = 0
@@ -113,7 +118,7 @@ class CAMDiceHandler:
         logger.info("CAM rule chosen on %d validation images: %s", rule["n_images"], self.calibration)
 
     def _reset(self, engine: Engine) -> None:
-        self._dice, self._records, self._count = [], [], 0
+        self._dice, self._records, self._count, self._groups = [], [], 0, []
 
     def _collect(self, engine: Engine) -> None:
         image_key, label_key, mask_key = self.keys
@@ -138,6 +143,10 @@ class CAMDiceHandler:
             if bool(pos.any()):
                 dice[pos] = cam_dice(pred[pos], true[pos])
                 self._dice += dice[pos].tolist()
+                if self.group_key is not None:
+                    groups = _batch_field(batch, self.group_key)
+                    sel = torch.nonzero(select).reshape(-1)[pos].tolist()
+                    self._groups += [str(groups[i]) for i in sel]
         if save:
             true_sel = None if masks is None else torch.as_tensor(masks)[select]
             self._save(engine, images[select], heatmaps, pred, true_sel, torch.nonzero(select).reshape(-1).tolist(),
@@ -191,6 +200,10 @@ class CAMDiceHandler:
             p + "method": self.method,
             p + "layer": self.target_layer,
         })
+        if self.group_key is not None:
+            groups = np.asarray(self._groups)
+            engine.state.metrics[f"{p}dice_per_{self.group_key}"] = {
+                g: float(dice[groups == g].mean()) for g in sorted(set(self._groups))}
         if self.output_dir is not None:
             from medcnn.handlers.metrics_json import write_metrics_json
 
