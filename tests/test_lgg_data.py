@@ -205,3 +205,8 @@ def test_volume_with_a_mask_stack_of_another_length_is_refused(tmp_path):
     write_tiff_pages(np.stack([img] * 2), tmp_path / "w.tif")
     with pytest.raises(StackReadError, match="missing.tif: no such file"):
         expand_volume_datalist([{"image": str(tmp_path / "w.tif"), "mask": str(tmp_path / "missing.tif")}])
+
+
+def test_missing_dataset_folder_is_named(tmp_path):
+    with pytest.raises(LGGDataError, match=r"nowhere: LGG dataset folder not found \(set dataset_dir"):
+        lgg_datalist(tmp_path / "nowhere", ["P"])

@@ -103,6 +103,8 @@ def lgg_datalist(
     ``keys`` are the file keys kept (``["image"]`` for inference without masks).
     """
     root = Path(dataset_dir).expanduser()
+    if not root.is_dir():
+        raise LGGDataError(f"{root}: LGG dataset folder not found (set dataset_dir or MEDCNN_DATA_DIR)")
     names = list(patients) if patients is not None else lgg_patients(root)
     drop = [k for k in LGG_KEYS if k not in keys]
     items: list[dict] = []
