@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -85,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"lcc {rule['largest_component']})", flush=True)
     rows.sort(key=lambda r: -r["dice"])
     result = {
-        "command": f"OMP_NUM_THREADS=1 python scripts/select_cam.py --bundle {args.bundle}"
-                   + (f" --set {' '.join(args.set)}" if args.set else ""),
+        "command": "OMP_NUM_THREADS=1 python scripts/select_cam.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "checkpoint": str(ckpt.relative_to(REPO)) if ckpt.resolve().is_relative_to(REPO) else str(ckpt),
         "validation_groups": groups,
         "n_validation_images": len(validation),
