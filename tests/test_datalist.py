@@ -31,3 +31,21 @@ def test_bad_datalists_name_the_file_and_entry(tmp_path):
     f.write_text(json.dumps([{"image": "a.nii.gz", "label": "b.nii.gz"}]))
     with pytest.raises(DatalistError, match="a.nii.gz does not exist"):
         load_datalist(f)
+
+
+def test_optional_brats_brainmask_resolves_against_the_json_file(tmp_path):
+    """An --eval_datalist with a relative brainmask path (it used to stay relative: "missing brainmask file")."""
+    from medcnn.data.brats import BRATS_KEYS, BRATS_OPTIONAL_KEYS
+
+    case = tmp_path / "cases" / "c1"
+    case.mkdir(parents=True)
+    for name in ("flair.nii.gz", "t1c.nii.gz", "seg.nii.gz", "brain.nii.gz"):
+        (case / name).write_bytes(b"x")
+    entry = {"flair": "cases/c1/flair.nii.gz", "t1c": "cases/c1/t1c.nii.gz", "label": "cases/c1/seg.nii.gz"}
+    f = tmp_path / "list.json"
+    f.write_text(json.dumps([{**entry, "brainmask": "cases/c1/brain.nii.gz"}, entry]))
+    with_mask, without = load_datalist(f, keys=BRATS_KEYS, optional_keys=BRATS_OPTIONAL_KEYS)
+    assert with_mask["brainmask"] == str(case / "brain.nii.gz") and "brainmask" not in without
+    f.write_text(json.dumps([{**entry, "brainmask": "cases/c1/nope.nii.gz"}]))
+    with pytest.raises(DatalistError, match=r"key 'brainmask': file .*nope.nii.gz does not exist"):
+        load_datalist(f, keys=BRATS_KEYS, optional_keys=BRATS_OPTIONAL_KEYS)
