@@ -64,3 +64,21 @@ def test_bundle_without_its_dataset_names_the_folder_it_read(tmp_path, monkeypat
         run_workflow("brats_tumour_segmentation", ["train.json"], "train", output_dir=str(tmp_path / "out"))
     assert re.search(r"bundles/brats_tumour_segmentation/data/brats_2013_pat0005_1: BraTS case folder not found",
                      error_messages(info.value))
+
+
+def test_optional_brats_brainmask_resolves_against_the_json_file(tmp_path):
+    """An --eval_datalist with a relative brainmask path (it used to stay relative: "missing brainmask file")."""
+    from medcnn.data.brats import BRATS_KEYS, BRATS_OPTIONAL_KEYS
+
+    case = tmp_path / "cases" / "c1"
+    case.mkdir(parents=True)
+    for name in ("flair.nii.gz", "t1c.nii.gz", "seg.nii.gz", "brain.nii.gz"):
+        (case / name).write_bytes(b"x")
+    entry = {"flair": "cases/c1/flair.nii.gz", "t1c": "cases/c1/t1c.nii.gz", "label": "cases/c1/seg.nii.gz"}
+    f = tmp_path / "list.json"
+    f.write_text(json.dumps([{**entry, "brainmask": "cases/c1/brain.nii.gz"}, entry]))
+    with_mask, without = load_datalist(f, keys=BRATS_KEYS, optional_keys=BRATS_OPTIONAL_KEYS)
+    assert with_mask["brainmask"] == str(case / "brain.nii.gz") and "brainmask" not in without
+    f.write_text(json.dumps([{**entry, "brainmask": "cases/c1/nope.nii.gz"}]))
+    with pytest.raises(DatalistError, match=r"key 'brainmask': file .*nope.nii.gz does not exist"):
+        load_datalist(f, keys=BRATS_KEYS, optional_keys=BRATS_OPTIONAL_KEYS)

@@ -23,6 +23,7 @@ from medcnn.data.dicom import (
     write_dicom_seg,
     write_dicom_series_like,
 )
+from medcnn.data.lgg import LGGDataError, lgg_datalist, load_lgg_datalist
 from medcnn.data.synthetic import (
     SyntheticObjectDataset,
     SyntheticObjectGenerator,
@@ -31,6 +32,7 @@ from medcnn.data.synthetic import (
     synthetic_datalist,
 )
 from medcnn.data.tiff import StackReadError, TiffStackReader, expand_stack_datalist, read_stack, write_tiff_stack
+from medcnn.data.tiff_pages import TiffPagesReader, read_tiff_pages, write_tiff_pages
 
 __all__ = ["common_parent", "load_datalist", "resolve_data_dir"]
 __all__ += [
@@ -46,3 +48,5 @@ __all__ += [
 __all__ += [
     "SyntheticObjectDataset", "SyntheticObjectGenerator", "ball_mask", "load_labelled_arrays", "synthetic_datalist",
 ]
+__all__ += ["TiffPagesReader", "read_tiff_pages", "write_tiff_pages"]
+__all__ += ["LGGDataError", "lgg_datalist", "load_lgg_datalist"]

@@ -37,6 +37,7 @@ from medcnn.transforms.stack import SelectSlice
 __all__ = [
     "BRATS_FILE_NAMES",
     "BRATS_KEYS",
+    "BRATS_OPTIONAL_KEYS",
     "BRATS_MODALITIES",
     "BratsDataError",
     "brats_case_datalist",
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 BRATS_MODALITIES: tuple[str, ...] = ("flair", "t1c")
 BRATS_KEYS: tuple[str, ...] = ("flair", "t1c", "label")  # required keys of a datalist entry ("brainmask" optional)
+BRATS_OPTIONAL_KEYS: tuple[str, ...] = ("brainmask",)  # optional file keys, resolved like the required ones
 BRATS_FILE_NAMES: dict[str, str] = {
     "flair": "Flair_subtrMeanDivStd.nii.gz",
     "t1c": "T1c_subtrMeanDivStd.nii.gz",
@@ -345,11 +347,16 @@ def brats_hemispheres(
 
 
 def slice_summary(items: Sequence[Mapping], class_key: str = "label") -> dict:
-    """Counts of slices, tumour-positive, negative and ambiguous slices, and the cases covered."""
-    return {
+    """Counts of slices, tumour-positive, negative, ambiguous and unlabelled (class < 0) slices, and the cases."""
+    classes = [int(i[class_key]) for i in items]
+    summary = {
         "n_slices": len(items),
-        "n_positive": sum(int(i[class_key]) for i in items),
-        "n_negative": sum(1 for i in items if not i[class_key] and not i["ambiguous"]),
+        "n_positive": sum(1 for c in classes if c > 0),
+        "n_negative": sum(1 for c, i in zip(classes, items, strict=True) if c == 0 and not i["ambiguous"]),
         "n_ambiguous": sum(1 for i in items if i["ambiguous"]),
         "cases": sorted({i["case"] for i in items}),
     }
+    unlabelled = sum(1 for c in classes if c < 0)
+    if unlabelled:  # slices of cases without a label file (inference): neither positive nor negative
+        summary["n_unlabelled"] = unlabelled
+    return summary

@@ -67,12 +67,14 @@ def load_datalist(
     path_keys: Sequence[str] | None = None,
     data_list_key: str = "training",
     check_files: bool = True,
+    optional_keys: Sequence[str] = (),
 ) -> list[dict]:
     """Load a labelled datalist for evaluation or training.
 
     ``path`` is either an MSD-style ``dataset.json`` (every entry of its ``data_list_key`` list is used) or a
     plain JSON list of dicts. Every entry must have all ``keys``; the values of ``path_keys`` (default: all
-    string-valued ``keys``) are file paths resolved against the JSON file's folder when relative.
+    string-valued ``keys``) are file paths resolved against the JSON file's folder when relative. ``optional_keys``
+    (e.g. BraTS's ``brainmask``) are file paths too, resolved and checked the same way when an entry has them.
     Raises :class:`DatalistError` naming the file and the entry on any problem.
     """
     path = Path(path).expanduser()
@@ -95,6 +97,7 @@ def load_datalist(
             raise DatalistError(f"datalist {path}: entry {i} lacks key(s) {missing}")
         item = dict(entry)
         pkeys = path_keys if path_keys is not None else [k for k in keys if isinstance(entry[k], (str, list))]
+        pkeys = [*pkeys, *(k for k in optional_keys if entry.get(k) and k not in pkeys)]
         for k in pkeys:
             item[k] = _resolve(entry[k], base)
             if check_files:

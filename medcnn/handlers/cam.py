@@ -65,6 +65,8 @@ class CAMDiceHandler:
             saved); Dice is unaffected.
         rule: a :class:`medcnn.localisation.CAMRule` or a dict of its fields; replaces ``method``,
             ``target_layer``, ``threshold``, ``mode``, ``largest_component``, ``class_idx`` and ``min_probability``.
+        group_key: batch key grouping the images (e.g. ``"patient"``); when given, ``state.metrics`` also gets
+            ``<prefix>dice_per_<group_key>``: ``{group: mean Dice of its positive images}``.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class CAMDiceHandler:
         positive_label: int = 1,
         min_probability: float = 0.5,
         rule: CAMRule | dict | None = None,
+        group_key: str | None = None,
     ) -> None:
         self.network = network
         if rule is None:
@@ -97,6 +100,8 @@ class CAMDiceHandler:
         self.output_dir = output_dir
         self.prefix = prefix
         self.positive_label = int(positive_label)
+        self.group_key = group_key
+        self._groups: list[str] = []
         self._dice: list[float] = []
         self._records: list[dict] = []
         self._count = 0
@@ -128,7 +133,7 @@ class CAMDiceHandler:
         logger.info("CAM rule chosen on %d validation images: %s", rule["n_images"], self.calibration)
 
     def _reset(self, engine: Engine) -> None:
-        self._dice, self._records, self._count = [], [], 0
+        self._dice, self._records, self._count, self._groups = [], [], 0, []
 
     def _collect(self, engine: Engine) -> None:
         image_key, label_key, mask_key = self.keys
@@ -153,6 +158,10 @@ class CAMDiceHandler:
             if bool(pos.any()):
                 dice[pos] = cam_dice(pred[pos], true[pos])
                 self._dice += dice[pos].tolist()
+                if self.group_key is not None:
+                    groups = _batch_field(batch, self.group_key)
+                    sel = torch.nonzero(select).reshape(-1)[pos].tolist()
+                    self._groups += [str(groups[i]) for i in sel]
         if save:
             true_sel = None if masks is None else torch.as_tensor(masks)[select]
             self._save(engine, images[select], heatmaps, pred, true_sel, torch.nonzero(select).reshape(-1).tolist(),
@@ -204,6 +213,10 @@ class CAMDiceHandler:
             p + "method": self.method,
             p + "layer": self.target_layer,
         })
+        if self.group_key is not None:
+            groups = np.asarray(self._groups)
+            engine.state.metrics[f"{p}dice_per_{self.group_key}"] = {
+                g: float(dice[groups == g].mean()) for g in sorted(set(self._groups))}
         if self.output_dir is not None:
             from medcnn.handlers.metrics_json import write_metrics_json
 

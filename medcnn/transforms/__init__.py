@@ -4,11 +4,16 @@ from medcnn.transforms.coco import CocoAnnotationError, CocoToMask, CocoToMaskd
 from medcnn.transforms.instances import MembraneToInstances, MembraneToInstancesd, membrane_to_instances
 from medcnn.transforms.intensity import BrainZScore, BrainZScored
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
+from medcnn.transforms.mask import BinaryMask, BinaryMaskd, MaskPresence, MaskPresenced
 from medcnn.transforms.stack import SelectSlice, SelectSliced
 from medcnn.transforms.validation import CheckImage, CheckImaged, CheckImageLabeld, InvalidInputError
 from medcnn.transforms.weights import BorderWeightMap, BorderWeightMapd, border_weight_map
 
 __all__ = [
+    "BinaryMask",
+    "BinaryMaskd",
+    "MaskPresence",
+    "MaskPresenced",
     "BorderWeightMap",
     "BorderWeightMapd",
     "border_weight_map",
