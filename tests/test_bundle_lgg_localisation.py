@@ -51,7 +51,7 @@ def test_tiny_training_then_evaluation_per_patient(tmp_path, synthetic_patients)
     assert len(curves["loss"]) == 4 and curves["loss"][-1] < curves["loss"][0], curves["loss"]
     ckpt = out / "models"  # a training run writes under output_dir, never over the committed weights
     assert (ckpt / "model.pt").is_file()
-    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", ckpt_dir=str(ckpt), **common)
+    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", ckpt_path=str(ckpt / "model.pt"), **common)
     m = read_metrics(out)
     for key in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "cam_dice", "cam_dice_std"):
         assert key in m, key
