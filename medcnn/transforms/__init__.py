@@ -1,6 +1,7 @@
 """medcnn transforms: plain MONAI transforms (array + dictionary versions)."""
 
 from medcnn.transforms.coco import CocoAnnotationError, CocoToMask, CocoToMaskd
+from medcnn.transforms.colour import ToGrey, ToGreyd
 from medcnn.transforms.intensity import BrainZScore, BrainZScored
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
 from medcnn.transforms.stack import SelectSlice, SelectSliced
@@ -24,4 +25,6 @@ __all__ = [
     "LoadImageCheckedd",
     "SelectSlice",
     "SelectSliced",
+    "ToGrey",
+    "ToGreyd",
 ]
