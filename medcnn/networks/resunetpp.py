@@ -15,7 +15,8 @@ MONAI ships none of these as one network (its ``UNet`` with residual units has n
 ``AttentionUnet`` has a different gate and no residual encoder), hence this module. Differences from the paper,
 chosen for CPU training of small 2D images: batch norm + ReLU as in the paper, but the ASPP dilations default
 to ``(1, 2, 4, 6)`` rather than ``(6, 12, 18)`` because the bridge of a 128x128 input is only 16x16 pixels,
-and ``features`` (the paper's ``(32, 64, 128, 256, 512)``) is configurable.
+and ``features`` (default: the paper's ``(32, 64, 128, 256, 512)``) is configurable; the registry entry
+``build_segmentation_network("resunetpp", ...)`` uses a quarter of those widths for CPU training.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class ResUNetPlusPlus(nn.Module):
         spatial_dims: int = 2,
         in_channels: int = 1,
         out_channels: int = 2,
-        features: Sequence[int] = (16, 32, 64, 128, 256),
+        features: Sequence[int] = (32, 64, 128, 256, 512),
         dilations: Sequence[int] = (1, 2, 4, 6),
         se_reduction: int = 8,
     ) -> None:

@@ -100,7 +100,9 @@ def _resnext_unet(spatial_dims: int, in_channels: int, out_channels: int, **kw) 
 def _resunetpp(spatial_dims: int, in_channels: int, out_channels: int, **kw) -> nn.Module:
     from medcnn.networks.resunetpp import ResUNetPlusPlus
 
-    return ResUNetPlusPlus(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kw)
+    args = {"features": (8, 16, 32, 64, 128)}  # a quarter of the paper's widths: CPU-sized like the other entries
+    args.update(kw)
+    return ResUNetPlusPlus(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
 
 
 def _stride_divisor(strides) -> int:
