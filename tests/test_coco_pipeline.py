@@ -89,3 +89,24 @@ def test_resnext_encoder_outputs_and_refusals():
     assert [f.shape[-1] for f in feats] == [32, 16, 8, 4, 2]
     with pytest.raises(ValueError, match="pretrained"):
         ResNeXtEncoder(pretrained=True)
+
+
+def test_mask_to_boxes():
+    from medcnn.transforms import MaskToBoxes, MaskToBoxesd
+
+    m = np.zeros((1, 20, 20), np.uint8)
+    m[0, 2:8, 3:9] = 1
+    m[0, 4, 2] = 1  # touches the first region diagonally: same region, widens its box
+    m[0, 12:18, 12:14] = 1
+    m[0, 15, 14:16] = 1
+    m[0, 0, 19] = 1  # one stray pixel
+    boxes = MaskToBoxes()(m)
+    assert boxes[0, 2:8, 2:9].all() and boxes[0, 12:18, 12:16].all() and boxes[0, 0, 19] == 1
+    assert boxes.sum() == 6 * 7 + 6 * 4 + 1
+    assert MaskToBoxes(min_size=2)(m).sum() == 6 * 7 + 6 * 4
+    largest = MaskToBoxes(largest_only=True, boxes=False)(m)
+    assert largest.sum() == 6 * 6 + 1 and largest[0, 12:, :].sum() == 0
+    img = MetaTensor(torch.as_tensor(m), meta={"filename_or_obj": "x.jpg"})
+    out = MaskToBoxesd(keys="pred")({"pred": img})["pred"]
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "x.jpg" and int(out.sum()) == boxes.sum()
+    assert MaskToBoxes()(np.zeros((1, 4, 4), np.uint8)).sum() == 0

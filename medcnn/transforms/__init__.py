@@ -1,6 +1,6 @@
 """medcnn transforms: plain MONAI transforms (array + dictionary versions)."""
 
-from medcnn.transforms.coco import CocoAnnotationError, CocoToMask, CocoToMaskd
+from medcnn.transforms.coco import CocoAnnotationError, CocoToMask, CocoToMaskd, MaskToBoxes, MaskToBoxesd
 from medcnn.transforms.colour import ToGrey, ToGreyd
 from medcnn.transforms.intensity import BrainZScore, BrainZScored
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
@@ -23,6 +23,8 @@ __all__ = [
     "InvalidInputError",
     "LoadImageChecked",
     "LoadImageCheckedd",
+    "MaskToBoxes",
+    "MaskToBoxesd",
     "SelectSlice",
     "SelectSliced",
     "ToGrey",
