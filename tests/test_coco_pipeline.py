@@ -110,3 +110,50 @@ def test_mask_to_boxes():
     out = MaskToBoxesd(keys="pred")({"pred": img})["pred"]
     assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "x.jpg" and int(out.sum()) == boxes.sum()
     assert MaskToBoxes()(np.zeros((1, 4, 4), np.uint8)).sum() == 0
+
+
+def test_prediction_writer_round_trip_and_never_overwrites_an_input(tmp_path):
+    from ignite.engine import Engine
+
+    from medcnn.data.coco import load_coco_datalist
+    from medcnn.handlers.coco import CocoPredictionWriter
+    from medcnn.transforms import CocoToMaskd
+
+    src = tmp_path / "slice.png"
+    Image.fromarray(np.zeros((6, 10), np.uint8)).save(src)
+    mask_hw = np.zeros((6, 10), np.uint8)
+    mask_hw[1:4, 2:9] = 1
+    mask_hw[2, 5] = 0  # a hole: not representable as a polygon, so "auto" falls back to RLE
+    pred = MetaTensor(torch.as_tensor(mask_hw.T[None].copy()), meta={"filename_or_obj": str(src)})  # (1, W, H)
+    engine = Engine(lambda e, b: None)
+    engine.state.output = [{"pred": pred}]
+    writer = CocoPredictionWriter(tmp_path / "out")
+    writer._collect(engine)
+    writer._write_json(engine)
+    png = np.asarray(Image.open(tmp_path / "out" / "slice_tumour.png"))
+    np.testing.assert_array_equal(png, mask_hw * 255)
+    entry = load_coco_datalist(tmp_path / "out" / "predictions.coco.json", image_dir=tmp_path)[0]
+    assert isinstance(entry["annotations"][0]["segmentation"], dict)  # RLE
+    np.testing.assert_array_equal(CocoToMaskd(keys="annotations")(entry)["label"][0].numpy(), mask_hw)
+    clobber = CocoPredictionWriter(tmp_path, suffix=".png")
+    with pytest.raises(ValueError, match="slice.png.*overwrite the input"):
+        clobber._collect(engine)
+    assert np.asarray(Image.open(src)).max() == 0
+
+
+def test_training_time_limit_stops_the_trainer():
+    import time
+
+    from ignite.engine import Engine
+
+    from medcnn.handlers.budget import TrainingTimeLimit
+
+    engine = Engine(lambda e, b: time.sleep(0.05))
+    limit = TrainingTimeLimit(0.12)
+    limit.attach(engine)
+    engine.run(range(100), max_epochs=1)
+    assert limit.stopped and engine.state.iteration < 100  # stopped long before the 100 iterations (5 s)
+    unlimited = Engine(lambda e, b: None)
+    TrainingTimeLimit(None).attach(unlimited)
+    unlimited.run(range(5), max_epochs=2)
+    assert unlimited.state.iteration == 10
