@@ -90,6 +90,11 @@ def compare(networks: list[str], budget_min: float, iterations_per_epoch: int, n
     return rows
 
 
+def _fmt(value, digits: int = 3) -> str:
+    """A figure for the table; undefined ones (e.g. precision when nothing is predicted) as 'n/a'."""
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
 def markdown(rows: list[dict], budget_min: float) -> str:
     lines = [
         "| network | parameters | test Dice (global) | per-image Dice median [IQR] | pixel accuracy "
@@ -98,10 +103,11 @@ def markdown(rows: list[dict], budget_min: float) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['network']} | {r['parameters'] / 1e6:.2f} M | {r['test_dice']:.3f} "
-            f"| {r['test_image_dice_median']:.3f} [{r['test_image_dice_q25']:.3f}, {r['test_image_dice_q75']:.3f}] "
-            f"| {r['test_pixel_accuracy']:.4f} | {r['test_tumour_precision']:.3f} | {r['test_tumour_recall']:.3f} "
-            f"| {r['train_images_seen']} | {r['best_val_dice']:.3f} "
+            f"| {r['network']} | {r['parameters'] / 1e6:.2f} M | {_fmt(r['test_dice'])} "
+            f"| {_fmt(r['test_image_dice_median'])} "
+            f"[{_fmt(r['test_image_dice_q25'])}, {_fmt(r['test_image_dice_q75'])}] "
+            f"| {_fmt(r['test_pixel_accuracy'], 4)} | {_fmt(r['test_tumour_precision'])} "
+            f"| {_fmt(r['test_tumour_recall'])} | {r['train_images_seen']} | {_fmt(r['best_val_dice'])} "
             f"| {r['load_average_1m_start']:.1f}-{r['load_average_1m_end']:.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -116,7 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/medcnn_coco_compare"))
     parser.add_argument("--out", type=Path, default=BUNDLE / "docs")
     parser.add_argument("--dataset_dir", default=None)
+    parser.add_argument("--table_only", action="store_true", help="rewrite comparison.md from comparison.json")
     args = parser.parse_args(argv)
+    if args.table_only:
+        saved = json.loads((args.out / "comparison.json").read_text())
+        (args.out / "comparison.md").write_text(markdown(saved["rows"], saved["budget_min"]))
+        print(markdown(saved["rows"], saved["budget_min"]))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     rows = compare(args.networks, args.budget_min, args.iterations_per_epoch, args.n_val, args.work_dir,
                    args.dataset_dir)
