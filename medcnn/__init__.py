@@ -5,4 +5,6 @@ Weakly supervised Grad-CAM localisation, segmentation and classification, packag
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from medcnn import errors  # noqa: E402  (stdlib only: bundles call medcnn.errors.install_error_handler())
+
+__all__ = ["__version__", "errors"]

@@ -13,11 +13,13 @@ import logging
 import sys
 
 from medcnn import __version__
+from medcnn.errors import user_error
 
 # name -> "module:add_parser" ; modules are imported lazily so `medcnn --help` stays fast.
 COMMANDS: dict[str, str] = {
     "convert": "medcnn.convert:add_parser",
     "report": "medcnn.report.pdf:add_parser",
+    "predict": "medcnn.predict:add_parser",
 }
 
 
@@ -42,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"medcnn {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # the file-named medcnn error first, even when MONAI wrapped it
+        err = user_error(exc) or (exc if isinstance(exc, (ValueError, OSError)) else None)
+        if err is None:
+            raise
+        print(f"medcnn {args.command}: error: {err}", file=sys.stderr)
         return 1
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcnn.data.tiff import STACK_SUFFIXES, read_stack, write_png_folder, write_tiff_stack
+from medcnn.data.tiff import STACK_SUFFIXES, png_slice_names, read_stack, write_png_folder, write_tiff_stack
 
 __all__ = ["tiff_to_png_folder", "png_folder_to_tiff", "convert_stack", "add_parser"]
 
@@ -29,10 +29,22 @@ def _check_same(src: Path, dst: Path, a: np.ndarray, b: np.ndarray) -> None:
         )
 
 
-def _refuse_same_place(src: Path, dst: Path) -> None:
-    s, d = src.resolve(), dst.resolve()
-    if s == d or (s.is_dir() and d.is_relative_to(s)):
-        raise ValueError(f"output {dst} would be written into the input {src}; choose another output")
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _refuse_same_place(src: Path, dst: Path, outputs: list[Path] | None = None) -> None:
+    """Refuse to write ``dst`` (or any of ``outputs``) onto the input ``src`` or into the input folder."""
+    s = src.resolve()
+    for out in [dst, *(outputs or [])]:
+        if _same_file(src, out) or (s.is_dir() and out.resolve().is_relative_to(s)):
+            raise ValueError(
+                f"output {out} would be written onto the input {src}; the input is never modified, choose "
+                "another output"
+            )
 
 
 def tiff_to_png_folder(
@@ -42,6 +54,7 @@ def tiff_to_png_folder(
     src, dst = Path(tiff).expanduser(), Path(folder).expanduser()
     _refuse_same_place(src, dst)
     stack = read_stack(src)
+    _refuse_same_place(src, dst, png_slice_names(dst, name_format, stack.shape[0]))
     names = write_png_folder(stack, dst, name_format=name_format, overwrite=overwrite)
     back = np.stack([read_stack(n)[0] for n in names])
     _check_same(src, dst, stack, back)

@@ -39,7 +39,7 @@ def _n_train_slices(drop_ambiguous: bool, dataset_dir: str | None, hemispheres: 
         split_slices_by_block,
     )
 
-    root = dataset_dir or resolve_data_dir("brats2015_deepmedic_subset", REPO.parent / "shared" / "data")
+    root = dataset_dir or resolve_data_dir("brats2015_deepmedic_subset", LOC)
     cases = brats_case_datalist(root, ["brats_2013_pat0005_1", "brats_2013_pat0006_1"])
     pool = brats_slices(cases, min_brain_fraction=0.1, min_tumour_pixels=50, drop_ambiguous=drop_ambiguous)
     items = split_slices_by_block(pool, block=10, every=4, offset=2)

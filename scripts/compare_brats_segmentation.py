@@ -43,7 +43,8 @@ def compare(networks: list[str], max_epochs: int, work_dir: Path, dataset_dir: s
     for name in networks:
         out = work_dir / name
         out.mkdir(parents=True, exist_ok=True)
-        common = {"network_name": name, "output_dir": str(out), "ckpt_dir": str(out)}
+        common = {"network_name": name, "output_dir": str(out), "ckpt_dir": str(out),
+                  "ckpt_path": str(out / "model.pt")}
         if dataset_dir:
             common["dataset_dir"] = dataset_dir
         load_before = os.getloadavg()

@@ -68,7 +68,8 @@ def compare(
     rows = []
     for name in names:
         run_dir = work / name
-        common = {"output_dir": str(run_dir), "ckpt_dir": str(run_dir / "models"), "network_name": name}
+        common = {"output_dir": str(run_dir), "ckpt_dir": str(run_dir / "models"), "network_name": name,
+                  "ckpt_path": str(run_dir / "models" / "model.pt")}
         logger.info("training %s for %d epochs on %d cases", name, epochs, train_cases)
         wf = _workflow(
             ["train.json"],

@@ -76,3 +76,14 @@ def export_matches_eager(
         expected = net.eval()(example)
         torch.testing.assert_close(torch.jit.load(str(ts))(example), expected, rtol=1e-4, atol=atol)
     return expected
+
+
+def error_messages(exc: BaseException) -> str:
+    """The messages of ``exc`` and of every exception it was raised from, one per line: MONAI's config parser wraps
+    the file-named error of a medcnn component in ``RuntimeError("Failed to evaluate ...")``, and the command line
+    shows the whole chain."""
+    messages = []
+    while exc is not None:
+        messages.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__
+    return "\n".join(messages)

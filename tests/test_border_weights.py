@@ -39,7 +39,7 @@ def test_thin_gaps_weigh_more_than_wide_ones_and_match_the_definition() -> None:
     np.testing.assert_allclose(w, _exact(sep, 10, 5), atol=1e-3)
 
 
-def test_real_sized_label_is_fast_enough_to_cache_and_exact() -> None:
+def test_real_sized_label_matches_the_exact_unbounded_map() -> None:
     rng = np.random.default_rng(0)
     sep = np.zeros((128, 128), dtype=bool)
     for _ in range(12):  # random straight membranes cut the square into many cells

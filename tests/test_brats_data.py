@@ -174,6 +174,9 @@ def test_unlabelled_case_for_inference(tmp_path):
     items = brats_slices(entries, require_label=False)
     assert len(items) == 11 and {i["label"] for i in items} == {-1} and not any(i["mask"].any() for i in items)
     assert items[0]["id"] == "unlab_slice001"
+    # unlabelled slices are neither positive nor negative (they were once counted as -1 positives each)
+    summary = slice_summary(items)
+    assert summary["n_positive"] == 0 and summary["n_negative"] == 0 and summary["n_unlabelled"] == 11
 
 
 def test_hemispheres_split_masks_and_labels(tmp_path):

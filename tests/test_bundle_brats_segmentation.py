@@ -36,8 +36,9 @@ def test_metadata_verifies_against_the_shipped_schema():
 
 @pytest.mark.slow
 def test_tiny_training_then_volume_evaluation(tmp_path, synthetic_cases):
-    out, ckpt = tmp_path / "out", tmp_path / "models"
-    common = {"dataset_dir": str(synthetic_cases), "output_dir": str(out), "ckpt_dir": str(ckpt),
+    out = tmp_path / "out"
+    ckpt = out / "models"  # the default ckpt_dir: training writes under output_dir, never models/ of the bundle
+    common = {"dataset_dir": str(synthetic_cases), "output_dir": str(out), "ckpt_path": str(ckpt / "model.pt"),
               "train_cases": ["s1", "s2"], "test_cases": ["s3"], "min_tumour_pixels": 5, **TINY}
     run_workflow(NAME, ["train.json"], "train", learning_rate=0.01,
                  **{"validation_blocks#block": 4, "train#trainer#max_epochs": 3}, **common)
@@ -69,8 +70,8 @@ def test_tiny_training_then_volume_evaluation(tmp_path, synthetic_cases):
 
 def check_case_report(pdf, case: str, metrics: dict) -> None:
     """The evaluation's PDF: case id, this case's Dice and the set's Dice as text; overlays on the native grid."""
-    pypdf = pytest.importorskip("pypdf")
-    pdfium = pytest.importorskip("pypdfium2")
+    import pypdf
+    import pypdfium2 as pdfium
     assert pdf.is_file(), sorted(p.name for p in pdf.parent.glob("*"))
     reader = pypdf.PdfReader(str(pdf))
     text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())

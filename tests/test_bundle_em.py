@@ -59,8 +59,9 @@ def test_metadata_verifies_against_the_shipped_schema(tmp_path):
 @pytest.mark.slow
 def test_tiny_training_then_evaluation(tmp_path, data_dir):
     ds = str(data_dir(DATASET))
-    out, ckpt = tmp_path / "out", tmp_path / "models"
-    common = {"dataset_dir": ds, "output_dir": str(out), "ckpt_dir": str(ckpt)}
+    out = tmp_path / "out"
+    ckpt = out / "models"  # the default ckpt_dir: training writes under output_dir, never models/ of the bundle
+    common = {"dataset_dir": ds, "output_dir": str(out), "ckpt_path": str(ckpt / "model.pt")}
     run_workflow(
         NAME,
         ["train.json"],
@@ -79,6 +80,9 @@ def test_tiny_training_then_evaluation(tmp_path, data_dir):
     m = read_metrics(out)
     for key in ("pixel_accuracy", "membrane_dice", "cell_dice", "adapted_rand_error", "confusion_matrix_normalised"):
         assert key in m, key
+    for key in ("v_rand", "v_info", "v_rand_threshold", "instance_v_rand", "instance_v_info", "instance_v_rand_merge"):
+        assert key in m, key
+    assert m["v_rand_threshold"] in [round(0.1 * i, 1) for i in range(11)]
     assert m["n_slices"] == 1
     assert np.isclose(np.sum(m["confusion_matrix_normalised"]), 1.0)
     assert 0.0 <= m["pixel_accuracy"] <= 1.0 and m["membrane_dice"] > 0.3  # above an all-cell / random guess
@@ -124,7 +128,41 @@ def test_evaluation_on_committed_weights_reproduces_the_model_card(tmp_path, dat
     assert m["n_slices"] == card["n_slices"] == 5
     for key in ("pixel_accuracy", "membrane_dice", "cell_dice", "adapted_rand_error", "isbi_pixel_error"):
         assert m[key] == pytest.approx(card[key], abs=0.005), key
+    for key in ("v_rand", "v_info", "instance_v_rand", "instance_v_info"):  # the challenge's scores, as in the card
+        assert m[key] == pytest.approx(card[key], abs=0.002), key
+    assert m["v_rand_threshold"] == card["v_rand_threshold"]
     assert len(list((out / "error_overlays").glob("*_error.png"))) == 5
+
+
+def test_instance_parameters_are_the_ones_chosen_on_validation_slices():
+    """evaluate.json and configs/instances.json carry the watershed parameters of docs/instances_val.json."""
+    chosen = json.loads((ROOT / "docs" / "instances_val.json").read_text())
+    assert chosen["split"] == "val_slices" and chosen["slices"] == [20, 21, 22, 23, 24]
+    best = chosen["best"]
+    assert best["v_rand"] == max(row["v_rand"] for row in chosen["grid"])
+    for config in ("evaluate.json", "instances.json"):
+        c = json.loads((ROOT / "configs" / config).read_text())
+        for key in ("sigma", "seed_depth", "merge_threshold"):
+            assert c[f"instance_{key}"] == best[key], (config, key)
+
+
+def test_inference_with_instances_writes_a_cell_label_tiff(tmp_path, data_dir, weights):
+    from skimage.measure import label as components
+
+    from medcnn.metrics import foreground_restricted_scores
+
+    ds = data_dir(DATASET)
+    out = tmp_path / "inf"
+    run_workflow(
+        NAME, ["inference.json", "instances.json"], "infer", dataset_dir=str(ds), output_dir=str(out), input_slices=[22]
+    )
+    membranes = read_stack(out / "predictions" / "images_membranes.tif")
+    cells = read_stack(out / "predictions" / "images_instances.tif")
+    assert membranes.shape == cells.shape == (1, 512, 512) and cells.dtype == np.uint32
+    assert set(np.unique(membranes).tolist()) <= {0, 255}  # the membrane mask is still written, unchanged
+    truth = components(read_stack(ds / "train" / "labels" / "22.png")[0] > 0, connectivity=1)
+    assert cells.min() >= 1 and len(np.unique(cells)) > 0.5 * truth.max()  # a label per cell, no boundary
+    assert foreground_restricted_scores(truth, cells[0])["v_rand"] > 0.9  # a validation slice
 
 
 def test_inference_writes_a_membrane_tiff_stack(tmp_path, data_dir, weights):

@@ -40,8 +40,9 @@ def test_metadata_verifies_and_split_is_disjoint():
 @pytest.mark.slow
 def test_tiny_training_evaluation_and_inference(tmp_path, data_dir):
     ds = str(data_dir(DATASET))
-    out, ckpt = tmp_path / "out", tmp_path / "models"
-    common = {"dataset_dir": ds, "output_dir": str(out), "ckpt_dir": str(ckpt)}
+    out = tmp_path / "out"
+    ckpt = out / "models"  # the default ckpt_dir: training writes under output_dir, never models/ of the bundle
+    common = {"dataset_dir": ds, "output_dir": str(out), "ckpt_path": str(ckpt / "model.pt")}
     run_workflow(
         NAME,
         ["train.json"],

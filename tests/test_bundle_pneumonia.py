@@ -40,8 +40,9 @@ def test_metadata_is_valid():
 
 
 def test_tiny_training_then_evaluation(pneumonia_dir, small_test_npz, tmp_path):
-    ckpt, out = tmp_path / "models", tmp_path / "train_eval"
-    common = {"dataset_dir": str(pneumonia_dir), "ckpt_dir": str(ckpt), "output_dir": str(out)}
+    out = tmp_path / "train_eval"
+    ckpt = out / "models"  # the default ckpt_dir: training writes under output_dir, never models/ of the bundle
+    common = {"dataset_dir": str(pneumonia_dir), "ckpt_path": str(ckpt / "model.pt"), "output_dir": str(out)}
     run_workflow(NAME, ["train.json"], "train", train_limit=256, val_limit=120, max_epochs=2, **common)
     assert (ckpt / "model.pt").is_file()
     state = torch.load(ckpt / "model.pt", weights_only=True)

@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
     """Train the tiny override once; returns (output_dir, ckpt_dir, losses per iteration)."""
     out = tmp_path_factory.mktemp("synthetic_run")
     ckpt = out / "models"
-    wf = make_workflow(NAME, ["train.json"], "train", output_dir=str(out), ckpt_dir=str(ckpt), **TINY)
+    wf = make_workflow(NAME, ["train.json"], "train", output_dir=str(out), **TINY)  # default ckpt_dir: out/models
     wf.initialize()
     assert not wf.check_properties()
     losses: list[float] = []
@@ -58,7 +58,8 @@ def test_train_saves_best_checkpoint_and_loss_falls(trained):
 
 def test_evaluate_writes_metrics(trained):
     out, ckpt, _ = trained
-    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", output_dir=str(out), ckpt_dir=str(ckpt), **TINY)
+    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", output_dir=str(out),
+                 ckpt_path=str(ckpt / "model.pt"), **TINY)
     m = read_metrics(out)
     for key in ("accuracy", "auc", "sensitivity", "specificity", "cam_dice", "cam_dice_std", "cam_threshold",
                 "cam_method", "n_images"):
@@ -74,7 +75,8 @@ def test_inference_and_localise(trained, tmp_path):
     rows = list(csv.reader((tmp_path / "predictions.csv").open()))
     assert len(rows) == 3 and all(abs(float(r[1]) + float(r[2]) - 1) < 1e-4 for r in rows)
 
-    run_workflow(NAME, ["train.json", "localise.json"], None, output_dir=str(tmp_path), ckpt_dir=str(ckpt), **TINY)
+    run_workflow(NAME, ["train.json", "localise.json"], None, output_dir=str(tmp_path),
+                 ckpt_path=str(ckpt / "model.pt"), **TINY)
     loc = tmp_path / "localise"
     assert len(list(loc.glob("*.png"))) == 4
     index = json.loads((loc / "localisation.json").read_text())
@@ -94,8 +96,8 @@ def test_user_datalist_evaluation(trained, tmp_path):
         nib.save(nib.Nifti1Image(item["mask"][0], np.eye(4)), tmp_path / f"msk{i}.nii.gz")
         entries.append({"image": f"img{i}.nii.gz", "mask": f"msk{i}.nii.gz", "label": item["label"]})
     (tmp_path / "mine.json").write_text(json.dumps(entries))
-    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", output_dir=str(tmp_path / "eval"), ckpt_dir=str(ckpt),
-                 eval_datalist=str(tmp_path / "mine.json"), **TINY)
+    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", output_dir=str(tmp_path / "eval"),
+                 ckpt_path=str(ckpt / "model.pt"), eval_datalist=str(tmp_path / "mine.json"), **TINY)
     m = read_metrics(tmp_path / "eval")
     assert m["n_images"] == 4 and m["test_seed"] is None and m["cam_n_images"] == 2
 

@@ -240,9 +240,13 @@ def test_dicom_seg_round_trip_through_monai(tmp_path):
     assert ds.Modality == "SEG" and ds.NumberOfFrames == 12 and len(ds.SegmentSequence) == 2
     seg = LoadImage(reader=PydicomReader(), image_only=True, ensure_channel_first=True)(str(path))
     assert seg.shape == (2, 10, 12, 6)
-    np.testing.assert_allclose(seg.affine, img.affine, atol=1e-4)  # lands on the input grid
+    # highdicom stores the frames sorted along its own slice normal (the reverse of the reader's here); MONAI reads
+    # them in stored order with the matching affine, so voxel (i, j, N-1-k) of the SEG is voxel (i, j, k) of the input
+    flip_k = np.eye(4)
+    flip_k[2, 2], flip_k[2, 3] = -1.0, 5.0
+    np.testing.assert_allclose(seg.affine, img.affine.numpy() @ flip_k, atol=1e-4)  # lands on the input grid
     for k in (1, 2):
-        np.testing.assert_array_equal(seg[k - 1].numpy(), (labels[0] == k).numpy())
+        np.testing.assert_array_equal(seg[k - 1].flip(-1).numpy(), (labels[0] == k).numpy())
     with pytest.raises(ValueError, match="segment_labels"):
         write_dicom_seg(labels, tmp_path / "s", tmp_path / "x.dcm", segment_labels=["core"])
 

@@ -295,6 +295,17 @@ def _2d_inputs(name: str, meta: dict, data_dir, tmp: Path) -> list[tuple[Path, n
         z = int(np.argmax(truth.sum(axis=(0, 1))))
         slab = _moved(np.asarray(img.dataobj)[:, :, z - 6:z + 6], tmp / f"{name}.nii.gz", img.affine)
         return [(slab, truth[:, :, z - 6:z + 6], "tumour present")]
+    if name == "lgg_tumour_localisation":  # 6 slices through the tumour of a test patient, channels last (0..255)
+        import tifffile
+
+        from medcnn.data.lgg import lgg_patient_slices
+
+        slices = lgg_patient_slices(Path(data_dir("lgg_flair_tiff")) / "TCGA_CS_5393_19990606")
+        masks = np.stack([tifffile.imread(s["mask"]) > 0 for s in slices], axis=-1)
+        z = int(np.argmax(masks.sum(axis=(0, 1))))
+        picked = slices[z - 3:z + 3]
+        vol = np.stack([tifffile.imread(s["image"]) for s in picked], axis=2).astype(np.float32)  # (H, W, 6, 3)
+        return [(_moved(vol, tmp / f"{name}.nii.gz"), masks[:, :, z - 3:z + 3], "tumour present")]
     if name == "synthetic_localisation":  # four positive images of a seed the bundle never trains on
         from medcnn.data.synthetic import synthetic_datalist
 

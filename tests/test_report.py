@@ -6,15 +6,14 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pypdf
+import pypdfium2 as pdfium
 import pytest
 import torch
 from monai.data import MetaTensor
 
 from medcnn.report.pdf import write_case_report
 from medcnn.report.summary import case_facts, render_summary
-
-pypdf = pytest.importorskip("pypdf")
-pdfium = pytest.importorskip("pypdfium2")
 
 METRICS = {"auc": 0.9731, "accuracy": 0.9412, "sensitivity": 0.9, "specificity": 0.95, "cam_dice": 0.6123,
            "n_cases": 3, "confusion_matrix": [[50, 3], [4, 40]]}
@@ -252,3 +251,13 @@ def test_handler_groups_slices_and_draws_on_the_native_grid(tmp_path):
     assert "medcnn case report: pat7" in text and "of 5 slices" in text
     with pytest.raises(ValueError, match="native_image_key"):
         PDFReportHandler(tmp_path, invert_transform=prep)
+
+
+def test_pdf_report_with_an_undefined_curve(tmp_path):
+    """A validation figure that is NaN every epoch (PPV while no image was called positive) does not stop the report."""
+    image, label, pred, cam = phantom()
+    curves = {**CURVES, "val_ppv": [None, None], "val_ppv_x": [2, 3]}
+    out = write_case_report(tmp_path / "nan.pdf", image[None], pred[None], cam=cam, label=label, curves=curves,
+                            case_id="nan-curve")
+    text = pdf_text(out)
+    assert len(pypdf.PdfReader(str(out)).pages) == 3 and "best val_ppv" not in text and "best dice" in text

@@ -18,7 +18,7 @@ from medcnn.data.coco import (
     masks_to_coco,
     split_coco_datalist,
 )
-from medcnn.data.datalist import load_datalist, resolve_data_dir
+from medcnn.data.datalist import common_parent, load_datalist, resolve_data_dir
 from medcnn.data.dicom import (
     DicomSeriesError,
     DicomSeriesReader,
@@ -30,6 +30,7 @@ from medcnn.data.dicom import (
     write_dicom_seg,
     write_dicom_series_like,
 )
+from medcnn.data.lgg import LGGDataError, lgg_datalist, load_lgg_datalist
 from medcnn.data.synthetic import (
     SyntheticObjectDataset,
     SyntheticObjectGenerator,
@@ -38,8 +39,9 @@ from medcnn.data.synthetic import (
     synthetic_datalist,
 )
 from medcnn.data.tiff import StackReadError, TiffStackReader, expand_stack_datalist, read_stack, write_tiff_stack
+from medcnn.data.tiff_pages import TiffPagesReader, read_tiff_pages, write_tiff_pages
 
-__all__ = ["load_datalist", "resolve_data_dir"]
+__all__ = ["common_parent", "load_datalist", "resolve_data_dir"]
 __all__ += [
     "BRATS_FILE_NAMES", "BRATS_KEYS", "BratsDataError", "brats_case_datalist", "brats_hemispheres", "brats_slices",
     "load_brats_case", "split_slices_by_block",
@@ -56,3 +58,5 @@ __all__ += [
 __all__ += [
     "SyntheticObjectDataset", "SyntheticObjectGenerator", "ball_mask", "load_labelled_arrays", "synthetic_datalist",
 ]
+__all__ += ["TiffPagesReader", "read_tiff_pages", "write_tiff_pages"]
+__all__ += ["LGGDataError", "lgg_datalist", "load_lgg_datalist"]

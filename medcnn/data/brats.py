@@ -31,11 +31,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medcnn.transforms.intensity import zscore_in_brain
 from medcnn.transforms.stack import SelectSlice
 
 __all__ = [
     "BRATS_FILE_NAMES",
     "BRATS_KEYS",
+    "BRATS_OPTIONAL_KEYS",
     "BRATS_MODALITIES",
     "BratsDataError",
     "brats_case_datalist",
@@ -53,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 BRATS_MODALITIES: tuple[str, ...] = ("flair", "t1c")
 BRATS_KEYS: tuple[str, ...] = ("flair", "t1c", "label")  # required keys of a datalist entry ("brainmask" optional)
+BRATS_OPTIONAL_KEYS: tuple[str, ...] = ("brainmask",)  # optional file keys, resolved like the required ones
 BRATS_FILE_NAMES: dict[str, str] = {
     "flair": "Flair_subtrMeanDivStd.nii.gz",
     "t1c": "T1c_subtrMeanDivStd.nii.gz",
@@ -187,7 +190,8 @@ def _check_label(label: np.ndarray, path, ref_shape: tuple, ref_path) -> None:
 
 def normalise_in_brain(image: np.ndarray, brain: np.ndarray, case: str = "") -> np.ndarray:
     """Z-score each channel of ``image`` (C, H, W, D) over the voxels of ``brain`` (H, W, D) and set everything
-    outside the brain to 0 (the brain's mean).
+    outside the brain to 0 (the brain's mean): :func:`medcnn.transforms.intensity.zscore_in_brain` with errors
+    naming the BraTS case.
 
     DeepMedic's ``subtrMeanDivStd`` volumes are normalised over a different region per case (in-brain standard
     deviations of 1.27-1.75 in the shared cases) and their background is a per-case constant (-3.5 to -6.2):
@@ -195,16 +199,10 @@ def normalise_in_brain(image: np.ndarray, brain: np.ndarray, case: str = "") -> 
     tens, so no decision threshold transfers between cases. After this, tissue and background have the same
     values in every case.
     """
-    if not brain.any():
-        raise BratsDataError(f"BraTS case {case}: empty brain mask, cannot normalise inside the brain")
-    out = np.empty_like(image, dtype=np.float32)
-    for c in range(image.shape[0]):
-        values = image[c][brain]
-        std = float(values.std())
-        if std <= 0:
-            raise BratsDataError(f"BraTS case {case}: channel {c} is constant inside the brain")
-        out[c] = np.where(brain, (image[c] - float(values.mean())) / std, 0.0)
-    return out
+    try:
+        return zscore_in_brain(image, brain)
+    except ValueError as exc:
+        raise BratsDataError(f"BraTS case {case}: {exc}") from exc
 
 
 def extract_brats_slices(
@@ -349,11 +347,16 @@ def brats_hemispheres(
 
 
 def slice_summary(items: Sequence[Mapping], class_key: str = "label") -> dict:
-    """Counts of slices, tumour-positive, negative and ambiguous slices, and the cases covered."""
-    return {
+    """Counts of slices, tumour-positive, negative, ambiguous and unlabelled (class < 0) slices, and the cases."""
+    classes = [int(i[class_key]) for i in items]
+    summary = {
         "n_slices": len(items),
-        "n_positive": sum(int(i[class_key]) for i in items),
-        "n_negative": sum(1 for i in items if not i[class_key] and not i["ambiguous"]),
+        "n_positive": sum(1 for c in classes if c > 0),
+        "n_negative": sum(1 for c, i in zip(classes, items, strict=True) if c == 0 and not i["ambiguous"]),
         "n_ambiguous": sum(1 for i in items if i["ambiguous"]),
         "cases": sorted({i["case"] for i in items}),
     }
+    unlabelled = sum(1 for c in classes if c < 0)
+    if unlabelled:  # slices of cases without a label file (inference): neither positive nor negative
+        summary["n_unlabelled"] = unlabelled
+    return summary

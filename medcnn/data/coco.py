@@ -50,6 +50,22 @@ def coco_categories(json_path: str | os.PathLike) -> dict[int, str]:
     return {int(c["id"]): str(c.get("name", c["id"])) for c in content.get("categories", [])}
 
 
+def _check_image_size(path: Path, height: int, width: int, json_path: Path, img_id: int) -> None:
+    """The image file's own size (read from its header) must be the ``height`` x ``width`` the JSON declares."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError):  # not a Pillow format: its loader checks it later
+        return
+    if (h, w) != (height, width):
+        raise CocoFormatError(
+            f"{path}: the image is {h} x {w} px (H x W) but COCO file {json_path} declares {height} x {width} for "
+            f"image id {img_id}; masks drawn at the declared size would not overlay the image"
+        )
+
+
 def load_coco_datalist(
     json_path: str | os.PathLike,
     image_dir: str | os.PathLike | None = None,
@@ -68,7 +84,8 @@ def load_coco_datalist(
     annotations. Images without (kept) annotations are included unless ``include_empty`` is False.
 
     Raises :class:`CocoFormatError` naming the JSON and the image file / annotation id when an image file is
-    missing, ids are duplicated, an annotation refers to an unknown image or category, or (``check_annotations``)
+    missing or (``check_files``) its size differs from the JSON's ``height`` / ``width``, ids are duplicated, an
+    annotation refers to an unknown image or category, or (``check_annotations``)
     an annotation does not decode within its image (polygon outside the image, RLE of another size).
     """
     json_path = Path(json_path).expanduser()
@@ -89,6 +106,8 @@ def load_coco_datalist(
             raise CocoFormatError(
                 f"COCO file {json_path}: image id {img_id} refers to {path}, which does not exist"
             )
+        if check_files:
+            _check_image_size(path, int(img["height"]), int(img["width"]), json_path, img_id)
         images[img_id] = {
             "image": str(path.resolve()),
             "annotations": [],

@@ -17,7 +17,9 @@ and cannot be told to fail on gaps, so it is not used here.
 Use :func:`load_dicom_series` for one folder, :class:`LoadDicomSeriesd` in a dictionary pipeline (errors reach the
 caller unwrapped; ``LoadImaged(reader=DicomSeriesReader())`` also works but wraps errors into a RuntimeError), and
 :func:`save_like` (NIfTI), :func:`write_dicom_series_like` (a derived image series) or :func:`write_dicom_seg`
-(a binary DICOM SEG object) to write a prediction back with the input geometry.
+(a binary DICOM SEG object, written by highdicom with coded segment descriptions) to write a prediction back with the
+input geometry; :func:`read_dicom_seg` reads a SEG back onto its source series' grid. Folders holding non-image
+objects (SEG, SR, RTSTRUCT, ...) are refused by name.
 """
 
 from __future__ import annotations
@@ -49,9 +51,18 @@ __all__ = [
     "save_like",
     "write_dicom_series_like",
     "write_dicom_seg",
+    "segment_descriptions",
+    "read_dicom_seg",
+    "DEFAULT_SEGMENT_CODE",
+    "NON_IMAGE_MODALITIES",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+# Modalities of DICOM objects that are not image slices (segmentations, reports, structure sets, states, ...)
+NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "PR", "KO", "DOC", "REG", "FID",
+                                  "PLAN", "AU", "ECG"})
 
 
 class DicomSeriesError(InvalidInputError):
@@ -117,6 +128,16 @@ def read_dicom_series(
             raise DicomSeriesError(f"{f}: not a DICOM file ({exc}); remove it from the series folder") from exc
         except Exception as exc:  # truncated / corrupt files surface as many different pydicom errors
             raise DicomSeriesError(f"{f}: corrupt DICOM file ({type(exc).__name__}: {exc})") from exc
+        modality = str(getattr(ds, "Modality", "")).upper()
+        if modality in NON_IMAGE_MODALITIES:
+            kind = getattr(getattr(ds, "SOPClassUID", None), "name", "") or modality
+            if ignore_non_dicom:
+                logger.warning("%s: %s object (%s), not an image slice, skipped", f, modality, kind)
+                continue
+            raise DicomSeriesError(
+                f"{f}: a {modality} object ({kind}), not an image slice; a series folder must hold the image "
+                "slices of one series (move derived objects such as SEG, SR or RTSTRUCT elsewhere)"
+            )
         if "PixelData" not in ds:
             if ignore_non_dicom:
                 logger.warning("%s: DICOM object without pixel data (e.g. DICOMDIR), skipped", f)
@@ -133,7 +154,8 @@ def read_dicom_series(
             raise DicomSeriesError(f"DICOM series folder {folder}: no slice of series {series_uid} (found {uids})")
     elif len(uids) > 1:
         raise DicomSeriesError(
-            f"DICOM series folder {folder}: holds {len(uids)} series {uids}; split them or pass series_uid"
+            f"DICOM series folder {folder}: holds {len(uids)} series {uids}; move each series to a folder of its own "
+            "(or pass series_uid to read one)"
         )
 
     ds0, f0 = items[0]
@@ -425,15 +447,109 @@ def write_dicom_series_like(
     return written
 
 
-# (code value, coding scheme, meaning) for SegmentedPropertyCategory / Type, SNOMED CT as in DICOM CID 7150/7151
-_SEG_CATEGORY = ("49755003", "SCT", "Morphologically Altered Structure")
-_SEG_TYPE = ("108369006", "SCT", "Neoplasm")
+# Default coding of a segment given only by name: SNOMED CT "Morphologically Altered Structure" / "Neoplasm"
+# (DICOM CID 7150 / 7151), the right codes for a tumour mask. Anything else (anatomy, objects) needs its own codes:
+# pass ``segment_codes`` (a bundle declares them in its metadata.json, ``dicom_seg`` section).
+DEFAULT_SEGMENT_CODE = {
+    "category": ["49755003", "SCT", "Morphologically Altered Structure"],
+    "type": ["108369006", "SCT", "Neoplasm"],
+}
+_CODE_KEYS = ("category", "type", "type_modifier", "anatomic_region")
 
 
-def _code(value: str, scheme: str, meaning: str) -> pydicom.Dataset:
-    item = pydicom.Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
-    return item
+def _highdicom():
+    """The highdicom module, or an ImportError that says how to install it."""
+    try:
+        import highdicom
+    except ImportError as exc:
+        raise ImportError("DICOM SEG needs highdicom: pip install 'medcnn[dicom]' (or highdicom>=0.28)") from exc
+    return highdicom
+
+
+def _coded(spec, where: str):
+    """``[value, scheme, meaning]`` (or a dict with those keys) -> ``highdicom.sr.CodedConcept``."""
+    CodedConcept = _highdicom().sr.CodedConcept
+
+    if isinstance(spec, dict):
+        spec = [spec.get("value"), spec.get("scheme"), spec.get("meaning")]
+    if not isinstance(spec, (list, tuple)) or len(spec) != 3 or not all(isinstance(v, str) and v for v in spec):
+        raise ValueError(f"{where}: a code is [value, scheme, meaning] (e.g. [\"5366008\", \"SCT\", \"Hippocampus\"]), "
+                         f"got {spec!r}")
+    return CodedConcept(value=spec[0], scheme_designator=spec[1], meaning=spec[2])
+
+
+def segment_descriptions(
+    segment_labels: Sequence[str],
+    segment_codes: Sequence[dict] | None = None,
+    algorithm_name: str = "medcnn",
+    algorithm_version: str | None = None,
+) -> list:
+    """``highdicom.seg.SegmentDescription`` of label values 1..K (``segment_labels[k-1]``, ``segment_codes[k-1]``).
+
+    A code spec is a dict with ``category`` and ``type`` (``[value, scheme, meaning]``, SNOMED CT ``SCT`` or DICOM
+    ``DCM`` as in CID 7150 / 7151, e.g. from ``pydicom.sr.codedict.codes``), and optionally ``type_modifier``
+    (e.g. SCT 255549009 "Anterior") and ``anatomic_region``. Without ``segment_codes`` every segment gets
+    :data:`DEFAULT_SEGMENT_CODE` (a neoplasm).
+    """
+    from pydicom.sr.codedict import codes
+
+    from medcnn import __version__
+
+    hd = _highdicom()
+
+    if segment_codes is not None and len(segment_codes) != len(segment_labels):
+        raise ValueError(f"{len(segment_labels)} segment labels {list(segment_labels)} but {len(segment_codes)} codes")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version or __version__
+    )
+    out = []
+    for k, label in enumerate(segment_labels, start=1):
+        spec = dict(DEFAULT_SEGMENT_CODE if segment_codes is None else segment_codes[k - 1])
+        where = f"segment {k} ({label})"
+        unknown = set(spec) - set(_CODE_KEYS) - {"label"}
+        if unknown or "category" not in spec or "type" not in spec:
+            raise ValueError(f"{where}: codes need 'category' and 'type' (optional 'type_modifier', "
+                             f"'anatomic_region'); got keys {sorted(spec)}")
+        region = spec.get("anatomic_region")
+        desc = hd.seg.SegmentDescription(
+            segment_number=k,
+            segment_label=str(label),
+            segmented_property_category=_coded(spec["category"], where),
+            segmented_property_type=_coded(spec["type"], where),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            anatomic_regions=[_coded(region, where)] if region else None,
+        )
+        if spec.get("type_modifier"):  # e.g. anterior / posterior part of a structure (CID 7151 modifiers)
+            desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                _coded(spec["type_modifier"], where)
+            ]
+        out.append(desc)
+    return out
+
+
+# Type 2 attributes (present, may be empty) of the Patient / General Study modules that highdicom copies into the SEG
+_TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                        "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _with_type2_attributes(datasets: list) -> list:
+    """Copies of the source slices with empty values for the Patient / Study type 2 attributes they lack.
+
+    Many exported series omit e.g. PatientBirthDate; a SEG must carry them (empty is allowed). The copies live in
+    memory only: the input files are never touched.
+    """
+    missing = [t for t in _TYPE2_PATIENT_STUDY if any(t not in ds for ds in datasets)]
+    if not missing:
+        return datasets
+    out = []
+    for ds in datasets:
+        ds = copy.deepcopy(ds)
+        for tag in missing:
+            if tag not in ds:
+                setattr(ds, tag, "")
+        out.append(ds)
+    return out
 
 
 def write_dicom_seg(
@@ -444,110 +560,77 @@ def write_dicom_seg(
     series_description: str = "medcnn segmentation",
     algorithm_name: str = "medcnn",
     series_number: int = 9902,
+    segment_codes: Sequence[dict] | None = None,
+    algorithm_version: str | None = None,
 ) -> Path:
-    """Write a label mask ``(1, W, H, N)`` / ``(W, H, N)`` (values 0..K) as one binary DICOM SEG object.
+    """Write a label mask ``(1, W, H, N)`` / ``(W, H, N)`` (values 0..K) as one binary DICOM SEG object (highdicom).
 
-    Segment ``k`` (label value ``k``, named ``segment_labels[k-1]``) gets one frame per reference slice, in
-    slice order, with the reference's orientation, positions, pixel spacing, patient, study and frame of reference,
-    so viewers (3D Slicer, OHIF) and MONAI's ``PydicomReader`` place it on the input grid. Written by hand with
-    pydicom (no highdicom dependency): category "Morphologically Altered Structure", type "Neoplasm" (SNOMED CT).
+    Segment ``k`` (label value ``k``, named ``segment_labels[k-1]``, coded by ``segment_codes[k-1]``: see
+    :func:`segment_descriptions`) gets one frame per reference slice, empty frames included, with the reference's
+    patient, study, frame of reference, orientation, positions and pixel spacing, so viewers (3D Slicer, OHIF),
+    highdicom and MONAI's ``PydicomReader`` place it on the input grid. Software version and algorithm version are
+    the medcnn version unless ``algorithm_version`` names the model's. Nothing is written on error.
     """
+    from medcnn import __version__
+
+    hd = _highdicom()
     series, arr = _series_and_mask(reference_folder, mask)
-    src0 = series.datasets[0]
-    cols, rows, _ = arr.shape
     labels = [int(v) for v in np.unique(arr) if v != 0]
     if any(v < 0 or v > len(segment_labels) for v in labels):
         raise ValueError(f"mask for {reference_folder}: label values {labels} need names in segment_labels")
     output_path = Path(output_path)
     if output_path.suffix.lower() != ".dcm":
         raise ValueError(f"output {output_path}: use a .dcm file name")
+    if output_path.resolve().parent == series.folder.resolve():
+        raise ValueError(f"output {output_path}: would write into the input series folder {series.folder}")
+    descriptions = segment_descriptions(segment_labels, segment_codes, algorithm_name, algorithm_version)
+    frames = np.ascontiguousarray(np.transpose(arr, (2, 1, 0))).astype(np.uint8)  # (W, H, N) -> (N, Rows, Cols)
+    seg = hd.seg.Segmentation(
+        source_images=_with_type2_attributes(series.datasets),
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="medcnn",
+        manufacturer_model_name=algorithm_name,
+        software_versions=f"medcnn {__version__}",
+        device_serial_number="0",
+        series_description=series_description,
+        content_label="SEGMENTATION",
+        content_description=f"{algorithm_name} segmentation"[:64],
+        omit_empty_frames=False,
+    )
     output_path.parent.mkdir(parents=True, exist_ok=True)
-
-    meta = pydicom.dataset.FileMetaDataset()
-    meta.MediaStorageSOPClassUID = pydicom.uid.SegmentationStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    for tag in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-                "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID"):
-        if tag in src0:
-            setattr(ds, tag, src0.data_element(tag).value)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "SEG", generate_uid(), series_number, 1
-    ds.SeriesDescription, ds.ContentLabel, ds.ContentDescription = series_description, "SEGMENTATION", algorithm_name
-    ds.ContentCreatorName = algorithm_name
-    ds.Manufacturer, ds.ManufacturerModelName, ds.SoftwareVersions = "medcnn", "medcnn", "0.1.0"
-    ds.DeviceSerialNumber = "0"
-    ds.ImageType = ["DERIVED", "PRIMARY"]
-    ds.SegmentationType = "BINARY"
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = rows, cols
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
-    ds.LossyImageCompression = "00"
-    ds.PositionReferenceIndicator = ""
-
-    segments = []
-    for k in range(1, len(segment_labels) + 1):
-        seg = pydicom.Dataset()
-        seg.SegmentNumber, seg.SegmentLabel = k, str(segment_labels[k - 1])
-        seg.SegmentAlgorithmType, seg.SegmentAlgorithmName = "AUTOMATIC", algorithm_name
-        seg.SegmentedPropertyCategoryCodeSequence = [_code(*_SEG_CATEGORY)]
-        seg.SegmentedPropertyTypeCodeSequence = [_code(*_SEG_TYPE)]
-        segments.append(seg)
-    ds.SegmentSequence = segments
-
-    dim_org_uid = generate_uid()
-    org = pydicom.Dataset()
-    org.DimensionOrganizationUID = dim_org_uid
-    ds.DimensionOrganizationSequence = [org]
-    idx_seg, idx_pos = pydicom.Dataset(), pydicom.Dataset()
-    idx_seg.DimensionOrganizationUID = idx_pos.DimensionOrganizationUID = dim_org_uid
-    idx_seg.DimensionIndexPointer = pydicom.tag.Tag(0x0062, 0x000B)  # ReferencedSegmentNumber
-    idx_seg.FunctionalGroupPointer = pydicom.tag.Tag(0x0062, 0x000A)  # SegmentIdentificationSequence
-    idx_pos.DimensionIndexPointer = pydicom.tag.Tag(0x0020, 0x0032)  # ImagePositionPatient
-    idx_pos.FunctionalGroupPointer = pydicom.tag.Tag(0x0020, 0x9113)  # PlanePositionSequence
-    ds.DimensionIndexSequence = [idx_seg, idx_pos]
-
-    shared = pydicom.Dataset()
-    orient, measures = pydicom.Dataset(), pydicom.Dataset()
-    orient.ImageOrientationPatient = list(src0.ImageOrientationPatient)
-    measures.PixelSpacing = list(src0.PixelSpacing)
-    measures.SliceThickness = src0.get("SliceThickness", series.slice_spacing)
-    measures.SpacingBetweenSlices = f"{series.slice_spacing:.6g}"
-    shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = [orient], [measures]
-    ds.SharedFunctionalGroupsSequence = [shared]
-
-    ref_series = pydicom.Dataset()
-    ref_series.SeriesInstanceUID = src0.SeriesInstanceUID
-    ref_series.ReferencedInstanceSequence = []
-    for src in series.datasets:
-        ref = pydicom.Dataset()
-        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = src.SOPClassUID, src.SOPInstanceUID
-        ref_series.ReferencedInstanceSequence.append(ref)
-    ds.ReferencedSeriesSequence = [ref_series]
-
-    frames, per_frame = [], []
-    for k in range(1, len(segment_labels) + 1):
-        for z, src in enumerate(series.datasets):
-            frames.append((arr[:, :, z].T == k).astype(np.uint8))  # (W, H) -> (Rows, Columns)
-            item, content, pos, ident, deriv = (pydicom.Dataset() for _ in range(5))
-            content.DimensionIndexValues = [k, z + 1]
-            pos.ImagePositionPatient = list(src.ImagePositionPatient)
-            ident.ReferencedSegmentNumber = k
-            src_img = pydicom.Dataset()
-            src_img.ReferencedSOPClassUID, src_img.ReferencedSOPInstanceUID = src.SOPClassUID, src.SOPInstanceUID
-            purpose = _code("121322", "DCM", "Source image for image processing operation")
-            src_img.PurposeOfReferenceCodeSequence = [purpose]
-            deriv.SourceImageSequence = [src_img]
-            deriv.DerivationCodeSequence = [_code("113076", "DCM", "Segmentation")]
-            item.FrameContentSequence, item.PlanePositionSequence = [content], [pos]
-            item.SegmentIdentificationSequence, item.DerivationImageSequence = [ident], [deriv]
-            per_frame.append(item)
-    ds.PerFrameFunctionalGroupsSequence = per_frame
-    ds.NumberOfFrames = len(frames)
-    bits = np.packbits(np.stack(frames).ravel(), bitorder="little")
-    ds.PixelData = bits.tobytes() + (b"\0" if bits.size % 2 else b"")
-    ds.save_as(output_path, enforce_file_format=True)
-    logger.info("wrote DICOM SEG with %d segment(s), %d frames to %s", len(segment_labels), len(frames), output_path)
+    tmp = output_path.with_name(f".{output_path.name}.part")
+    seg.save_as(tmp, enforce_file_format=True)
+    os.replace(tmp, output_path)
+    logger.info("wrote DICOM SEG with %d segment(s), %d frames to %s", len(descriptions), int(seg.NumberOfFrames),
+                output_path)
     return output_path
+
+
+def read_dicom_seg(seg_path: str | os.PathLike, reference_folder: str | os.PathLike) -> MetaTensor:
+    """Read a DICOM SEG back onto the grid of its source series: a ``(1, W, H, N)`` label map (segment numbers).
+
+    Frames are matched to the series' slices by their referenced SOP Instance UIDs (highdicom), so the result lies
+    voxel-for-voxel on :func:`load_dicom_series` of ``reference_folder`` and carries its affine. Raises
+    :class:`DicomSeriesError` naming the file when it is not a SEG or does not reference that series.
+    """
+    hd = _highdicom()
+    seg_path = Path(seg_path)
+    try:
+        seg = hd.seg.segread(seg_path)
+    except Exception as exc:  # not DICOM, not a SEG, corrupt
+        raise DicomSeriesError(f"{seg_path}: not a readable DICOM SEG ({type(exc).__name__}: {exc})") from exc
+    series = read_dicom_series(reference_folder)
+    uids = [str(ds.SOPInstanceUID) for ds in series.datasets]
+    referenced = {str(uid) for _, _, uid in seg.get_source_image_uids()}
+    if not set(uids) & referenced:
+        raise DicomSeriesError(f"{seg_path}: references none of the {len(uids)} slices of series {series.folder}")
+    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)  # (N, R, C)
+    ref = load_dicom_series(reference_folder)
+    arr = torch.as_tensor(np.ascontiguousarray(np.transpose(frames, (2, 1, 0))))[None]  # -> (1, W, H, N)
+    return MetaTensor(arr, affine=ref.affine.clone(), meta={"filename_or_obj": str(seg_path)})

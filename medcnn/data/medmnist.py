@@ -29,6 +29,7 @@ __all__ = [
     "png_datalist",
     "classification_datalist",
     "class_weights",
+    "check_intensity_range",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,20 +91,30 @@ def load_medmnist_split(
     if not path.is_file():
         raise MedMNISTError(f"MedMNIST file {path}: not found")
     n_classes = _n_classes(n_classes, class_names, f"MedMNIST file {path}")
+    if path.stat().st_size == 0:
+        raise MedMNISTError(f"MedMNIST file {path}: empty file (0 bytes); was a download or copy interrupted?")
+    img_key, lbl_key = f"{split}_images", f"{split}_labels"
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise MedMNISTError(f"MedMNIST file {path}: not a readable .npz archive ({exc})") from exc
+    except Exception as exc:  # OSError, ValueError, EOFError, zipfile.BadZipFile ... for a truncated or foreign file
+        raise MedMNISTError(
+            f"MedMNIST file {path}: not a readable .npz archive, truncated or corrupt? ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not hasattr(archive, "files"):
+        raise MedMNISTError(f"MedMNIST file {path}: expected an .npz archive of named arrays, got a single array")
     with archive:
-        if not hasattr(archive, "files"):
-            raise MedMNISTError(f"MedMNIST file {path}: expected an .npz archive of named arrays, got a single array")
-        img_key, lbl_key = f"{split}_images", f"{split}_labels"
         missing = [k for k in (img_key, lbl_key) if k not in archive.files]
         if missing:
             raise MedMNISTError(
                 f"MedMNIST file {path}: missing key(s) {missing} for split '{split}' (keys present: {archive.files})"
             )
-        images, labels = archive[img_key], archive[lbl_key]
+        try:
+            images, labels = archive[img_key], archive[lbl_key]
+        except Exception as exc:  # a member cut short: zlib / CRC / EOF errors
+            raise MedMNISTError(
+                f"MedMNIST file {path}: cannot read '{img_key}' / '{lbl_key}', the archive is truncated or corrupt "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
     if images.ndim not in (3, 4) or images.shape[0] == 0:
         raise MedMNISTError(
             f"MedMNIST file {path} key '{img_key}': expected a non-empty (N, H, W) or (N, H, W, C) array, "
@@ -115,14 +126,49 @@ def load_medmnist_split(
             f"{labels.shape[0]} labels"
         )
     labels = _check_labels(labels, n_classes, f"MedMNIST file {path} key '{lbl_key}'")
+    check_intensity_range(images, f"MedMNIST file {path} key '{img_key}'")
     return images, labels
 
 
+def check_intensity_range(images: np.ndarray, where: str) -> None:
+    """Refuse images outside the range the classifiers expect: 8-bit grey levels.
+
+    Accepted: ``uint8`` (0-255), any other integer dtype whose values lie in 0-255 (8-bit values stored wide),
+    and floating point already in ``[0, 1]``. Refused with :class:`MedMNISTError` naming ``where``: NaN or infinite
+    values, integers beyond 0-255 (16-bit data: rescaling it would guess a window), floats outside ``[0, 1]``
+    (e.g. 0-255 stored as float: divide by 255 first), and booleans.
+    """
+    arr = np.asarray(images)
+    if arr.dtype == np.bool_ or arr.dtype.kind not in "uif":
+        raise MedMNISTError(f"{where}: images must be 8-bit grey levels, got dtype {arr.dtype}")
+    if arr.size == 0 or arr.dtype == np.uint8:
+        return
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise MedMNISTError(f"{where}: {bad} NaN or infinite pixel value(s)")
+    lo, hi = float(arr.min()), float(arr.max())
+    if arr.dtype.kind in "ui" and not (lo >= 0 and hi <= 255):
+        raise MedMNISTError(
+            f"{where}: {arr.dtype} values {lo:g}..{hi:g} are not 8-bit grey levels (0-255); the classifier was "
+            "trained on 8-bit images, convert them with your own window to uint8 first"
+        )
+    if arr.dtype.kind == "f" and not (lo >= 0.0 and hi <= 1.0):
+        hint = " (they look like 0-255 grey levels: divide by 255)" if lo >= 0 and hi <= 255 else ""
+        raise MedMNISTError(f"{where}: float values {lo:g}..{hi:g} are outside [0, 1]{hint}")
+
+
+def _unit_scale(arr: np.ndarray) -> float:
+    """Divisor that maps checked images (see :func:`check_intensity_range`) to ``[0, 1]``: 255 for integers."""
+    return 255.0 if arr.dtype.kind in "ui" else 1.0
+
+
 def _to_channel_first(image: np.ndarray) -> np.ndarray:
-    """``(H, W)`` -> ``(1, H, W)``; ``(H, W, C)`` -> ``(C, H, W)``; float32, uint8 scaled to ``[0, 1]``."""
+    """``(H, W)`` -> ``(1, H, W)``; ``(H, W, C)`` -> ``(C, H, W)``; float32 in ``[0, 1]`` (integers / 255).
+
+    ``image`` must have passed :func:`check_intensity_range`.
+    """
     arr = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
-    scale = 255.0 if arr.dtype == np.uint8 else 1.0
-    return np.ascontiguousarray(arr, dtype=np.float32) / scale
+    return np.ascontiguousarray(arr, dtype=np.float32) / _unit_scale(arr)
 
 
 def medmnist_datalist(
@@ -157,6 +203,28 @@ def medmnist_datalist(
     ]
 
 
+def _pil_to_8bit(im, grey: bool, where: str) -> np.ndarray:
+    """An 8-bit ``(H, W)`` grey or ``(H, W, 3)`` RGB array from a Pillow image; 16-bit / float images are checked.
+
+    Pillow's ``convert("L")`` clips a 16-bit image to 255, which turns most medical PNGs into a constant image;
+    here a 16-bit (``I;16``, ``I``) or float (``F``) image is accepted only when its values are 8-bit grey levels,
+    and refused with :class:`MedMNISTError` otherwise.
+    """
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(im)
+        if arr.dtype.kind == "f":
+            if not np.isfinite(arr).all():
+                raise MedMNISTError(f"{where} ({im.mode}): NaN or infinite pixel values")
+            if arr.size and arr.min() >= 0 and arr.max() <= 1:
+                arr = arr * 255.0  # a float image in [0, 1]
+            arr = np.round(arr)
+        arr = arr.astype(np.int64)
+        check_intensity_range(arr, f"{where} ({im.mode})")
+        arr = arr.astype(np.uint8)
+        return arr if grey else np.repeat(arr[..., None], 3, axis=-1)
+    return np.asarray(im.convert("L" if grey else "RGB"))
+
+
 def png_datalist(
     entries: Sequence[dict],
     n_classes: int | None = None,
@@ -188,7 +256,7 @@ def png_datalist(
             )
         try:
             with Image.open(fname) as im:
-                arr = np.asarray(im.convert("L" if grey else "RGB"))
+                arr = _pil_to_8bit(im, grey, f"{source}: entry {i}: image {fname}")
         except OSError as exc:
             raise MedMNISTError(f"{source}: entry {i}: cannot read image {fname} ({exc})") from exc
         item = {

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from monai.data import Dataset
-from monai.transforms import LoadImage, Randomizable
+from monai.transforms import Randomizable
 
 __all__ = [
     "ball_mask",
@@ -176,34 +176,53 @@ def load_labelled_arrays(
     datalist: str | os.PathLike | Sequence[dict],
     keys: Sequence[str] = ("image", "label", "mask"),
     require_label: bool = True,
+    spatial_size: Sequence[int] | None = None,
 ) -> list[dict]:
     """Read a user datalist (MSD ``dataset.json`` or JSON list, or a list of dicts) into in-memory sample dicts.
 
     ``image`` and ``mask`` are file paths (any format MONAI ``LoadImage`` reads; mask optional) loaded
     channel-first as float32 / uint8; ``label`` is the class (0/1). When ``label`` is missing it is derived
     from the mask (1 if any voxel is set); with ``require_label=False`` (inference / localisation of unlabelled
-    images) it is then -1.
+    images) it is then -1. Every entry is checked, and a bad one raises
+    :class:`medcnn.transforms.InvalidInputError` naming its file: unreadable file, NaN / infinite voxels, a
+    spatial size other than ``spatial_size`` (the bundle's training size, when given), a mask of another size, a
+    label other than 0 / 1, or a positive image without a mask while other entries have one (its CAM Dice could
+    not be scored; a negative image without a mask gets an empty one).
     """
     from medcnn.data.datalist import load_datalist
+    from medcnn.transforms.io import LoadImageChecked
+    from medcnn.transforms.validation import CheckImage, InvalidInputError
 
     image_key, label_key, mask_key = keys
     if isinstance(datalist, (str, os.PathLike)):
         entries = load_datalist(datalist, keys=[image_key], path_keys=[image_key, mask_key])
     else:
         entries = [dict(e) for e in datalist]
-    loader = LoadImage(image_only=True, ensure_channel_first=True)
-    items = []
+    loader = LoadImageChecked(image_only=True, ensure_channel_first=True)
+    dims = len(spatial_size) if spatial_size is not None else None
+    check_image = CheckImage(spatial_dims=dims, name="image")
+    items, sources = [], []
     for entry in entries:
         if image_key not in entry:
-            raise ValueError(f"load_labelled_arrays: entry {entry!r} has no {image_key!r}")
+            raise InvalidInputError(f"datalist entry {entry!r} has no {image_key!r}")
+        src = str(entry[image_key])
         item = dict(entry)
-        item.setdefault("id", os.path.basename(str(entry[image_key])).split(".")[0])
-        item[image_key] = np.asarray(loader(entry[image_key]), dtype=np.float32)
+        item.setdefault("id", os.path.basename(src).split(".")[0])
+        image = check_image(loader(entry[image_key]), source=src)
+        item[image_key] = np.asarray(image, dtype=np.float32)
+        if spatial_size is not None and tuple(item[image_key].shape[1:]) != tuple(int(v) for v in spatial_size):
+            raise InvalidInputError(
+                f"{src}: image size {tuple(item[image_key].shape[1:])} differs from the bundle's "
+                f"{tuple(int(v) for v in spatial_size)} (its training size); resample the image first"
+            )
         if entry.get(mask_key) is not None:
-            mask = np.asarray(loader(entry[mask_key])) > 0
+            mask = np.asarray(loader(entry[mask_key]))
+            if not np.isfinite(mask).all():
+                raise InvalidInputError(f"{entry[mask_key]}: mask contains NaN or infinite values")
+            mask = mask > 0
             if mask.shape[1:] != item[image_key].shape[1:]:
-                raise ValueError(
-                    f"load_labelled_arrays: mask {entry[mask_key]} shape {mask.shape[1:]} != image shape "
+                raise InvalidInputError(
+                    f"{entry[mask_key]}: mask size {mask.shape[1:]} differs from its image {src} "
                     f"{item[image_key].shape[1:]}"
                 )
             item[mask_key] = mask[:1].astype(np.uint8)
@@ -211,11 +230,28 @@ def load_labelled_arrays(
             if mask_key not in item and not require_label:
                 item[label_key] = -1
                 items.append(item)
+                sources.append(src)
                 continue
             if mask_key not in item:
-                raise ValueError(f"load_labelled_arrays: entry {entry[image_key]} has neither {label_key!r} nor mask")
+                raise InvalidInputError(f"{src}: the entry has neither {label_key!r} nor {mask_key!r}")
             item[label_key] = int(item[mask_key].any())
         else:
-            item[label_key] = int(entry[label_key])
+            value = entry[label_key]
+            if isinstance(value, bool) or value not in (0, 1):
+                raise InvalidInputError(f"{src}: {label_key} must be 0 (no object) or 1 (object), got {value!r}")
+            item[label_key] = int(value)
         items.append(item)
+        sources.append(src)
+    with_mask = [it for it in items if mask_key in it]
+    if with_mask and len(with_mask) < len(items):
+        for it, src in zip(items, sources, strict=True):
+            if mask_key in it:
+                continue
+            if it[label_key] == 1:
+                raise InvalidInputError(
+                    f"{src}: positive image without a "
+                    f"{mask_key!r} while {len(with_mask)} other entries have one; give every positive image a mask, "
+                    "or none"
+                )
+            it[mask_key] = np.zeros((1, *it[image_key].shape[1:]), np.uint8)  # a negative image: no object
     return items

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ __all__ = [
     "stack_page_count",
     "write_tiff_stack",
     "write_png_folder",
+    "png_slice_names",
     "expand_stack_datalist",
     "SLICE_SUFFIXES",
     "STACK_SUFFIXES",
@@ -68,14 +70,51 @@ def slice_files(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
-def _read_tiff_pages(path: Path) -> list[np.ndarray]:
+class _TifffileProblems(logging.Handler):
+    """Collects what ``tifffile`` logs at ERROR level while a file is read (it skips broken pages with a log line)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _tifffile_problems():
+    log = logging.getLogger("tifffile")
+    handler = _TifffileProblems()
+    log.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        log.removeHandler(handler)
+
+
+def _read_tiff_pages(path: Path, decode: bool = True) -> list[np.ndarray] | int:
+    """The pages of a TIFF file (or only their number with ``decode=False``); a broken page chain is an error.
+
+    ``tifffile`` stops at a page offset beyond the end of a truncated file and only logs it, which would make a
+    truncated stack a shorter one; here anything it logs as an error, and an ImageJ page count that differs from the
+    pages found, raise :class:`StackReadError`.
+    """
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
-            return [page.asarray() for page in tif.pages]
+        with _tifffile_problems() as problems, tifffile.TiffFile(path) as tif:
+            pages = [page.asarray() for page in tif.pages] if decode else list(tif.pages)
+            expected = (tif.imagej_metadata or {}).get("images") if tif.is_imagej else None
     except Exception as exc:  # tifffile raises many types for corrupt input
         raise StackReadError(f"{path}: not readable as a TIFF file ({type(exc).__name__}: {exc})") from exc
+    if problems:
+        raise StackReadError(
+            f"{path}: truncated or corrupt TIFF, only {len(pages)} page(s) readable ({problems[0]}); "
+            "refusing to read it as a shorter stack"
+        )
+    if expected is not None and int(expected) != len(pages):
+        raise StackReadError(f"{path}: the file declares {expected} images (ImageJ) but holds {len(pages)} pages")
+    return pages if decode else len(pages)
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -135,13 +174,7 @@ def stack_page_count(path: str | os.PathLike) -> int:
     if path.is_dir():
         return sum(stack_page_count(f) if f.suffix.lower() in STACK_SUFFIXES else 1 for f in slice_files(path))
     if path.suffix.lower() in STACK_SUFFIXES:
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                return len(tif.pages)
-        except Exception as exc:
-            raise StackReadError(f"{path}: not readable as a TIFF file ({type(exc).__name__}: {exc})") from exc
+        return _read_tiff_pages(path, decode=False)
     if path.suffix.lower() == ".png":
         return 1
     raise StackReadError(f"{path}: not a stack (expected {', '.join(SLICE_SUFFIXES)} or a folder of them)")
@@ -179,6 +212,36 @@ def write_tiff_stack(array, path: str | os.PathLike, overwrite: bool = False) ->
     return path
 
 
+def png_slice_names(folder: str | os.PathLike, name_format: str, n: int) -> list[Path]:
+    """``folder / name_format.format(index=i)`` for ``i < n``: distinct plain ``.png`` file names inside ``folder``.
+
+    Raises ``ValueError`` for a format that does not format with ``index`` alone, that gives a path (``/``,
+    ``..``) rather than a file name - it would write outside ``folder`` - that does not end in ``.png``, or that
+    gives the same name to several slices.
+    """
+    folder = Path(folder).expanduser()
+    names = []
+    for i in range(n):
+        try:
+            name = name_format.format(index=i)
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise ValueError(
+                f"name_format {name_format!r} cannot be formatted with index={i} ({type(exc).__name__}: {exc}); "
+                "use e.g. 'slice_{index:03d}.png'"
+            ) from exc
+        if not name or name in (".", "..") or Path(name).name != name or "/" in name or "\\" in name:
+            raise ValueError(
+                f"name_format {name_format!r} gives {name!r}, not a plain file name: slices are only written "
+                f"inside {folder}"
+            )
+        if not name.lower().endswith(".png"):
+            raise ValueError(f"name_format {name_format!r} gives {name!r}; slice files must end in .png")
+        names.append(folder / name)
+    if len(set(names)) != len(names):
+        raise ValueError(f"name_format {name_format!r} gives the same file name to several slices")
+    return names
+
+
 def write_png_folder(
     array, folder: str | os.PathLike, name_format: str = "{index}.png", overwrite: bool = False
 ) -> list[Path]:
@@ -199,9 +262,7 @@ def write_png_folder(
         raise ValueError(
             f"{folder}: PNG holds uint8 or uint16 slices losslessly, the stack is {arr.dtype}; keep it as TIFF"
         )
-    names = [folder / name_format.format(index=i) for i in range(arr.shape[0])]
-    if len(set(names)) != len(names):
-        raise ValueError(f"name_format {name_format!r} gives the same file name to several slices")
+    names = png_slice_names(folder, name_format, arr.shape[0])
     clash = [n for n in names if n.exists()]
     if clash and not overwrite:
         raise FileExistsError(f"{clash[0]} exists; pass overwrite=True (CLI: --overwrite) to replace it")
@@ -249,6 +310,13 @@ def expand_stack_datalist(
     return out
 
 
+class _FailedRead:
+    """What :meth:`TiffStackReader.read` returns for a bad stack: the error, raised later by ``get_data``."""
+
+    def __init__(self, error: StackReadError) -> None:
+        self.error = error
+
+
 class TiffStackReader(ImageReader):
     """MONAI image reader for multi-page TIFF stacks, single PNG/TIFF slices and folders of slices.
 
@@ -266,12 +334,23 @@ class TiffStackReader(ImageReader):
         return all(Path(f).is_dir() or Path(f).suffix.lower() in SLICE_SUFFIXES for f in ensure_tuple(filename))
 
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any):
-        """Read each file or folder of ``data`` as an ``(N, H, W)`` array (a list when several are given)."""
-        arrays = [read_stack(f) for f in ensure_tuple(data)]
+        """Read each file or folder of ``data`` as an ``(N, H, W)`` array (a list when several are given).
+
+        A bad stack does not raise here: the :class:`StackReadError` is returned and raised by :meth:`get_data`.
+        MONAI's ``LoadImage(reader=TiffStackReader())`` tries its other readers when ``read`` raises, and one of
+        them reads a colour TIFF as ``(H, W, 3)`` or a truncated stack as its first page; raised from ``get_data``,
+        the error reaches the user instead.
+        """
+        try:
+            arrays = [read_stack(f) for f in ensure_tuple(data)]
+        except StackReadError as exc:
+            return _FailedRead(exc)
         return arrays if len(arrays) > 1 else arrays[0]
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         """``(array, meta)`` for one ``(N, H, W)`` stack, or ``(K, N, H, W)`` for K stacks of one shape."""
+        if isinstance(img, _FailedRead):
+            raise img.error
         arrays: list[np.ndarray] = []
         meta: dict = {}
         for arr in img if isinstance(img, list) else [img]:

@@ -12,9 +12,9 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from medcnn.localisation.masks import cam_dice, cam_to_mask
-from medcnn.localisation.methods import get_cam_method
+from medcnn.localisation.masks import cam_dice
 from medcnn.localisation.pipeline import calibrate_cam
+from medcnn.localisation.rule import CAMRule, CAMToMask
 
 __all__ = ["CAMDiceHandler"]
 
@@ -38,9 +38,11 @@ def _batch_field(batch: Any, key: str) -> Any:
 class CAMDiceHandler:
     """Compute CAM heatmaps of every evaluation batch, threshold them and score them with Dice.
 
-    On ``STARTED`` the threshold rule is chosen on ``calibration_data`` when given (validation data, never the
-    test set; see :func:`medcnn.localisation.calibrate_cam`), otherwise ``threshold`` / ``mode`` /
-    ``largest_component`` are used. On every iteration the images with label 1 (``positive_label``) and a mask
+    The mask rule is one :class:`medcnn.localisation.CAMRule` (``rule``, or built from the keyword arguments
+    below), applied by :class:`medcnn.localisation.CAMToMask`. On ``STARTED`` its threshold, mode and largest
+    component are chosen on ``calibration_data`` when given (validation data, never the test set; see
+    :func:`medcnn.localisation.calibrate_cam`). On every iteration the images with label 1 (``positive_label``) and
+    a mask
     are localised and scored; with ``output_dir`` every image's heatmap and mask are saved
     (:func:`medcnn.localisation.io.save_localisation`) with a ``localisation.json`` index.
     On ``EPOCH_COMPLETED`` ``state.metrics`` gets
@@ -58,8 +60,13 @@ class CAMDiceHandler:
         output_dir: folder for heatmap / mask files, or ``None``.
         prefix: prefix of the metric names.
         positive_label: label of the images that contain the object (scored with Dice).
-        min_probability: saved masks are empty for images whose predicted probability of ``class_idx`` (the
-            evaluator's ``pred`` output) is below this (the heatmap is still saved); Dice is unaffected.
+        min_probability: the rule's decision threshold: saved masks are empty for images whose predicted
+            probability of ``class_idx`` (the evaluator's ``pred`` output) is below this (the heatmap is still
+            saved); Dice is unaffected.
+        rule: a :class:`medcnn.localisation.CAMRule` or a dict of its fields; replaces ``method``,
+            ``target_layer``, ``threshold``, ``mode``, ``largest_component``, ``class_idx`` and ``min_probability``.
+        group_key: batch key grouping the images (e.g. ``"patient"``); when given, ``state.metrics`` also gets
+            ``<prefix>dice_per_<group_key>``: ``{group: mean Dice of its positive images}``.
     """
 
     def __init__(
@@ -77,24 +84,37 @@ class CAMDiceHandler:
         prefix: str = "cam_",
         positive_label: int = 1,
         min_probability: float = 0.5,
+        rule: CAMRule | dict | None = None,
+        group_key: str | None = None,
     ) -> None:
         self.network = network
-        self.cam = get_cam_method(method, network, target_layer)
-        self.method = str(method)
-        self.target_layer = self.cam.target_layer
-        self.threshold, self.mode, self.largest_component = float(threshold), str(mode), bool(largest_component)
-        cam_to_mask(torch.ones(1, 2, 2), self.threshold, self.mode)  # validate the rule early
+        if rule is None:
+            rule = CAMRule(method=str(method), target_layer=target_layer, class_idx=int(class_idx),
+                           threshold=float(threshold), mode=str(mode), largest_component=bool(largest_component),
+                           decision_threshold=float(min_probability))
+        rule = CAMRule.from_dict(rule)
+        self.cam = rule.cam(network)
+        self.rule = CAMRule.from_dict(rule, target_layer=self.cam.target_layer)
         self.calibration_data = calibration_data
-        self.class_idx = int(class_idx)
         self.keys = tuple(keys)
         self.output_dir = output_dir
         self.prefix = prefix
         self.positive_label = int(positive_label)
-        self.min_probability = float(min_probability)
+        self.group_key = group_key
+        self._groups: list[str] = []
         self._dice: list[float] = []
         self._records: list[dict] = []
         self._count = 0
         self.calibration: dict | None = None
+
+    # the rule's fields under the names this handler has always exposed (read by PDFReportHandler and bundles)
+    method = property(lambda self: self.rule.method)
+    target_layer = property(lambda self: self.rule.target_layer)
+    threshold = property(lambda self: self.rule.threshold)
+    mode = property(lambda self: self.rule.mode)
+    largest_component = property(lambda self: self.rule.largest_component)
+    class_idx = property(lambda self: self.rule.class_idx)
+    min_probability = property(lambda self: self.rule.decision_threshold)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._calibrate)
@@ -107,13 +127,13 @@ class CAMDiceHandler:
             return
         rule = calibrate_cam(self.network, self.calibration_data, self.method, self.target_layer,
                              class_idx=self.class_idx, keys=self.keys)
-        self.threshold = 0.5 if rule["threshold"] is None else float(rule["threshold"])
-        self.mode, self.largest_component = rule["mode"], bool(rule["largest_component"])
+        self.rule = CAMRule.from_dict(self.rule, threshold=0.5 if rule["threshold"] is None else rule["threshold"],
+                                      mode=rule["mode"], largest_component=bool(rule["largest_component"]))
         self.calibration = {k: v for k, v in rule.items() if k != "table"}
         logger.info("CAM rule chosen on %d validation images: %s", rule["n_images"], self.calibration)
 
     def _reset(self, engine: Engine) -> None:
-        self._dice, self._records, self._count = [], [], 0
+        self._dice, self._records, self._count, self._groups = [], [], 0, []
 
     def _collect(self, engine: Engine) -> None:
         image_key, label_key, mask_key = self.keys
@@ -129,7 +149,7 @@ class CAMDiceHandler:
         if not bool(select.any()):
             return
         heatmaps = self.cam(images[select], self.class_idx).cpu()
-        pred = cam_to_mask(heatmaps, self.threshold, self.mode, self.largest_component)
+        pred = CAMToMask(self.rule)(heatmaps)  # Dice scores the CAM region itself, whatever the classifier says
         sel_labels = labels[select]
         dice = torch.full((len(sel_labels),), float("nan"))
         if masks is not None:
@@ -138,6 +158,10 @@ class CAMDiceHandler:
             if bool(pos.any()):
                 dice[pos] = cam_dice(pred[pos], true[pos])
                 self._dice += dice[pos].tolist()
+                if self.group_key is not None:
+                    groups = _batch_field(batch, self.group_key)
+                    sel = torch.nonzero(select).reshape(-1)[pos].tolist()
+                    self._groups += [str(groups[i]) for i in sel]
         if save:
             true_sel = None if masks is None else torch.as_tensor(masks)[select]
             self._save(engine, images[select], heatmaps, pred, true_sel, torch.nonzero(select).reshape(-1).tolist(),
@@ -156,9 +180,7 @@ class CAMDiceHandler:
         for j, i in enumerate(index):
             name = str(ids[i]) if ids is not None else f"image_{self._count + j:05d}"
             p = None if probs is None else self._probability(probs[i])
-            mask_j = pred[j]
-            if p is not None and p < self.min_probability:  # no object predicted: keep the heatmap, empty mask
-                mask_j = torch.zeros_like(mask_j)
+            mask_j = pred[j] if self.rule.present(p) else torch.zeros_like(pred[j])  # absent: keep the heatmap only
             title = f"{name} label {int(labels[j])}" + ("" if p is None else f" p={p:.2f}")
             if not np.isnan(float(dice[j])):
                 title += f" Dice {float(dice[j]):.2f}"
@@ -191,13 +213,15 @@ class CAMDiceHandler:
             p + "method": self.method,
             p + "layer": self.target_layer,
         })
+        if self.group_key is not None:
+            groups = np.asarray(self._groups)
+            engine.state.metrics[f"{p}dice_per_{self.group_key}"] = {
+                g: float(dice[groups == g].mean()) for g in sorted(set(self._groups))}
         if self.output_dir is not None:
             from medcnn.handlers.metrics_json import write_metrics_json
 
-            write_metrics_json({"rule": {"method": self.method, "target_layer": self.target_layer,
-                                         "threshold": self.threshold, "mode": self.mode,
-                                         "largest_component": self.largest_component},
-                                "images": self._records}, os.path.join(self.output_dir, "localisation.json"))
+            write_metrics_json({"rule": self.rule.to_dict(), "images": self._records},
+                               os.path.join(self.output_dir, "localisation.json"))
         if not dice.size:
             logger.debug("no reference masks in this evaluation: CAM Dice not computed")
             return

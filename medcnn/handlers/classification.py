@@ -8,6 +8,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers.utils import from_engine
 
+from medcnn.distributed import gather_lists
 from medcnn.metrics.classification import binary_classification_report
 
 __all__ = ["ClassificationReportHandler", "youden_threshold"]
@@ -107,5 +108,7 @@ class ClassificationReportHandler:
             self._labels.append(int(y.argmax()) if y.numel() > 1 else int(y.item()))
 
     def _publish(self, engine: Engine) -> None:
-        report = binary_classification_report(self._labels, self._scores, self.threshold)
+        # under torchrun every rank saw its share of the data: the report spans all of it
+        labels, scores = gather_lists(self._labels, self._scores)
+        report = binary_classification_report([int(y) for y in labels], scores, self.threshold)
         engine.state.metrics.update({self.prefix + k: v for k, v in report.items()})

@@ -58,6 +58,7 @@ class TrainingCurvesHandler:
     def attach(self, engine: Engine) -> None:
         self._trainer = engine
         engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
         engine.add_event_handler(Events.COMPLETED, lambda _: self.write(plot=True))
@@ -66,6 +67,32 @@ class TrainingCurvesHandler:
 
     def _started(self, engine: Engine) -> None:
         self._start = time.perf_counter()
+
+    def _epoch_started(self, engine: Engine) -> None:
+        """On the first epoch of a resumed run, continue the interrupted run's ``curves.json`` instead of restarting."""
+        done = engine.state.epoch - 1
+        if self.history["epoch"] or done <= 0:
+            return
+        path = self.output_dir / "curves.json"
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # no readable curves of the interrupted run: record from here on
+        keep = [i for i, e in enumerate(previous.get("epoch", [])) if e <= done]
+        history: dict[str, list] = {k: [previous[k][i] for i in keep] for k in ("epoch", "time_s", "loss")
+                                    if len(previous.get(k, [])) == len(previous.get("epoch", []))}
+        if set(history) != {"epoch", "time_s", "loss"}:
+            return
+        for key, xs in previous.items():
+            if key.endswith("_x") and key[:-2] in previous:
+                name = key[:-2]
+                idx = [i for i, e in enumerate(xs) if e <= done]
+                history[name] = [previous[name][i] for i in idx]
+                history[key] = [xs[i] for i in idx]
+                if f"{name}_time_s" in previous:
+                    history[f"{name}_time_s"] = [previous[f"{name}_time_s"][i] for i in idx]
+        self.history = history
+        self._start = time.perf_counter() - (history["time_s"][-1] if history["time_s"] else 0.0)
 
     def _iteration(self, engine: Engine) -> None:
         loss = self.loss_transform(engine.state.output)

@@ -89,7 +89,8 @@ class PDFReportHandler:
             prediction is not a mask (classifier bundles: ``pred`` holds class probabilities, reported as the
             probability of class ``cam_class_idx``).
         presence_threshold: a classifier probability below this means "absent": the CAM is still drawn, but
-            the predicted region is empty, so the summary agrees with the classifier.
+            the predicted region is empty, so the summary agrees with the classifier (the decision threshold of
+            the :class:`medcnn.localisation.CAMRule` applied by :class:`medcnn.localisation.CAMToMask`).
         name_key: item key naming the case (e.g. a datalist's ``"case"``); default: the image's file name, which
             is ambiguous when every case folder holds the same file names (BraTS).
         display_channel: the image channel drawn (e.g. the centre slice of a 2.5D input).
@@ -174,11 +175,16 @@ class PDFReportHandler:
     def _started(self, engine: Engine) -> None:
         self.cases, self.written, self._skipped = [], [], 0
 
-    def _cam_rule(self) -> tuple[Any, float, str, bool, int]:
+    def _cam_rule(self) -> tuple[Any, Any]:
+        """The CAM callable and the :class:`medcnn.localisation.CAMRule` (the handler's, when one is given)."""
+        from medcnn.localisation.rule import CAMRule
+
         h = self.cam_handler
         if h is not None:
-            return h.cam, float(h.threshold), str(h.mode), bool(h.largest_component), int(h.class_idx)
-        return self.cam_method, self.cam_threshold, self.cam_mode, False, self.cam_class_idx
+            return h.cam, CAMRule.from_dict(h.rule, decision_threshold=self.presence_threshold)
+        rule = CAMRule(method=str(getattr(self.cam_method, "name", "custom")), class_idx=self.cam_class_idx,
+                       threshold=self.cam_threshold, mode=self.cam_mode, decision_threshold=self.presence_threshold)
+        return self.cam_method, rule
 
     def _collect(self, engine: Engine) -> None:
         items = _items(self.output_transform(engine.state.output))
@@ -188,7 +194,11 @@ class PDFReportHandler:
             batch_items = []
         if len(batch_items) == len(items):
             items = [{**b, **o} for b, o in zip(batch_items, items, strict=True)]
-        cam_fn, cam_thr, cam_mode, cam_lcc, cam_cls = self._cam_rule()
+        from medcnn.localisation.rule import CAMToMask
+
+        cam_fn, cam_rule = self._cam_rule()
+        cam_cls = cam_rule.class_idx
+        to_mask = CAMToMask(cam_rule)
         for item in items:
             group = _scalar(item.get(self.group_key)) if self.group_key else None
             n_seen = len({c["group"] for c in self.cases}) if self.group_key else len(self.cases)
@@ -237,11 +247,8 @@ class PDFReportHandler:
                         f"PDFReportHandler: '{self.pred_key}' of {case['source'] or case['name']} is not a mask "
                         f"(shape {tuple(pred.shape)}) and no CAM is available to derive one"
                     )
-                from medcnn.localisation.masks import cam_to_mask
-
-                case["pred"] = cam_to_mask(torch.from_numpy(case["cam"]), cam_thr, cam_mode, cam_lcc).numpy()
-                if case["probability"] < self.presence_threshold:  # classifier says absent: no region
-                    case["pred"] = np.zeros_like(case["pred"])
+                # classifier says absent: the CAM is still drawn, the region is empty
+                case["pred"] = to_mask(case["cam"], case["probability"])
                 if self.invert_transform is not None:
                     self._to_native(case, image)
             self.cases.append(case)

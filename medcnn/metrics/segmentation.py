@@ -3,6 +3,15 @@
 Everything starts from a ``(C, C)`` pixel confusion matrix (rows = true class, columns = predicted class), so
 figures can be accumulated over many images by summing matrices, and every report is reproducible from the
 matrix alone. Undefined ratios (a class absent from both truth and prediction) are NaN, never 0.
+
+**Empty references.** A case whose reference has no voxel of a class has no defined Dice or HD95 for that class:
+the value is NaN, it is left out of every mean, and it is counted in ``n_empty_reference`` (cases with at least
+one empty foreground class) and ``n_empty_reference_<class>`` in metrics.json, so ``n_cases`` minus those counts
+is the number of cases behind each mean. A mean over no defined value is NaN (``null`` in metrics.json), never 0.
+A case whose prediction of a class is empty while its reference is not has no finite HD95 (it is left out of
+``hd95_*`` and counted in ``n_empty_prediction_<class>``; its Dice, 0, is kept). Pooled pixel figures (the
+confusion matrix of EM / BraTS slices) sum pixels over cases, so an empty slice still counts its pixels; a pooled
+score whose pooled reference lacks a class is NaN. See :func:`empty_classes`.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ __all__ = [
     "adapted_rand_error_2d",
     "threshold_counts",
     "max_f_pixel_error",
+    "empty_classes",
 ]
 
 
@@ -184,3 +194,20 @@ def max_f_pixel_error(counts, thresholds: Sequence[float] = ISBI_THRESHOLDS) -> 
         return math.nan, math.nan
     best = int(np.nanargmax(f1))
     return float(1.0 - f1[best]), float(thresholds[best])
+
+
+def empty_classes(y, num_classes: int, include_background: bool = False, one_hot: bool | None = None) -> list[int]:
+    """Classes with no voxel in ``y``: one-hot ``(C, *spatial)`` (C = ``num_classes``) or a class-index map.
+
+    ``one_hot=None`` takes ``y`` as one-hot when its first axis has ``num_classes`` > 1 entries. Background
+    (class 0) is skipped unless ``include_background``.
+    """
+    a = _to_numpy(y)
+    first = 0 if include_background else 1
+    if one_hot is None:
+        one_hot = a.ndim >= 2 and a.shape[0] == num_classes and num_classes > 1
+    if one_hot:
+        present = a.reshape(num_classes, -1).any(axis=1)
+    else:
+        present = np.isin(np.arange(num_classes), np.unique(a.astype(np.int64)))
+    return [c for c in range(first, num_classes) if not present[c]]

@@ -11,8 +11,11 @@ from medcnn.networks.segmentation import (
     deep_supervision_loss,
     segmentation_divisor,
 )
+from medcnn.networks.weights import CheckpointError, load_weights
 
 __all__ = [
+    "CheckpointError",
+    "load_weights",
     "ClassicCNN",
     "small_image_classifier",
     "ResNetClassifier",

@@ -296,7 +296,10 @@ def write_case_report(
                     notes.append(f"{len(curves_d['time_s'])} epochs in {float(curves_d['time_s'][-1]):.0f} s")
                 for key, val in history.items():
                     if key not in ("epoch", "loss") and not key.endswith("_x") and val:
-                        best = int(np.nanargmax(np.asarray(val, dtype=float)))
+                        values = np.asarray([np.nan if v is None else v for v in val], dtype=float)
+                        if not np.isfinite(values).any():  # e.g. PPV while no image was called positive
+                            continue
+                        best = int(np.nanargmax(values))
                         at = curves_d.get(f"{key}_x", list(range(1, len(val) + 1)))[best]
                         notes.append(f"best {key} {float(val[best]):.4f} at epoch {at}")
                 _text_block(fig, 0.06, 0.93, "; ".join(notes) or "training history", 100, fontsize=9)

@@ -2,13 +2,19 @@
 
 from medcnn.transforms.coco import CocoAnnotationError, CocoToMask, CocoToMaskd, MaskToBoxes, MaskToBoxesd
 from medcnn.transforms.colour import ToGrey, ToGreyd
+from medcnn.transforms.instances import MembraneToInstances, MembraneToInstancesd, membrane_to_instances
 from medcnn.transforms.intensity import BrainZScore, BrainZScored
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
+from medcnn.transforms.mask import BinaryMask, BinaryMaskd, MaskPresence, MaskPresenced
 from medcnn.transforms.stack import SelectSlice, SelectSliced
 from medcnn.transforms.validation import CheckImage, CheckImaged, CheckImageLabeld, InvalidInputError
 from medcnn.transforms.weights import BorderWeightMap, BorderWeightMapd, border_weight_map
 
 __all__ = [
+    "BinaryMask",
+    "BinaryMaskd",
+    "MaskPresence",
+    "MaskPresenced",
     "BorderWeightMap",
     "BorderWeightMapd",
     "border_weight_map",
@@ -25,6 +31,9 @@ __all__ = [
     "LoadImageCheckedd",
     "MaskToBoxes",
     "MaskToBoxesd",
+    "MembraneToInstances",
+    "MembraneToInstancesd",
+    "membrane_to_instances",
     "SelectSlice",
     "SelectSliced",
     "ToGrey",

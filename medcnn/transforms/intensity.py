@@ -10,7 +10,24 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
-__all__ = ["BrainZScore", "BrainZScored"]
+__all__ = ["BrainZScore", "BrainZScored", "zscore_in_brain"]
+
+
+def zscore_in_brain(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """``image`` (C, *spatial) z-scored per channel over the voxels where ``brain`` (*spatial, bool) is true, 0 outside.
+
+    Raises ``ValueError`` for an empty brain or a channel that is constant inside it.
+    """
+    if not brain.any():
+        raise ValueError("empty brain mask, cannot normalise inside the brain")
+    out = np.empty_like(image, dtype=np.float32)
+    for c in range(image.shape[0]):
+        values = image[c][brain]
+        std = float(values.std())
+        if std <= 0:
+            raise ValueError(f"channel {c} is constant inside the brain")
+        out[c] = np.where(brain, (image[c] - float(values.mean())) / std, 0.0)
+    return out
 
 
 class BrainZScore(Transform):
@@ -18,7 +35,7 @@ class BrainZScore(Transform):
 
     The brain is ``mask > 0.5`` (``(1, *spatial)`` or ``(*spatial)``) when a mask is given, otherwise every voxel
     where some channel is above that channel's minimum (skull-stripped MRI has a constant background). This is
-    the normalisation of :func:`medcnn.data.brats.normalise_in_brain`, which the BraTS classifier is trained with;
+    the normalisation (:func:`zscore_in_brain`) that the BraTS classifier is trained with;
     apply it to the whole volume, not slice by slice. Raises ``ValueError`` for an empty brain or a channel that
     is constant inside it. MONAI's ``NormalizeIntensity(nonzero=True)`` assumes a zero background; the BraTS
     volumes medcnn reads are already z-scored per case with a negative, case-dependent background (-3.5 to -6.2),
@@ -29,8 +46,6 @@ class BrainZScore(Transform):
 
     def __call__(self, img, mask=None):
         """``img`` (C, *spatial), optional ``mask`` -> normalised ``img`` of the same type and shape."""
-        from medcnn.data.brats import BratsDataError, normalise_in_brain
-
         arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img, dtype=np.float32)
         if arr.ndim < 2:
             raise ValueError(f"BrainZScore: expected a channel-first image (C, *spatial), got shape {arr.shape}")
@@ -44,8 +59,8 @@ class BrainZScore(Transform):
             flat = arr.reshape(arr.shape[0], -1)
             brain = np.any(flat > flat.min(axis=1, keepdims=True), axis=0).reshape(arr.shape[1:])
         try:
-            out = normalise_in_brain(arr, brain)
-        except BratsDataError as exc:
+            out = zscore_in_brain(arr, brain)
+        except ValueError as exc:
             raise ValueError(f"BrainZScore: {exc}") from exc
         return convert_to_dst_type(out, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
 

@@ -77,7 +77,10 @@ class CheckImage(Transform):
                 f"{self.spatial_dims} spatial axes, i.e. a {self.spatial_dims}D {self.name}"
             )
         if self.num_channels is not None and shape[0] != self.num_channels:
-            raise InvalidInputError(f"{src}: {self.name} has {shape[0]} channel(s), expected {self.num_channels}")
+            raise InvalidInputError(
+                f"{src}: {self.name} has {shape[0]} channel(s) (shape {shape}, channel first), expected "
+                f"{self.num_channels}{' (a 4D file where a 3D volume is expected?)' if self.num_channels == 1 else ''}"
+            )
         if any(s == 0 for s in shape):
             raise InvalidInputError(f"{src}: {self.name} is empty (shape {shape})")
         arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
@@ -118,11 +121,15 @@ class CheckImaged(MapTransform):
 
 
 class CheckImageLabeld(MapTransform):
-    """Validate an image / label pair ``(C, *spatial)``: dims, NaN, label classes, empty mask, equal shapes.
+    """Validate an image / label pair ``(C, *spatial)``: dims, NaN, label classes, empty mask, equal shapes, one grid.
 
     The image keys get the finite-value and dimension checks; ``label_key`` additionally gets the
     ``allowed_labels`` and ``require_foreground`` checks, and with ``same_shape`` every key must share the
-    label's spatial shape. Returns the data unchanged.
+    label's spatial shape; ``num_channels`` (e.g. 1) is required of every key, so a 4D file given for a 3D
+    modality is named instead of failing later as a wrong channel count of the network. With ``same_affine``
+    (default) every MetaTensor key must have the label's affine (within ``affine_atol`` mm): a label with a flipped
+    or shifted header would otherwise be compared voxel by voxel with an image it does not overlay. Returns the
+    data unchanged.
     """
 
     backend = CheckImage.backend
@@ -137,13 +144,19 @@ class CheckImageLabeld(MapTransform):
         require_foreground: bool = False,
         same_shape: bool = True,
         allow_missing_keys: bool = False,
+        same_affine: bool = True,
+        affine_atol: float = 1e-3,
+        num_channels: int | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_key = label_key
         self.same_shape = same_shape
-        self.image_check = CheckImage(spatial_dims=spatial_dims, allow_nan=allow_nan)
+        self.same_affine = same_affine
+        self.affine_atol = float(affine_atol)
+        self.image_check = CheckImage(spatial_dims=spatial_dims, allow_nan=allow_nan, num_channels=num_channels)
         self.label_check = CheckImage(
             spatial_dims=spatial_dims,
+            num_channels=num_channels,
             allowed_values=allowed_labels,
             allow_nan=False,
             require_nonempty=require_foreground,
@@ -167,4 +180,25 @@ class CheckImageLabeld(MapTransform):
                         f"{source_name(d[key])}: {key} has spatial shape {shape} but {ref} "
                         f"({source_name(d[ref])}) has {shapes[ref]}"
                     )
+        if self.same_affine:
+            self._check_affines(d, list(shapes))
         return d
+
+    def _check_affines(self, d: dict, keys: list) -> None:
+        affines = {k: np.asarray(d[k].affine, dtype=float) for k in keys if isinstance(d[k], MetaTensor)}
+        ref = self.label_key if self.label_key in affines else next(iter(affines), None)
+        for key, affine in affines.items():
+            if key == ref or affine.shape != affines[ref].shape:
+                continue
+            diff = float(np.abs(affine - affines[ref]).max())
+            if diff > self.affine_atol:
+                flipped = [i for i in range(affine.shape[0] - 1)
+                           if np.sign(affine[i, i]) != np.sign(affines[ref][i, i])]
+                hint = f" (axis {flipped} flipped)" if flipped else ""
+                raise InvalidInputError(
+                    f"{source_name(d[ref])}: {ref} affine differs from the affine of {key} "
+                    f"({source_name(d[key])}) by up to {diff:.3g}{hint}; the two are not on one voxel grid, so a "
+                    f"voxel-by-voxel comparison would be wrong. Resample the {ref} onto the {key} grid "
+                    f"(e.g. with the image as reference) first. {ref} affine {np.round(affines[ref], 3).tolist()}, "
+                    f"{key} affine {np.round(affine, 3).tolist()}"
+                )

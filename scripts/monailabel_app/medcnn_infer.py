@@ -91,9 +91,9 @@ def make_infer_task(path: str, conf: dict) -> BundleInferTask:
     """The infer task for the bundle folder ``path``: CAM task for classifiers, segmentation task otherwise."""
     cls = MedcnnCAMGridTask if is_classifier(bundle_metadata(path)) else MedcnnSegmentationTask
     model_file = override_settings(path).get("model_file", "model.pt")
-    task = cls(path, conf, const=_WeightsFile(model_file))
-    if task.is_valid():
-        task._config["model_filename"] = [model_file]  # only the weights that match this network
+    task = cls(path, conf, const=_WeightsFile(model_file))  # the bundle's own weights file, never a client's
+    if task.is_valid():  # BundleInferTask offers every models/*.pt to the client as "model_filename": withdraw it
+        task._config.pop("model_filename", None)
     device = conf.get("device", "auto")
     if task.is_valid() and device and device != "auto":
         task._config["device"] = [device]
@@ -129,6 +129,34 @@ def override_files(bundle_path: str) -> list[str]:
     own = os.path.join(bundle_path, "configs", "monailabel.json")
     app = os.path.join(APP_DIR, "overrides", f"{os.path.basename(os.path.normpath(bundle_path))}.json")
     return [f for f in (own, app) if os.path.isfile(f)][:1]
+
+
+class _CommittedWeightsMixin:
+    """Loads only the bundle's own weights file, with ``torch.load(..., weights_only=True)``.
+
+    MONAI Label's ``_get_network`` calls ``torch.load`` without ``weights_only`` (safe only through torch's current
+    default) and, when the ``model_filename`` config is set, loads a weights file named by the client's request. Here
+    the file is always the bundle's ``models/<model_file>`` and is read by :func:`medcnn.networks.load_weights`
+    (tensors only; a missing, empty or truncated file is an error naming it). TorchScript bundles keep MONAI Label's
+    loader, without the request's data, so no client-chosen file either.
+    """
+
+    def _get_network(self, device, data):
+        from medcnn.networks import load_weights
+
+        path = self.get_path()
+        if not path or self.network is None:
+            return super()._get_network(device, None)
+        mtime = os.stat(path).st_mtime
+        cached = self._networks.get(device)
+        if cached and cached[1] == mtime:
+            return cached[0]
+        network = copy.deepcopy(self.network).to(torch.device(device))
+        state = load_weights(path, map_location=torch.device(device), key=self.model_state_dict)
+        network.load_state_dict(state, strict=self.load_strict)
+        network.train() if self.train_mode else network.eval()
+        self._networks[device] = (network, mtime)
+        return network
 
 
 class _BundleAdapterMixin:
@@ -265,7 +293,7 @@ class _NiftiGridMixin:
         return out, result_json
 
 
-class MedcnnSegmentationTask(_NiftiGridMixin, _BundleAdapterMixin, BundleInferTask):
+class MedcnnSegmentationTask(_NiftiGridMixin, _CommittedWeightsMixin, _BundleAdapterMixin, BundleInferTask):
     """A medcnn segmentation bundle as a MONAI Label segmentation model."""
 
     def __init__(self, path: str, conf: dict, const: BundleConstants | None = None):
@@ -275,14 +303,10 @@ class MedcnnSegmentationTask(_NiftiGridMixin, _BundleAdapterMixin, BundleInferTa
             self._adapt_info()
 
 
-# keys of a bundle's results JSON (``cam_method``, ``cam_layer``, ...) -> keys of the CAM rule
-RESULT_KEYS = {"cam_method": "method", "cam_layer": "target_layer", "cam_target_layer": "target_layer",
-               "cam_threshold": "threshold", "cam_threshold_mode": "mode", "cam_mode": "mode",
-               "cam_largest_component": "largest_component", "cam_class_idx": "class_idx"}
-
-
 def _cam_rule(path: str, bundle_config) -> dict:
-    """CAM settings of the bundle (see the module docstring for where they come from)."""
+    """CAM settings of the bundle (see the module docstring for where they come from); checked by ``CAMRule``."""
+    from medcnn.localisation.rule import RESULT_KEYS, CAMRule
+
     rule = {"method": "gradcam", "target_layer": None, "threshold": 0.5, "mode": "fraction",
             "largest_component": False, "class_idx": 1, "decision_threshold": None}
     cam = bundle_config.get("cam")
@@ -304,10 +328,11 @@ def _cam_rule(path: str, bundle_config) -> dict:
             rule.update({RESULT_KEYS[k]: v for k, v in found.items() if k in RESULT_KEYS})
             rule["source"] = os.path.relpath(f, path)
             break
+    rule.update(CAMRule.from_dict(rule).to_dict())  # a bad rule fails when the app starts, naming the field
     return rule
 
 
-class MedcnnCAMTask(_BundleAdapterMixin, BundleInferTask):
+class MedcnnCAMTask(_CommittedWeightsMixin, _BundleAdapterMixin, BundleInferTask):
     """A medcnn classifier bundle served as the thresholded Grad-CAM region of its positive class."""
 
     def __init__(self, path: str, conf: dict, const: BundleConstants | None = None):
@@ -327,7 +352,8 @@ class MedcnnCAMTask(_BundleAdapterMixin, BundleInferTask):
                             f"'{self.positive_name}'; class probabilities in the result JSON]")
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
-        from medcnn.localisation import cam_to_mask, localise
+        from medcnn.localisation import localise
+        from medcnn.localisation.rule import CAMRule, CAMToMask
 
         network = self._get_network(device, data)
         image = data[self.input_key]
@@ -339,18 +365,13 @@ class MedcnnCAMTask(_BundleAdapterMixin, BundleInferTask):
             logits = score_net(x).float()
         probs = torch.softmax(logits, dim=1)[0] if logits.shape[1] > 1 else torch.cat(
             [1 - torch.sigmoid(logits[0]), torch.sigmoid(logits[0])])
-        pos = int(self.rule["class_idx"])
-        predicted = int(torch.argmax(probs))
-        if self.rule.get("decision_threshold") is not None:  # the bundle's validation-chosen operating point
-            rest = [i for i in range(len(probs)) if i != pos]
-            above = float(probs[pos]) >= float(self.rule["decision_threshold"])
-            predicted = pos if above or not rest else max(rest, key=lambda i: float(probs[i]))
-        heat = localise(network, x, method=self.rule["method"], target_layer=self.rule["target_layer"],
-                        class_idx=pos)
-        mask = cam_to_mask(heat, float(self.rule["threshold"]), self.rule["mode"],
-                           bool(self.rule["largest_component"]))[0].float().cpu()
-        if predicted != pos:
-            mask.zero_()
+        rule = CAMRule.from_dict(self.rule)
+        pos = rule.class_idx
+        # the bundle's validation-chosen operating point (decision_threshold), else the arg-max class
+        rest = [i for i in range(len(probs)) if i != pos]
+        predicted = pos if rule.present(probs) or not rest else max(rest, key=lambda i: float(probs[i]))
+        heat = localise(network, x, method=rule.method, target_layer=rule.target_layer, class_idx=pos)
+        mask = CAMToMask(rule)(heat, [probs])[0].float().cpu()  # empty when the classifier says absent
         meta = copy.deepcopy(image.meta) if isinstance(image, MetaTensor) else {}
         ops = copy.deepcopy(image.applied_operations) if isinstance(image, MetaTensor) else []
         data[self.output_label_key] = MetaTensor(mask, meta=meta, applied_operations=ops)

@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Choose a localisation bundle's CAM method, layer, mask rule and decision threshold on its VALIDATION data only.
+
+The bundle's ``train.json`` (validation patients / cases in ``validate#dataset`` by default) and a checkpoint are
+loaded; for every (method, layer) pair the threshold rule (fraction of the max or Otsu, with / without the largest
+connected component) is calibrated with :func:`medcnn.localisation.calibrate_cam` on the validation images that
+contain the object, and the slice decision threshold is reported at p = 0.5 and at Youden's J
+(:func:`medcnn.handlers.classification.youden_threshold`). Test data are never loaded. Writes a JSON table sorted
+by validation CAM Dice; copy ``best`` into the bundle's ``cam_*`` config ids::
+
+    OMP_NUM_THREADS=1 python scripts/select_cam.py --bundle lgg_tumour_localisation \\
+        --out bundles/lgg_tumour_localisation/docs/cam_selection.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default="lgg_tumour_localisation", help="folder name under bundles/")
+    parser.add_argument("--methods", nargs="+", default=["gradcam", "gradcampp", "hirescam", "layercam", "xgradcam"])
+    parser.add_argument("--layers", nargs="+", default=["blocks.0", "blocks.1", "blocks.2", "blocks.3"])
+    parser.add_argument("--ckpt", type=Path, default=None, help="default: <bundle>/models/model.pt")
+    parser.add_argument("--dataset_id", default="validate#dataset", help="config id of the validation dataset")
+    parser.add_argument("--out", type=Path, default=None, help="default: <bundle>/docs/cam_selection.json")
+    parser.add_argument("--dataset_dir", default=None)
+    parser.add_argument("--set", nargs="*", default=[], metavar="ID=JSON", help="config overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    bundle = REPO / "bundles" / args.bundle
+    ckpt = args.ckpt or bundle / "models" / "model.pt"
+    out = args.out or bundle / "docs" / "cam_selection.json"
+
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.data import DataLoader
+
+    from medcnn.handlers.classification import youden_threshold
+    from medcnn.localisation import calibrate_cam
+    from medcnn.metrics.classification import binary_classification_report
+
+    torch.set_num_threads(1)
+    config = ConfigParser()
+    config.read_config(str(bundle / "configs" / "train.json"))
+    config["bundle_root"] = str(bundle)
+    if args.dataset_dir:
+        config["dataset_dir"] = args.dataset_dir
+    for item in args.set:
+        key, value = item.split("=", 1)
+        config[key] = json.loads(value)
+    net = config.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(ckpt, weights_only=True, map_location="cpu"))
+    net.eval()
+    validation = config.get_parsed_content(args.dataset_id)
+    groups = sorted({str(d.get("patient", d.get("case", ""))) for d in validation.data})
+    start = time.perf_counter()
+
+    scores, labels = [], []
+    with torch.no_grad():
+        for batch in DataLoader(validation, batch_size=32, shuffle=False, num_workers=0):
+            scores += torch.softmax(net(torch.as_tensor(batch["image"])), 1)[:, 1].tolist()
+            labels += torch.as_tensor(batch["label"]).reshape(-1).tolist()
+    youden = youden_threshold(labels, scores)
+    decision = {"youden_threshold": youden,
+                "at_0.5": binary_classification_report(labels, scores, 0.5),
+                "at_youden": binary_classification_report(labels, scores, youden)}
+    print(f"validation AUC {decision['at_0.5']['auc']:.4f}; accuracy {decision['at_0.5']['accuracy']:.4f} at p=0.5, "
+          f"{decision['at_youden']['accuracy']:.4f} at Youden p={youden:.3f}", flush=True)
+
+    rows = []
+    for method in args.methods:
+        for layer in args.layers:
+            rule = calibrate_cam(net, validation, method, layer)
+            rows.append({k: v for k, v in rule.items() if k != "table"})
+            print(f"{method:10s} {layer:9s} val CAM Dice {rule['dice']:.3f} ({rule['mode']} {rule['threshold']} "
+                  f"lcc {rule['largest_component']})", flush=True)
+    rows.sort(key=lambda r: -r["dice"])
+    result = {
+        "command": "OMP_NUM_THREADS=1 python scripts/select_cam.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "checkpoint": str(ckpt.relative_to(REPO)) if ckpt.resolve().is_relative_to(REPO) else str(ckpt),
+        "validation_groups": groups,
+        "n_validation_images": len(validation),
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "decision": decision,
+        "best": rows[0],
+        "rows": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print("best:", rows[0])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

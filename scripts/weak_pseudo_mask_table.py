@@ -1,0 +1,116 @@
+"""Pseudo-mask quality of a bundle's weak -> dense path: choose the refinement on validation images, then report
+the Dice of the pseudo-masks of the training images against their true masks (read here only, for this table;
+the pipeline never reads them), before and after each refinement step, with the throughput.
+
+    OMP_NUM_THREADS=1 python scripts/weak_pseudo_mask_table.py --dims 2 --select \
+        --out bundles/synthetic_localisation/docs/weak_pseudo_masks_2d.json
+    OMP_NUM_THREADS=1 MEDCNN_DATA_DIR=... python scripts/weak_pseudo_mask_table.py --bundle brats_tumour_localisation \
+        --select --out bundles/brats_tumour_localisation/docs/weak_pseudo_masks.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
+
+from medcnn.weak import compute_pseudo_masks, load_classifier, pseudo_mask_quality, select_refinement
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+#: per bundle: the config id of the validation items and of the transform that brings items (image + mask) to the
+#: classifier's grid (None: items are already on it)
+BUNDLE_ITEMS = {
+    "synthetic_localisation": ("validate#dataset#data", None),
+    "brats_tumour_localisation": (
+        "$medcnn.data.split_slices_by_block(@train_pool, **@validation_blocks, validation=True)", "slice_transforms"),
+}
+
+def _crf(spatial: float, intensity: float, weight: float, image_sigma: float = 0.0) -> list[dict]:
+    return [{"name": "dense_crf", "spatial_sigma": spatial, "intensity_sigma": intensity,
+             "appearance_weight": weight, "image_sigma": image_sigma}]
+
+
+#: CRF candidates tried on validation images, per dimensionality. The ignore band does not change a mask: it is
+#: scored by the accuracy of the pixels it keeps, and its width is fixed in the bundle config. A 3D pixel has many
+#: more neighbours within a kernel, so 3D needs narrower / weaker kernels for the same smoothing.
+CRF_CANDIDATES = {
+    2: {"raw CAM": [], "crf s3 i0.5 w3": _crf(3, 0.5, 3), "crf s5 i0.5 w3": _crf(5, 0.5, 3),
+        "crf s5 i1 w3": _crf(5, 1, 3), "crf s8 i0.5 w5": _crf(8, 0.5, 5),
+        "crf s5 i0.5 w3 c0.6": [{**_crf(5, 0.5, 3)[0], "confidence": 0.6}]},
+    3: {"raw CAM": [], "crf s1 i0.5 w1": _crf(1, 0.5, 1), "crf s1.5 i0.5 w1": _crf(1.5, 0.5, 1),
+        "crf s2 i0.5 w1": _crf(2, 0.5, 1), "crf s1.5 i0.5 w2": _crf(1.5, 0.5, 2),
+        "crf s1.5 i0.5 w3": _crf(1.5, 0.5, 3), "crf s2 i0.5 w2": _crf(2, 0.5, 2),
+        "crf s2 i0.5 w1 smooth1": _crf(2, 0.5, 1, 1.0), "crf s3 i0.5 w3": _crf(3, 0.5, 3)},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", choices=sorted(BUNDLE_ITEMS), default="synthetic_localisation")
+    ap.add_argument("--dims", type=int, choices=(2, 3), default=2)
+    ap.add_argument("--out", required=True, help="JSON file of the table (a .md table is written next to it)")
+    ap.add_argument("--select", action="store_true", help="also score the CRF candidates on validation images")
+    ap.add_argument("--select_only", action="store_true", help="only score the candidates (no training table)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(1)
+    root = BUNDLES / args.bundle
+    files = [str(root / "configs" / "train.json")] + ([str(root / "configs" / "3d.json")] if args.dims == 3 else [])
+    files.append(str(root / "configs" / "weak_pseudo_masks.json"))
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser["bundle_root"] = str(root)
+    val_id, transform_id = BUNDLE_ITEMS[args.bundle]
+    parser["weak_table_val_items"] = val_id if val_id.startswith("$") else f"@{val_id}"
+    to_grid = Compose(parser.get_parsed_content(transform_id)) if transform_id else (lambda d: d)
+    parser["device"] = "$torch.device('cpu')"
+    net = load_classifier(parser.get_parsed_content("network_def"), parser.get_parsed_content("classifier_path"))
+    rule = parser.get_parsed_content("cam_rule")
+    chain = parser.get_parsed_content("refinement")
+    result: dict = {"dims": args.dims, "rule": rule.to_dict(), "refinement": chain,
+                    "load_average": os.getloadavg(), "threads": torch.get_num_threads()}
+    if args.select:
+        val = [to_grid(d) for d in parser.get_parsed_content("weak_table_val_items")]
+        result["validation"] = select_refinement(net, val, rule, {**CRF_CANDIDATES[args.dims], "bundle config": chain})
+    if args.select_only:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        return
+    train = [to_grid(d) for d in parser.get_parsed_content("pseudo_mask_items")]
+    stages = {"raw CAM": []}
+    for i in range(len(chain)):
+        stages[" + ".join(s["name"] for s in chain[: i + 1])] = chain[: i + 1]
+    rows = []
+    for name, steps in stages.items():
+        t0 = time.perf_counter()
+        records = list(compute_pseudo_masks(net, train, rule, steps))
+        seconds = time.perf_counter() - t0
+        row = {"stage": name, **pseudo_mask_quality(records, [d["mask"] for d in train]),
+               "images": len(records), "seconds": round(seconds, 2),
+               "images_per_second": round(len(records) / seconds, 2)}
+        rows.append(row)
+        logging.info("%s: training pseudo-mask Dice %.4f, kept-pixel accuracy %.4f, ignored %.1f%%, %.1f images/s",
+                     name, row["dice"], row["kept_accuracy"], 100 * row["ignored_fraction"], row["images_per_second"])
+    result["training"] = rows
+    result["load_average_end"] = os.getloadavg()
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    md = ["| pseudo-masks (training images) | Dice | accuracy of the used pixels | ignored pixels | images/s |",
+          "|---|---|---|---|---|"]
+    md += [f"| {r['stage']} | {r['dice']:.4f} | {r['kept_accuracy']:.4f} | {100 * r['ignored_fraction']:.1f}% | "
+           f"{r['images_per_second']:.1f} |" for r in rows]
+    if "validation" in result:
+        md += ["", "| refinement (validation images) | Dice | accuracy of the used pixels | ignored pixels |",
+               "|---|---|---|---|"]
+        md += [f"| {r['name']} | {r['dice']:.4f} | {r['kept_accuracy']:.4f} | {100 * r['ignored_fraction']:.1f}% |"
+               for r in result["validation"]["table"]]
+    Path(args.out).with_suffix(".md").write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""lgg_tumour_localisation bundle: metadata, a tiny training + evaluation (CAM Dice per patient, one PDF per patient)
+through monai.bundle on synthetic patients, TorchScript export, and the committed weights on real test patients: the
+model card's per-patient figures, and a patient as one multi-page TIFF volume giving the figures of its slice files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from bundle_helpers import META_SCHEMA, bundle_root, export_matches_eager, read_metrics, run_workflow
+from test_lgg_data import make_patient
+
+from medcnn.data.lgg import lgg_patient_slices
+from medcnn.data.tiff_pages import write_tiff_pages
+
+NAME = "lgg_tumour_localisation"
+ROOT = bundle_root(NAME)
+WEIGHTS = ROOT / "models" / "model.pt"
+TINY = {"spatial_size": [32, 32], "network_def#num_blocks": 3, "batch_size": 8, "report_max_cases": 5}
+# the two smallest test patients (20 and 21 slices) keep the real-data tests to seconds
+FEW_TEST_PATIENTS = ["TCGA_CS_5393_19990606", "TCGA_HT_7694_19950404"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_patients(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lgg_synth")
+    names = [f"TCGA_S{i}_000{i}_20000101" for i in range(4)]
+    for i, name in enumerate(names):
+        make_patient(root, name, n_slices=12, tumour=range(3, 9), seed=i)
+    split = root / "split.json"
+    split.write_text(json.dumps({"train": names[:2], "validation": names[2:3], "test": names[3:]}))
+    return root, split
+
+
+def test_metadata_verifies_against_the_shipped_schema():
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(ROOT / "configs" / "metadata.json"), filepath=str(META_SCHEMA))
+
+
+@pytest.mark.slow
+def test_tiny_training_then_evaluation_per_patient(tmp_path, synthetic_patients):
+    data, split = synthetic_patients
+    out = tmp_path / "out"
+    common = {"dataset_dir": str(data), "split_file": str(split), "output_dir": str(out), **TINY}
+    run_workflow(NAME, ["train.json"], "train", learning_rate=0.003, **{"train#trainer#max_epochs": 4}, **common)
+    curves = json.loads((out / "curves.json").read_text())
+    assert len(curves["loss"]) == 4 and curves["loss"][-1] < curves["loss"][0], curves["loss"]
+    ckpt = out / "models"  # a training run writes under output_dir, never over the committed weights
+    assert (ckpt / "model.pt").is_file()
+    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", ckpt_dir=str(ckpt), **common)
+    m = read_metrics(out)
+    for key in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "cam_dice", "cam_dice_std"):
+        assert key in m, key
+    patient = "TCGA_S3_0003_20000101"
+    assert m["n_images"] == 12 and m["cam_n_images"] == 6 and m["patients"] == [patient]
+    assert set(m["cam_dice_per_patient"]) == {patient}
+    assert m["cam_dice_per_patient"][patient] == pytest.approx(m["cam_dice"])
+    reports = sorted(p.name for p in (out / "reports").glob("*.pdf"))
+    assert reports == [f"{patient}_report.pdf"]  # one report per patient, slices stacked as a volume
+    pypdf = pytest.importorskip("pypdf")
+    text = " ".join(page.extract_text() for page in pypdf.PdfReader(str(out / "reports" / reports[0])).pages)
+    assert "of 12" in " ".join(text.split())
+
+
+def test_torchscript_export_matches_eager(tmp_path, weights):
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    out = export_matches_eager(NAME, weights, x, tmp_path, atol=1e-4)
+    assert tuple(out.shape) == (2, 2)
+
+
+def test_configs_use_the_rule_chosen_on_validation_patients():
+    """evaluate.json / inference.json repeat numbers chosen on validation patients (docs/cam_selection.json)."""
+    sel = json.loads((ROOT / "docs" / "cam_selection.json").read_text())
+    split = json.loads((ROOT / "configs" / "split.json").read_text())
+    assert sel["validation_groups"] == split["validation"]
+    best = sel["best"]
+    train = json.loads((ROOT / "configs" / "train.json").read_text())
+    for cfg in ("evaluate.json", "inference.json"):
+        c = json.loads((ROOT / "configs" / cfg).read_text())
+        layer = c.get("cam_layer", train["cam_layer"])
+        assert (c["cam_method"], layer) == (best["method"], best["target_layer"]), cfg
+        assert c["cam_threshold"] == pytest.approx(best["threshold"]) and c["cam_threshold_mode"] == best["mode"]
+        assert c["cam_largest_component"] == best["largest_component"], cfg
+
+
+def _evaluate(tmp_path, lgg, **override) -> dict:
+    out = tmp_path / "eval"
+    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", dataset_dir=str(lgg), output_dir=str(out),
+                 report_max_cases=0, **override)
+    return read_metrics(out)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_committed_weights_reproduce_the_model_card_per_patient(tmp_path, data_dir, weights):
+    """The card's per-patient CAM Dice of two test patients, to 0.005 (same weights, same data, CPU)."""
+    card = json.loads((ROOT / "docs" / "metrics_test.json").read_text())
+    m = _evaluate(tmp_path, data_dir("lgg_flair_tiff"), test_patients=FEW_TEST_PATIENTS)
+    assert m["patients"] == FEW_TEST_PATIENTS
+    for p in FEW_TEST_PATIENTS:
+        assert m["cam_dice_per_patient"][p] == pytest.approx(card["cam_dice_per_patient"][p], abs=0.005), p
+    assert m["n_images"] == 41 and m["cam_n_images"] == 8 + 14  # SOURCE.md: 20 + 21 slices, 8 + 14 with tumour
+    assert m["auc"] >= 0.9  # the card's test AUC is measured on all 6 test patients; two must not fall apart
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_a_tiff_volume_gives_the_figures_of_its_slice_files(tmp_path, data_dir, weights):
+    lgg = data_dir("lgg_flair_tiff")
+    patient = FEW_TEST_PATIENTS[0]
+    slices = lgg_patient_slices(lgg / patient)
+    vol = tmp_path / "volumes"
+    write_tiff_pages(np.stack([tifffile.imread(s["image"]) for s in slices]), vol / f"{patient}.tif")
+    write_tiff_pages(np.stack([tifffile.imread(s["mask"]) for s in slices]), vol / f"{patient}_mask.tif")
+    (vol / "datalist.json").write_text(json.dumps([{"image": f"{patient}.tif", "mask": f"{patient}_mask.tif"}]))
+    from_slices = _evaluate(tmp_path / "a", lgg, test_patients=[patient])
+    from_volume = _evaluate(tmp_path / "b", lgg, eval_datalist=str(vol / "datalist.json"))
+    assert from_volume["patients"] == from_slices["patients"] == [patient]
+    assert from_volume["n_images"] == from_slices["n_images"] == 20
+    for key in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "cam_dice", "cam_dice_std"):
+        assert from_volume[key] == pytest.approx(from_slices[key], abs=1e-6), key
+
+
+def test_inference_on_an_unlabelled_tiff_volume(tmp_path, weights):
+    """inference.json on a user's multi-page TIFF volume without masks: one probability row and CAM per slice."""
+    import csv
+
+    make_patient(tmp_path / "slices", "U1", n_slices=4, tumour=[1, 2], size=64)
+    slices = lgg_patient_slices(tmp_path / "slices" / "U1")
+    write_tiff_pages(np.stack([tifffile.imread(s["image"]) for s in slices]), tmp_path / "U1.tif")
+    (tmp_path / "list.json").write_text(json.dumps([{"image": "U1.tif"}]))
+    out = tmp_path / "inf"
+    run_workflow(NAME, ["inference.json"], "infer", datalist=str(tmp_path / "list.json"), output_dir=str(out))
+    rows = list(csv.reader((out / "predictions.csv").open()))
+    assert [r[0] for r in rows] == [f"U1_{k}" for k in range(1, 5)]
+    probs = np.asarray([[float(v) for v in r[1:]] for r in rows])
+    assert probs.shape == (4, 2) and np.allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert len(list((out / "cam").glob("U1_*.png"))) == 4

@@ -1,0 +1,77 @@
+"""torchrun / DDP: every training bundle's multi_gpu_train.json, and a 2-process Gloo run on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from bundle_helpers import BUNDLES, bundle_root
+
+from medcnn.distributed import gather_lists, handlers_for_this_rank, is_distributed
+
+TRAINING_BUNDLES = sorted(p.parent.parent.name for p in BUNDLES.glob("*/configs/train.json"))
+
+
+@pytest.mark.parametrize("name", TRAINING_BUNDLES)
+def test_every_training_bundle_has_a_multi_gpu_config_in_step_with_train_json(name):
+    configs = bundle_root(name) / "configs"
+    assert (configs / "multi_gpu_train.json").is_file(), f"{name}: no configs/multi_gpu_train.json"
+    train = json.loads((configs / "train.json").read_text())
+    multi = json.loads((configs / "multi_gpu_train.json").read_text())
+    # the multi-GPU file replaces these lists: it must keep everything train.json does, in order
+    assert multi["imports"][: len(train["imports"])] == train["imports"]
+    assert multi["initialize"][0] == "$medcnn.distributed.init_process_group(@device)"
+    assert multi["initialize"][1:] == train["initialize"]
+    assert multi["finalize"][:-1] == train.get("finalize", [])
+    assert multi["finalize"][-1] == "$medcnn.distributed.destroy_process_group()"
+    assert multi["train#dataloader#sampler"] == "@train#sampler" and multi["train#dataloader#shuffle"] is False
+
+
+def test_outside_torchrun_everything_is_a_no_op():
+    assert not is_distributed()
+    handlers = [object(), object()]
+    assert handlers_for_this_rank(handlers) == handlers
+    assert gather_lists([1, 2], [0.5, 0.25]) == ([1, 2], [0.5, 0.25])
+
+
+def test_monai_tensorboard_handler_still_keeps_its_writer_where_rank_filtering_closes_it(tmp_path):
+    from monai.handlers import TensorBoardStatsHandler
+
+    handler = TensorBoardStatsHandler(log_dir=str(tmp_path))
+    assert handler.internal_writer and hasattr(handler._writer, "log_dir")
+    handler.close()
+
+
+def test_two_process_gloo_training_writes_once_and_reaches_the_single_process_figure(tmp_path):
+    """torchrun with 2 CPU processes on the synthetic bundle: it learns (the all-reduced validation accuracy reaches
+    1.0, as one process does on this tiny set), and only rank 0 logs and writes files."""
+    root = bundle_root("synthetic_localisation")
+    out = tmp_path / "ddp"
+    overrides = {"num_train": 64, "num_val": 16, "max_epochs": 8, "num_threads": 1, "early_stop_patience": 100,
+                 "synthetic#spatial_size": [32, 32], "synthetic#contrast": 3.0, "synthetic#radius_range": [4.0, 8.0]}
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+            "-m", "monai.bundle", "run", "--config_file",
+            str([str(root / "configs" / "train.json"), str(root / "configs" / "multi_gpu_train.json")]),
+            "--meta_file", str(root / "configs" / "metadata.json"), "--bundle_root", str(root),
+            "--output_dir", str(out), "--ckpt_dir", str(out / "ckpt")]
+    for key, value in overrides.items():
+        args += [f"--{key}", json.dumps(value)]
+    run = subprocess.run(args, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                         timeout=900)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    state = torch.load(out / "ckpt" / "training_state.pt", map_location="cpu", weights_only=True)
+    assert state["trainer"]["iteration"] // state["trainer"]["epoch_length"] == overrides["max_epochs"]
+    # 64 images over 2 ranks, batch 16: 2 iterations per epoch per rank
+    assert state["trainer"]["epoch_length"] == 2
+    assert state["evaluator"]["best_metric"] == 1.0, log[-3000:]
+    assert (out / "ckpt" / "model.pt").is_file()
+    # one validation summary per epoch: rank 1 is quiet
+    assert log.count("Key metric: val_accuracy best value") == overrides["max_epochs"]
+    writers = {p.name.split(".")[-2] for p in Path(out).rglob("events.out.tfevents.*")}
+    assert len(writers) == 1, f"event files from several processes: {sorted(Path(out).rglob('events*'))}"

@@ -1,0 +1,292 @@
+"""``medcnn predict`` end to end: real DICOM in -> NIfTI mask, DICOM SEG, report, summary on the input's grid."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from test_dicom_seg import dciodvfy
+
+import medcnn
+from medcnn.cli import main
+from medcnn.data.dicom import load_dicom_series, read_dicom_seg, save_like
+from medcnn.data.synthetic import synthetic_datalist
+
+pytestmark = pytest.mark.realdata
+
+REPO = Path(__file__).resolve().parents[1]
+HIPPOCAMPUS = REPO / "bundles" / "hippocampus_segmentation"
+SYNTHETIC = REPO / "bundles" / "synthetic_localisation"
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` -> SHA-256: the inputs must come out of predict unchanged."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def hippocrop(data_dir) -> Path:
+    return data_dir("tcia_brain_tumor_progression_dicom") / "hippocrop"
+
+
+def test_predict_dicom_series_writes_seg_nifti_report_and_summary(hippocrop, tmp_path, capsys):
+    inputs = [hippocrop / "PGBM-002", hippocrop / "PGBM-003"]
+    before = snapshot(hippocrop)
+    out = tmp_path / "out"
+    assert main(["predict", "--bundle", str(HIPPOCAMPUS), "--input", *map(str, inputs), "--output", str(out),
+                 "--quiet"]) == 0
+    assert snapshot(hippocrop) == before  # nothing under the input folders changed
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(out / c / f"{c}_summary.json") for c in ("PGBM-002", "PGBM-003")]
+    for series in inputs:
+        case = out / series.name
+        image = load_dicom_series(series)
+        nifti = nib.load(case / f"{series.name}_seg.nii.gz")
+        mask = np.asarray(nifti.dataobj)
+        assert mask.shape == tuple(image.shape[1:])
+        # on the input's grid: the NIfTI affine is the DICOM series' (RAS) affine
+        np.testing.assert_allclose(nifti.affine, image.affine.numpy(), atol=1e-4)
+        assert set(np.unique(mask)) == {0, 1, 2}
+        # the DICOM SEG is valid and holds the same voxels on the source series
+        seg_path = case / f"{series.name}_seg.dcm"
+        assert dciodvfy(seg_path) == []
+        np.testing.assert_array_equal(read_dicom_seg(seg_path, series)[0].numpy(), mask)
+        seg = pydicom.dcmread(seg_path)
+        assert [s.SegmentLabel for s in seg.SegmentSequence] == ["anterior hippocampus", "posterior hippocampus"]
+        version = json.loads((HIPPOCAMPUS / "configs" / "metadata.json").read_text())["version"]
+        assert seg.SeriesDescription == f"hippocampus_segmentation {version}"
+        summary = json.loads((case / f"{series.name}_summary.json").read_text())
+        assert summary["model"]["bundle"] == "hippocampus_segmentation" and summary["model"]["version"] == version
+        assert summary["model"]["medcnn_version"] == medcnn.__version__
+        for k, name in ((1, "anterior hippocampus"), (2, "posterior hippocampus")):
+            assert summary["labels"][name]["voxels"] == int((mask == k).sum())
+            assert summary["labels"][name]["volume_ml"] == pytest.approx((mask == k).sum() / 1000.0)  # 1 mm voxels
+        assert (case / f"{series.name}_report.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_predict_nifti_gives_the_same_mask_as_the_dicom_series(hippocrop, tmp_path):
+    series = hippocrop / "PGBM-006"
+    image = load_dicom_series(series)
+    save_like(image, image, tmp_path / "PGBM-006.nii.gz", dtype=np.int16)  # the same volume as NIfTI
+    assert main(["predict", "--bundle", str(HIPPOCAMPUS), "--input", str(series), "--output", str(tmp_path / "a"),
+                 "--quiet", "--no-report"]) == 0
+    assert main(["predict", "--bundle", str(HIPPOCAMPUS), "--input", str(tmp_path / "PGBM-006.nii.gz"),
+                 "--output", str(tmp_path / "b"), "--quiet", "--no-report"]) == 0
+    a = nib.load(tmp_path / "a" / "PGBM-006" / "PGBM-006_seg.nii.gz")
+    b = nib.load(tmp_path / "b" / "PGBM-006" / "PGBM-006_seg.nii.gz")
+    np.testing.assert_allclose(b.affine, a.affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(b.dataobj), np.asarray(a.dataobj))
+    assert not (tmp_path / "b" / "PGBM-006" / "PGBM-006_seg.dcm").exists()  # a SEG only for DICOM input
+
+
+def test_predict_classifier_writes_the_cam_region_of_positive_images_only(tmp_path):
+    """Weakly supervised bundle: the mask is the CAM region (bundle's validated rule), empty when negative."""
+    items = synthetic_datalist(4, 2, spatial_size=[64, 64], radius_range=[5.0, 14.0], contrast=1.5, noise=1.0,
+                               object_noise=0.5, positive_fraction=0.5)
+    paths = []
+    for i, item in enumerate(items):
+        paths.append(tmp_path / f"img{i}.nii.gz")
+        nib.save(nib.Nifti1Image(np.asarray(item["image"])[0].astype(np.float32), np.eye(4)), paths[-1])
+    assert main(["predict", "--bundle", str(SYNTHETIC), "--input", *map(str, paths), "--output",
+                 str(tmp_path / "out"), "--quiet", "--no-report"]) == 0
+    dices = []
+    for i, item in enumerate(items):
+        summary = json.loads((tmp_path / "out" / f"img{i}" / f"img{i}_summary.json").read_text())
+        mask = np.asarray(nib.load(tmp_path / "out" / f"img{i}" / f"img{i}_seg.nii.gz").dataobj)
+        truth = np.asarray(item["mask"])[0] > 0
+        assert summary["cam"]["method"] == "scorecam" and summary["cam"]["source"] == "docs/results_2d.json"
+        assert summary["predicted_class"] == ("object present" if int(item["label"]) else "no object")
+        if int(item["label"]):
+            dices.append(2 * (mask.astype(bool) & truth).sum() / (mask.astype(bool).sum() + truth.sum()))
+        else:
+            assert mask.sum() == 0 and summary["labels"]["object present"]["voxels"] == 0
+    assert dices and min(dices) > 0.6  # model card: CAM Dice 0.90 on average
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+def _mixed_series(src: Path, dst: Path) -> Path:
+    shutil.copytree(src / "PGBM-002", dst)
+    for f in sorted((src / "PGBM-003").iterdir())[:3]:
+        shutil.copy(f, dst / f"other_{f.name}")
+    return dst
+
+
+def _missing_slice(src: Path, dst: Path) -> Path:
+    shutil.copytree(src / "PGBM-002", dst)
+    files = sorted(dst.iterdir(), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    files[len(files) // 2].unlink()
+    return dst
+
+
+def _with_object(modality: str):
+    def make(src: Path, dst: Path) -> Path:
+        shutil.copytree(src / "PGBM-002", dst)
+        ds = pydicom.dcmread(next(dst.iterdir()), stop_before_pixels=True)
+        ds.Modality = modality
+        ds.SOPClassUID = pydicom.uid.BasicTextSRStorage if modality == "SR" else pydicom.uid.SegmentationStorage
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        if modality == "SEG":
+            ds.NumberOfFrames, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 1, 0
+            ds.add_new(0x7FE00010, "OB", np.packbits(np.zeros(ds.Rows * ds.Columns + 16, np.uint8)).tobytes())
+        ds.save_as(dst / f"zz_{modality.lower()}.dcm")
+        return dst
+    return make
+
+
+def _wrong_modality(src: Path, dst: Path) -> Path:
+    shutil.copytree(src / "PGBM-002", dst)
+    for f in dst.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.Modality = "CT"
+        ds.save_as(f)
+    return dst
+
+
+def _nifti(shape, nan: bool = False):
+    def make(src: Path, dst: Path) -> Path:
+        dst.mkdir()
+        path = dst / "image.nii.gz"
+        data = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+        if nan:
+            data[3, 4, 5] = np.nan
+        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+        return path
+    return make
+
+
+def _single_file(src: Path, dst: Path) -> Path:
+    shutil.copytree(src / "PGBM-002", dst)
+    return next(dst.iterdir())
+
+
+BAD_INPUTS = {
+    "one DICOM file instead of the series folder": (_single_file, "a single DICOM file; pass the folder"),
+    "several series": (_mixed_series, "holds 2 series"),
+    "missing slice": (_missing_slice, "missing slice"),
+    "SEG object in the series": (_with_object("SEG"), "zz_seg.dcm: a SEG object"),
+    "SR object in the series": (_with_object("SR"), "zz_sr.dcm: a SR object"),
+    "wrong modality": (_wrong_modality, "modality CT, but bundle hippocampus_segmentation takes MR"),
+    "2D image for a 3D bundle": (_nifti((40, 48)), "bundle hippocampus_segmentation takes 3D volumes"),
+    "two channels for a one-channel bundle": (_nifti((32, 40, 32, 2)), "2 channel(s)"),
+    "NaN voxel (the bundle's own check)": (_nifti((32, 40, 32), nan=True), "1 NaN or infinite value(s)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_refused_by_name_and_nothing_is_written(case, hippocrop, tmp_path, capsys):
+    make, message = BAD_INPUTS[case]
+    bad = make(hippocrop, tmp_path / "input")
+    before = snapshot(tmp_path / "input")
+    out = tmp_path / "out"
+    code = main(["predict", "--bundle", str(HIPPOCAMPUS), "--input", str(bad), "--output", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert message in err and str(bad) in err  # the problem and the file or folder, in one line
+    assert "Traceback" not in err
+    assert not out.exists()  # nothing written
+    assert snapshot(tmp_path / "input") == before  # input untouched
+
+
+def test_output_equal_to_input_folder_or_a_study_folder_is_refused(hippocrop, data_dir, tmp_path, capsys):
+    series = tmp_path / "PGBM-002"
+    shutil.copytree(hippocrop / "PGBM-002", series)
+    before = snapshot(series)
+    for out in (series, series / "results"):
+        assert main(["predict", "--bundle", str(HIPPOCAMPUS), "--input", str(series), "--output", str(out)]) == 1
+        assert "input folder" in capsys.readouterr().err
+    assert snapshot(series) == before and not (series / "results").exists()
+    study = data_dir("tcia_brain_tumor_progression_dicom") / "PGBM-001" / "1992-04-02"
+    assert main(["predict", "--bundle", str(HIPPOCAMPUS), "--input", str(study), "--output",
+                 str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert str(study) in err and "pass one series folder" in err and not (tmp_path / "o").exists()
+
+
+def test_existing_results_are_not_overwritten(hippocrop, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "PGBM-002").mkdir(parents=True)
+    (out / "PGBM-002" / "mine.txt").write_text("keep")
+    assert main(["predict", "--bundle", str(HIPPOCAMPUS), "--input", str(hippocrop / "PGBM-002"), "--output",
+                 str(out), "--quiet"]) == 1
+    assert "nothing is overwritten" in capsys.readouterr().err
+    assert [p.name for p in (out / "PGBM-002").iterdir()] == ["mine.txt"]
+
+
+def test_onnxruntime_backend_matches_eager_on_a_real_volume(hippocrop):
+    """ONNX Runtime logits equal eager PyTorch within 1e-4 (float32), and the label maps are identical."""
+    from medcnn.predict import BundlePredictor, load_input
+
+    torch_pred = BundlePredictor.from_bundle(HIPPOCAMPUS, backend="torch", device="cpu")
+    ort_pred = BundlePredictor.from_bundle(HIPPOCAMPUS, backend="onnxruntime", device="cpu")
+    item = load_input(hippocrop / "PGBM-003")
+    x = torch_pred.preprocessing({"image": item.image})["image"][None].float()
+    with torch.no_grad():
+        eager = torch_pred.network(x)
+    onnx = ort_pred.model(x)
+    assert onnx.shape == eager.shape
+    assert float((onnx - eager).abs().max()) < 1e-4
+    a = torch_pred.predict_item(item)["mask"]
+    b = ort_pred.predict_item(load_input(hippocrop / "PGBM-003"))["mask"]
+    assert torch.equal(a, b)
+
+
+def test_inference_json_backend_onnxruntime_gives_the_eager_labels(data_dir, tmp_path):
+    """``--backend onnxruntime`` of the bundle's own inference.json (monai.bundle) writes the same label map."""
+    from bundle_helpers import run_workflow
+
+    ds = data_dir("msd_hippocampus")
+    split = json.loads((HIPPOCAMPUS / "configs" / "split.json").read_text())
+    image = str(ds / split["test"][0]["image"])
+    preds = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        wf = run_workflow("hippocampus_segmentation", ["inference.json"], "infer", dataset_dir=str(ds),
+                          output_dir=str(out), input_files=[image], backend=backend)
+        assert type(wf.parser.get_parsed_content("evaluator").network).__name__ == (
+            "OnnxRuntimeNetwork" if backend == "onnxruntime" else "UNet")
+        preds[backend] = np.asarray(nib.load(next((out / "predictions").glob("*_seg.nii.gz"))).dataobj)
+    assert preds["torch"].any()
+    np.testing.assert_array_equal(preds["onnxruntime"], preds["torch"])
+
+
+def test_predict_png_gives_the_bundle_probabilities_of_the_npz_arrays(data_dir, tmp_path):
+    """pneumonia_classification via configs/predict.json: a PNG of a test image gets the probabilities that the
+    bundle's own .npz pipeline gives the same image (8-bit scaling and resizing are not silently different)."""
+    from PIL import Image
+
+    from medcnn.predict import BundlePredictor
+
+    bundle = REPO / "bundles" / "pneumonia_classification"
+    images = np.load(data_dir("pneumoniamnist") / "pneumoniamnist.npz")["test_images"][:4]
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(tmp_path / f"xray{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    assert main(["predict", "--bundle", str(bundle), "--input", *map(str, paths), "--output", str(tmp_path / "out"),
+                 "--quiet", "--no-report"]) == 0
+    predictor = BundlePredictor.from_bundle(bundle, device="cpu")
+    with torch.no_grad():  # the bundle's own scaling (medcnn.data.medmnist: uint8 / 255) and network
+        x = torch.as_tensor(images[:, None].astype(np.float32) / 255.0)
+        x = torch.nn.functional.interpolate(x, size=(28, 28), mode="area")
+        reference = torch.softmax(predictor.network(x), 1)[:, 1]
+    positive_masks = []
+    for i, path in enumerate(paths):
+        summary = json.loads((tmp_path / "out" / path.stem / f"{path.stem}_summary.json").read_text())
+        assert summary["class_probabilities"]["pneumonia"] == pytest.approx(float(reference[i]), abs=1e-5)
+        mask = np.asarray(nib.load(tmp_path / "out" / path.stem / f"{path.stem}_seg.nii.gz").dataobj)
+        assert mask.shape in {(28, 28), (1, 28, 28)}  # the PNG's own grid
+        if summary["predicted_class"] == "pneumonia":
+            positive_masks.append(int(mask.sum()))
+        else:
+            assert not mask.any()
+    # Grad-CAM of this small network can vanish for a positive image (image 1 here), but not for all of them
+    assert len(positive_masks) == 3 and sum(m > 0 for m in positive_masks) >= 2

@@ -1,0 +1,123 @@
+"""Resumable training: the atomic training state, a run killed with SIGKILL and resumed, and unusable state files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from bundle_helpers import bundle_root, error_messages, make_workflow
+
+from medcnn.handlers.checkpoint import atomic_torch_save
+
+NAME = "synthetic_localisation"
+ROOT = bundle_root(NAME)
+# tiny and fast; patience above max_epochs so the epoch count is fixed
+TINY = {
+    "num_train": 32,
+    "num_val": 8,
+    "synthetic#spatial_size": [32, 32],
+    "synthetic#radius_range": [4.0, 8.0],
+    "synthetic#contrast": 3.0,
+    "max_epochs": 6,
+    "early_stop_patience": 100,
+    "num_threads": 1,
+}
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(ROOT / "configs" / "train.json"),
+            "--meta_file", str(ROOT / "configs" / "metadata.json"), "--bundle_root", str(ROOT),
+            "--output_dir", str(out), "--ckpt_dir", str(out / "ckpt")]
+    for key, value in TINY.items():
+        args += [f"--{key}", json.dumps(value)]
+    return args + list(extra)
+
+
+def test_atomic_save_never_leaves_a_partial_file(tmp_path):
+    path = tmp_path / "state.pt"
+    atomic_torch_save({"a": torch.ones(3)}, path)
+    before = path.read_bytes()
+    with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
+        atomic_torch_save({"a": lambda: 0}, path)  # not picklable: fails half-way through writing
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"], "temporary file left behind"
+
+
+def test_monai_internals_the_training_state_relies_on_are_still_there(tmp_path):
+    """TrainingCheckpoint reads the Ignite objects inside MONAI's EarlyStopHandler and CheckpointSaver; if MONAI
+    renames them this fails loudly instead of resuming without early-stopping / best-metric state."""
+    from ignite.engine import Engine
+    from monai.handlers import CheckpointSaver, EarlyStopHandler
+
+    net = torch.nn.Linear(2, 2)
+    stop = EarlyStopHandler(patience=3, score_function=lambda e: 0.0)
+    stop.set_trainer(Engine(lambda e, b: None))
+    assert {"counter", "best_score"} <= set(stop._handler.state_dict())
+    saver = CheckpointSaver(str(tmp_path), {"model": net}, save_key_metric=True, key_metric_filename="model.pt")
+    assert "_saved" in saver._key_metric_checkpoint.state_dict()
+    no_key_metric = CheckpointSaver(str(tmp_path), {"model": net}, save_final=True)
+    assert no_key_metric._key_metric_checkpoint is None
+
+
+def test_killed_training_resumes_with_optimizer_state_and_same_epoch_count(tmp_path):
+    out = tmp_path / "run"
+    state_file = out / "ckpt" / "training_state.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(_cli(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not state_file.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)  # mid-run: the state of at least one finished epoch is on disk
+    proc.wait()
+    killed = torch.load(state_file, map_location="cpu", weights_only=True)
+    per_epoch = killed["trainer"]["epoch_length"]
+    done = killed["trainer"]["iteration"] // per_epoch
+    assert 1 <= done < TINY["max_epochs"]
+
+    resumed = subprocess.run(_cli(out, "--resume", "true"), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = torch.load(state_file, map_location="cpu", weights_only=True)
+    total = TINY["max_epochs"] * per_epoch
+    assert final["trainer"]["iteration"] == total
+    # Adam counts its steps: restored state continues the count, a re-initialised optimizer would restart it
+    steps = {int(s["step"]) for s in final["optimizer"]["state"].values()}
+    assert steps == {total}, f"optimizer steps {steps}, expected {total} (state not restored?)"
+    curves = json.loads((out / "curves.json").read_text()) if (out / "curves.json").exists() else None
+    if curves is not None:  # bundles with the curves handler continue the interrupted run's curves
+        assert curves["epoch"] == list(range(1, TINY["max_epochs"] + 1))
+    assert (out / "ckpt" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated"], ids=["zero-bytes", "truncated"])
+def test_unusable_state_file_is_named_and_left_untouched(tmp_path, content):
+    out = tmp_path / "run"
+    (out / "ckpt").mkdir(parents=True)
+    state_file = out / "ckpt" / "training_state.pt"
+    state_file.write_bytes(content)
+    wf = make_workflow(NAME, ["train.json"], "train", output_dir=str(out), ckpt_dir=str(out / "ckpt"), resume=True,
+                       **TINY)
+    wf.initialize()
+    with pytest.raises(RuntimeError) as info:
+        wf.run()
+    assert f"TrainingCheckpointError: {state_file}: not a readable training state" in error_messages(info.value)
+    assert state_file.read_bytes() == content
+    assert not (out / "ckpt" / "model.pt").exists()
+
+
+def test_resume_without_a_state_file_says_so(tmp_path):
+    wf = make_workflow(NAME, ["train.json"], "train", output_dir=str(tmp_path), ckpt_dir=str(tmp_path / "ckpt"),
+                       resume=True, **TINY)
+    wf.initialize()
+    with pytest.raises(RuntimeError) as info:
+        wf.run()
+    assert "TrainingCheckpointError: " in error_messages(info.value)
+    assert "training_state.pt: no training state to resume from" in error_messages(info.value)
