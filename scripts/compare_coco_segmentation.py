@@ -63,7 +63,8 @@ def compare(networks: list[str], budget_min: float, iterations_per_epoch: int, n
         wf.finalize()
         curves = json.loads((out / "curves.json").read_text())
         eval_start = time.perf_counter()
-        _workflow(["train.json", "evaluate.json"], "eval", **common, report_max_cases=0)
+        _workflow(["train.json", "evaluate.json"], "eval", **common, ckpt_path=str(out / "models" / "model.pt"),
+                  report_max_cases=0)
         eval_s = time.perf_counter() - eval_start
         m = json.loads((out / "metrics.json").read_text())
         val = curves.get("val_dice", [])

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         run(config_file=[str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "evaluate.json")],
             meta_file=str(BUNDLE / "configs" / "metadata.json"), logging_file=str(BUNDLE / "configs" / "logging.conf"),
-            bundle_root=str(BUNDLE), ckpt_dir=args.ckpt_dir, output_dir=str(out), report_max_cases=0,
+            bundle_root=str(BUNDLE), ckpt_path=str(Path(args.ckpt_dir) / "model.pt"), output_dir=str(out),
+            report_max_cases=0,
             eval_items="$@split['validation']", **rule)
         m = json.loads((out / "metrics.json").read_text())
         rows[name] = {**rule, **{k: m[k] for k in ("dice", "pixel_accuracy", "tumour_precision", "tumour_recall",

@@ -90,7 +90,7 @@ def test_tiny_training_then_evaluation_on_the_native_grid(tmp_path, synthetic_co
     assert len(curves["val_dice"]) == 4
     assert (out / "models" / "model.pt").is_file()  # the best checkpoint goes under output_dir by default ...
     assert committed is None or WEIGHTS.read_bytes() == committed  # ... never onto the committed weights
-    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", ckpt_dir=str(out / "models"), **common)
+    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", ckpt_path=str(out / "models" / "model.pt"), **common)
     m = read_metrics(out)
     for key in ("dice", "pixel_accuracy", "background_precision", "background_recall", "background_f1",
                 "tumour_precision", "tumour_recall", "tumour_f1", "confusion_matrix", "image_dice_median",
