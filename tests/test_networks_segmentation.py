@@ -28,6 +28,10 @@ def _size(name: str, dims: int) -> tuple[int, ...]:
 @pytest.mark.parametrize("name", SEGMENTATION_NETWORKS)
 def test_output_shape(name: str, dims: int) -> None:
     kw = {"backbone": "resnet10", "decoder_channels": (16, 16, 8, 8, 8)} if name == "flexible_unet" else {}
+    if name == "resnext_unet" and dims == 3:  # torchvision's ResNeXt is 2D only: refused with a clear error
+        with pytest.raises(ValueError, match="2D only"):
+            build_segmentation_network(name, spatial_dims=3, in_channels=2, out_channels=3)
+        return
     net = build_segmentation_network(name, spatial_dims=dims, in_channels=2, out_channels=3, **kw)
     x = torch.randn(2, 2, *_size(name, dims))
     net.train()
@@ -80,6 +84,8 @@ def test_bad_spatial_dims_and_pretrained() -> None:
         build_segmentation_network("unet", 4, 1, 2)
     with pytest.raises(ValueError, match="pretrained"):
         build_segmentation_network("flexible_unet", 2, 1, 2, pretrained=True)
+    with pytest.raises(ValueError, match="pretrained"):
+        build_segmentation_network("resnext_unet", 2, 1, 2, pretrained=True)
 
 
 def test_overrides_and_divisor() -> None:

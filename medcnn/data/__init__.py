@@ -10,7 +10,14 @@ from medcnn.data.brats import (
     load_brats_case,
     split_slices_by_block,
 )
-from medcnn.data.coco import CocoFormatError, coco_categories, load_coco_datalist, masks_to_coco
+from medcnn.data.coco import (
+    CocoFormatError,
+    coco_categories,
+    load_coco_datalist,
+    load_coco_eval_datalist,
+    masks_to_coco,
+    split_coco_datalist,
+)
 from medcnn.data.datalist import common_parent, load_datalist, resolve_data_dir
 from medcnn.data.dicom import (
     DicomSeriesError,
@@ -40,7 +47,10 @@ __all__ += [
     "load_brats_case", "split_slices_by_block",
 ]
 __all__ += ["StackReadError", "TiffStackReader", "expand_stack_datalist", "read_stack", "write_tiff_stack"]
-__all__ += ["CocoFormatError", "coco_categories", "load_coco_datalist", "masks_to_coco"]
+__all__ += [
+    "CocoFormatError", "coco_categories", "load_coco_datalist", "load_coco_eval_datalist", "masks_to_coco",
+    "split_coco_datalist",
+]
 __all__ += [
     "DicomSeriesError", "DicomSeriesReader", "LoadDicomSeries", "LoadDicomSeriesd", "load_dicom_series",
     "read_dicom_series", "save_like", "write_dicom_seg", "write_dicom_series_like",

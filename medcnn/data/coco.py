@@ -14,7 +14,14 @@ import numpy as np
 from medcnn.transforms.coco import CocoAnnotationError, annotation_to_mask, mask_to_annotation
 from medcnn.transforms.validation import InvalidInputError
 
-__all__ = ["CocoFormatError", "load_coco_datalist", "coco_categories", "masks_to_coco"]
+__all__ = [
+    "CocoFormatError",
+    "load_coco_datalist",
+    "load_coco_eval_datalist",
+    "split_coco_datalist",
+    "coco_categories",
+    "masks_to_coco",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -131,10 +138,54 @@ def load_coco_datalist(
                 raise CocoFormatError(f"COCO file {json_path}: {exc}") from exc
         entry["annotations"].append(ann)
     out = [e for e in images.values() if include_empty or e["annotations"]]
+    dropped = [e["file_name"] for e in images.values() if not include_empty and not e["annotations"]]
+    if dropped:
+        logger.warning("COCO %s: %d image(s) without annotations left out (label missing, not negative): %s",
+                       json_path, len(dropped), ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""))
     if not out:
         raise CocoFormatError(f"COCO file {json_path}: no images (with annotations of {category_ids})")
     logger.info("COCO %s: %d images, %d annotations", json_path, len(out), sum(len(e["annotations"]) for e in out))
     return out
+
+
+def split_coco_datalist(
+    datalist: Sequence[dict[str, Any]], validation_fraction: float = 0.15, seed: int = 0
+) -> dict[str, list[dict[str, Any]]]:
+    """Fixed split of a COCO datalist into ``{"training": [...], "validation": [...]}`` by image id.
+
+    The entries are sorted by ``image_id`` and ``round(validation_fraction * n)`` of them are drawn with
+    ``random.Random(seed).sample``, so the split depends only on the set of image ids, the fraction and the seed
+    (not on the order of the JSON). Both lists keep the image-id order.
+    """
+    import random
+
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"split_coco_datalist: validation_fraction must be in (0, 1), got {validation_fraction}")
+    entries = sorted(datalist, key=lambda e: int(e["image_id"]))
+    ids = [int(e["image_id"]) for e in entries]
+    if len(set(ids)) != len(ids):
+        raise ValueError("split_coco_datalist: image ids are not unique")
+    n_val = round(validation_fraction * len(entries))
+    if n_val < 1 or n_val >= len(entries):
+        raise ValueError(f"split_coco_datalist: {len(entries)} images cannot be split with fraction "
+                         f"{validation_fraction} (validation would hold {n_val})")
+    val_ids = set(random.Random(seed).sample(ids, n_val))
+    return {"training": [e for e in entries if int(e["image_id"]) not in val_ids],
+            "validation": [e for e in entries if int(e["image_id"]) in val_ids]}
+
+
+def load_coco_eval_datalist(
+    path: str | os.PathLike, image_dir: str | os.PathLike | None = None, include_empty: bool = False
+) -> list[dict[str, Any]]:
+    """Labelled images of any COCO JSON for evaluation (``--eval_datalist``): :func:`load_coco_datalist`, checked.
+
+    Every image file must exist and every annotation must decode inside its image (errors name the JSON, the
+    image file and the annotation id). Images without annotations are left out by default: in a COCO export an
+    image without a polygon usually means a missing label, not a negative; pass ``include_empty=True`` when
+    your file marks negatives that way.
+    """
+    return load_coco_datalist(path, image_dir=image_dir, check_files=True, check_annotations=True,
+                              include_empty=include_empty)
 
 
 def masks_to_coco(

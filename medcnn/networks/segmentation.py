@@ -86,6 +86,25 @@ def _flexible_unet(spatial_dims: int, in_channels: int, out_channels: int, **kw)
     return FlexibleUNet(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, **args)
 
 
+def _resnext_unet(spatial_dims: int, in_channels: int, out_channels: int, **kw) -> nn.Module:
+    from medcnn.networks.resnext import register_resnext_backbones
+
+    if kw.get("pretrained"):
+        raise ValueError("resnext_unet: pretrained encoder weights are not supported (no downloads)")
+    register_resnext_backbones()
+    args = {"backbone": "resnext50_32x4d", "pretrained": False, "decoder_channels": (256, 128, 64, 32, 16)}
+    args.update(kw)
+    return FlexibleUNet(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, **args)
+
+
+def _resunetpp(spatial_dims: int, in_channels: int, out_channels: int, **kw) -> nn.Module:
+    from medcnn.networks.resunetpp import ResUNetPlusPlus
+
+    args = {"features": (8, 16, 32, 64, 128)}  # a quarter of the paper's widths: CPU-sized like the other entries
+    args.update(kw)
+    return ResUNetPlusPlus(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
+
+
 def _stride_divisor(strides) -> int:
     """Product of per-level strides (an int or a per-axis sequence: the largest factor is taken)."""
     return math.prod(max(s) if isinstance(s, (list, tuple)) else int(s) for s in strides)
@@ -99,6 +118,8 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "basicunet": _basicunet,
     "attention_unet": _attention_unet,
     "flexible_unet": _flexible_unet,
+    "resnext_unet": _resnext_unet,
+    "resunetpp": _resunetpp,
 }
 
 _DIVISORS: dict[str, Callable[[dict], int]] = {
@@ -109,13 +130,18 @@ _DIVISORS: dict[str, Callable[[dict], int]] = {
     "basicunet": lambda kw: 16,
     "attention_unet": lambda kw: _stride_divisor(kw.get("strides", (2, 2, 2))),
     "flexible_unet": lambda kw: 32,
+    "resnext_unet": lambda kw: 32,
+    "resunetpp": lambda kw: 8,
 }
 
 #: Names accepted by :func:`build_segmentation_network` (2D and 3D).
 SEGMENTATION_NETWORKS: tuple[str, ...] = tuple(_BUILDERS)
 #: The entries meant for volumetric training (``flexible_unet`` is the 2D ResNet-encoder entry; it builds in 3D
-#: too but is an order of magnitude larger, so the 3D comparison leaves it out).
-SEGMENTATION_NETWORKS_3D: tuple[str, ...] = tuple(n for n in SEGMENTATION_NETWORKS if n != "flexible_unet")
+#: too but is an order of magnitude larger, so the 3D comparison leaves it out; ``resnext_unet`` is 2D only;
+#: ``resunetpp`` builds in 3D but has not been trained on volumes here).
+SEGMENTATION_NETWORKS_3D: tuple[str, ...] = tuple(
+    n for n in SEGMENTATION_NETWORKS if n not in ("flexible_unet", "resnext_unet", "resunetpp")
+)
 
 
 def _check_name(name: str) -> str:

@@ -1,6 +1,7 @@
 """medcnn transforms: plain MONAI transforms (array + dictionary versions)."""
 
-from medcnn.transforms.coco import CocoAnnotationError, CocoToMask, CocoToMaskd
+from medcnn.transforms.coco import CocoAnnotationError, CocoToMask, CocoToMaskd, MaskToBoxes, MaskToBoxesd
+from medcnn.transforms.colour import ToGrey, ToGreyd
 from medcnn.transforms.instances import MembraneToInstances, MembraneToInstancesd, membrane_to_instances
 from medcnn.transforms.intensity import BrainZScore, BrainZScored
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
@@ -28,9 +29,13 @@ __all__ = [
     "InvalidInputError",
     "LoadImageChecked",
     "LoadImageCheckedd",
+    "MaskToBoxes",
+    "MaskToBoxesd",
     "MembraneToInstances",
     "MembraneToInstancesd",
     "membrane_to_instances",
     "SelectSlice",
     "SelectSliced",
+    "ToGrey",
+    "ToGreyd",
 ]

@@ -39,6 +39,8 @@ __all__ = [
     "mask_to_annotation",
     "CocoToMask",
     "CocoToMaskd",
+    "MaskToBoxes",
+    "MaskToBoxesd",
 ]
 
 MASK_MODES = ("binary", "label", "multichannel")
@@ -370,3 +372,64 @@ class CocoToMaskd(MapTransform):
             d[self.label_key or key] = mask
         return d
 
+
+
+# ------------------------------------------------------------------------------------------- box-level labels
+class MaskToBoxes(Transform):
+    """Fill the bounding box of each connected foreground region: predictions in the shape of box-level labels.
+
+    COCO exports whose polygons are axis-aligned rectangles (e.g. Roboflow's tumour sets) teach a network to
+    predict rounded boxes; scoring them against the rectangles penalises the rounded corners. This maps a
+    ``(1, *S)`` class-index map (or a ``(*S)`` mask) to the same shape with every connected region of
+    ``foreground`` (8-/26-connected) replaced by its filled bounding box; regions smaller than ``min_size``
+    pixels are removed, and with ``largest_only`` only the largest region is kept. Other classes become 0.
+    With ``boxes=False`` the kept regions stay as they are (only the size / largest-region filter applies).
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, foreground: int = 1, min_size: int = 0, largest_only: bool = False, boxes: bool = True) -> None:
+        self.foreground, self.min_size, self.largest_only = int(foreground), int(min_size), bool(largest_only)
+        self.boxes = bool(boxes)
+
+    def __call__(self, img):
+        """``img`` ``(1, *S)`` or ``(*S)`` -> same shape and type, values 0 / ``foreground``."""
+        from scipy import ndimage
+
+        arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)
+        fg = arr == self.foreground
+        labels, n = ndimage.label(fg, structure=np.ones((3,) * fg.ndim))
+        out = np.zeros_like(arr)
+        if n:
+            sizes = np.bincount(labels.ravel())[1:]
+            keep = [i for i in range(n) if sizes[i] >= max(self.min_size, 1)]
+            if self.largest_only and keep:
+                keep = [max(keep, key=lambda i: sizes[i])]
+            slices = ndimage.find_objects(labels)
+            for i in keep:
+                if self.boxes:
+                    out[slices[i]] = self.foreground
+                else:
+                    out[labels == i + 1] = self.foreground
+        if isinstance(img, MetaTensor):
+            return MetaTensor(torch.as_tensor(out), meta=img.meta, applied_operations=img.applied_operations)
+        return torch.as_tensor(out) if isinstance(img, torch.Tensor) else out
+
+
+class MaskToBoxesd(MapTransform):
+    """Dictionary version of :class:`MaskToBoxes`."""
+
+    backend = MaskToBoxes.backend
+
+    def __init__(
+        self, keys: KeysCollection, foreground: int = 1, min_size: int = 0, largest_only: bool = False,
+        boxes: bool = True, allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = MaskToBoxes(foreground, min_size, largest_only, boxes)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d

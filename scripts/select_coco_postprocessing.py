@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Choose the COCO tumour bundle's post-processing on the validation split (never on the test split).
+
+The labels of the Roboflow export are axis-aligned boxes. Three rules are scored with ``evaluate.json`` on the 150
+validation images of the fixed split, with the weights in ``--ckpt_dir``: the plain argmax mask, the mask with each
+connected region replaced by its bounding box (``box_postprocessing``), and only the largest region, as a box
+(``largest_region_only``). Writes ``<out>/postprocessing_validation.json``; the bundle's ``evaluate.json`` and
+``inference.json`` defaults are then set to the winner by hand (the JSON records which)::
+
+    OMP_NUM_THREADS=1 python scripts/select_coco_postprocessing.py --ckpt_dir bundles/coco_tumour_segmentation/models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "coco_tumour_segmentation"
+
+RULES = {
+    "argmax": {"box_postprocessing": False, "largest_region_only": False},
+    "boxes": {"box_postprocessing": True, "largest_region_only": False},
+    "largest_box": {"box_postprocessing": True, "largest_region_only": True},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from monai.bundle import run
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt_dir", default=str(BUNDLE / "models"))
+    parser.add_argument("--work_dir", type=Path, default=Path("/tmp/medcnn_coco_postprocessing"))
+    parser.add_argument("--out", type=Path, default=BUNDLE / "docs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    rows = {}
+    for name, rule in RULES.items():
+        out = args.work_dir / name
+        start = time.perf_counter()
+        run(config_file=[str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "evaluate.json")],
+            meta_file=str(BUNDLE / "configs" / "metadata.json"), logging_file=str(BUNDLE / "configs" / "logging.conf"),
+            bundle_root=str(BUNDLE), ckpt_path=str(Path(args.ckpt_dir) / "model.pt"), output_dir=str(out),
+            report_max_cases=0,
+            eval_items="$@split['validation']", **rule)
+        m = json.loads((out / "metrics.json").read_text())
+        rows[name] = {**rule, **{k: m[k] for k in ("dice", "pixel_accuracy", "tumour_precision", "tumour_recall",
+                                                   "image_dice_median", "image_dice_q25", "image_dice_mean",
+                                                   "n_items")},
+                      "wall_s": round(time.perf_counter() - start, 1), "load_average_1m": os.getloadavg()[0]}
+    best = max(rows, key=lambda k: rows[k]["dice"])
+    result = {"command": "OMP_NUM_THREADS=1 python scripts/select_coco_postprocessing.py --ckpt_dir "
+                         f"{args.ckpt_dir}", "split": "validation (150 images of train/)", "chosen": best,
+              "rule": "highest global validation Dice", "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "postprocessing_validation.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
