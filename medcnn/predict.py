@@ -47,6 +47,7 @@ from monai.transforms import Compose, EnsureChannelFirst, Invertd, LoadImage, Lo
 from tqdm import tqdm
 
 from medcnn import __version__
+from medcnn.localisation.rule import RESULT_KEYS
 from medcnn.networks.export import BACKENDS, backend_network
 from medcnn.transforms.validation import InvalidInputError
 
@@ -127,10 +128,6 @@ def _positive_values(meta: dict) -> dict[int, str]:
 
 
 # keys of a bundle's results JSON (``cam_method``, ``cam_layer``, ...) -> keys of the CAM rule
-_RESULT_KEYS = {"cam_method": "method", "cam_layer": "target_layer", "cam_target_layer": "target_layer",
-                "cam_threshold": "threshold", "cam_threshold_mode": "mode", "cam_mode": "mode",
-                "cam_largest_component": "largest_component", "cam_class_idx": "class_idx"}
-
 
 def bundle_cam_rule(bundle_dir: str | os.PathLike, parser: ConfigParser) -> dict:
     """The CAM rule of a classifier bundle: method, layer, threshold, mode, largest component, class, decision.
@@ -157,7 +154,7 @@ def bundle_cam_rule(bundle_dir: str | os.PathLike, parser: ConfigParser) -> dict
         if f.is_file():
             found = json.loads(f.read_text())
             rule.update({k: v for k, v in found.items() if k in rule})
-            rule.update({_RESULT_KEYS[k]: v for k, v in found.items() if k in _RESULT_KEYS})
+            rule.update({RESULT_KEYS[k]: v for k, v in found.items() if k in RESULT_KEYS})
             rule["source"] = os.path.relpath(f, bundle_dir)
             break
     return rule

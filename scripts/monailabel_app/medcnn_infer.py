@@ -304,31 +304,13 @@ class MedcnnSegmentationTask(_NiftiGridMixin, _CommittedWeightsMixin, _BundleAda
 
 
 def _cam_rule(path: str, bundle_config) -> dict:
-    """CAM settings of the bundle (see the module docstring for where they come from); checked by ``CAMRule``."""
-    from medcnn.localisation.rule import RESULT_KEYS, CAMRule
+    """CAM settings of the bundle, from the sources ``medcnn predict`` reads (:func:`medcnn.predict.bundle_cam_rule`),
+    checked by ``CAMRule`` so a bad rule fails when the app starts, naming the field."""
+    from medcnn.localisation.rule import CAMRule
+    from medcnn.predict import bundle_cam_rule
 
-    rule = {"method": "gradcam", "target_layer": None, "threshold": 0.5, "mode": "fraction",
-            "largest_component": False, "class_idx": 1, "decision_threshold": None}
-    cam = bundle_config.get("cam")
-    if isinstance(cam, dict):
-        rule.update({k: bundle_config.get_parsed_content(f"cam#{k}") for k in rule if k in cam})
-    for k in rule:
-        if bundle_config.get(f"cam_{k}") is not None:
-            rule[k] = bundle_config.get_parsed_content(f"cam_{k}")
-    if bundle_config.get("decision_threshold") is not None:
-        rule["decision_threshold"] = float(bundle_config.get_parsed_content("decision_threshold"))
-    files = [os.path.join(path, "models", "cam_rule.json")]
-    if bundle_config.get("cam_rule_file"):
-        files.append(bundle_config.get_parsed_content("cam_rule_file"))
-    for f in files:  # a rule the bundle chose on validation data wins over the configured defaults
-        if os.path.isfile(f):
-            with open(f) as fh:
-                found = json.load(fh)
-            rule.update({k: v for k, v in found.items() if k in rule})
-            rule.update({RESULT_KEYS[k]: v for k, v in found.items() if k in RESULT_KEYS})
-            rule["source"] = os.path.relpath(f, path)
-            break
-    rule.update(CAMRule.from_dict(rule).to_dict())  # a bad rule fails when the app starts, naming the field
+    rule = bundle_cam_rule(path, bundle_config)
+    rule.update(CAMRule.from_dict(rule).to_dict())
     return rule
 
 
