@@ -51,7 +51,8 @@ from medcnn.localisation.rule import RESULT_KEYS
 from medcnn.networks.export import BACKENDS, backend_network
 from medcnn.transforms.validation import InvalidInputError
 
-__all__ = ["BundlePredictor", "PredictInput", "load_input", "bundle_cam_rule", "predict", "add_parser"]
+__all__ = ["BundlePredictor", "PredictInput", "load_input", "bundle_cam_rule", "classify_with_cam", "predict",
+           "add_parser"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,49 @@ def bundle_cam_rule(bundle_dir: str | os.PathLike, parser: ConfigParser) -> dict
             rule["source"] = os.path.relpath(f, bundle_dir)
             break
     return rule
+
+
+EMPTY_CAM_MESSAGE = ("predicted {cls} (p={p:.3f}), but the {method} map of {cls} is zero everywhere, so the "
+                     "localisation is empty: an empty region here does NOT mean {cls} is absent")
+
+
+def classify_with_cam(network: torch.nn.Module, x: torch.Tensor, logits: Any, rule: dict,
+                      class_names: dict[int, str]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """A classifier's decision and CAM region for one image, as ``medcnn predict`` and MONAI Label report them.
+
+    ``x`` ``(1, C, *S)`` is the network input, ``logits`` ``(K,)`` (or ``(1,)`` for a sigmoid output) the network's
+    scores for it, ``rule`` a CAM rule dict (:func:`bundle_cam_rule`). Returns the mask ``(1, *S)`` uint8 (the
+    thresholded CAM of ``rule['class_idx']``, empty when the image is predicted another class), the heatmap
+    ``(1, *S)`` and the result JSON: class probabilities, predicted class, the CAM rule, and, when the image is
+    predicted positive but its CAM region is empty (a CAM that is zero everywhere), ``cam_region_empty: true``
+    with a ``warning`` that says so, because an empty region otherwise reads as "negative" in a viewer.
+    """
+    from medcnn.localisation import localise
+    from medcnn.localisation.rule import CAMRule, CAMToMask
+
+    scores = torch.as_tensor(logits).detach().float().reshape(-1).cpu()
+    probs = torch.softmax(scores, 0) if scores.numel() > 1 else torch.cat([1 - scores.sigmoid(), scores.sigmoid()])
+    typed = CAMRule.from_dict({k: v for k, v in rule.items() if k != "source"})
+    pos = typed.class_idx
+    rest = [i for i in range(len(probs)) if i != pos]
+    predicted = pos if typed.present(probs) or not rest else max(rest, key=lambda i: float(probs[i]))
+    heat = localise(network, x, method=typed.method, target_layer=typed.target_layer,
+                    class_idx=pos)[0].detach().cpu()  # (1, *S) on the network's grid
+    mask = torch.as_tensor(CAMToMask(typed)(heat))
+    if predicted != pos:
+        mask = torch.zeros_like(mask)
+    name = class_names.get(pos, f"class {pos}")
+    result: dict[str, Any] = {
+        "class_probabilities": {class_names.get(i, f"class {i}"): round(float(p), 6) for i, p in enumerate(probs)},
+        "predicted_class": class_names.get(predicted, f"class {predicted}"),
+        "cam": {k: rule[k] for k in ("method", "target_layer", "threshold", "mode", "largest_component", "source")
+                if k in rule},
+        "decision_threshold": rule.get("decision_threshold"),
+        "cam_region_empty": bool(predicted == pos and not mask.any()),
+    }
+    if result["cam_region_empty"]:
+        result["warning"] = EMPTY_CAM_MESSAGE.format(cls=name, p=float(probs[pos]), method=typed.method)
+    return mask.to(torch.uint8), heat, result
 
 
 @dataclass
@@ -348,30 +392,8 @@ class BundlePredictor:
         return pred.round().to(torch.uint8)
 
     def _classify(self, d: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        from medcnn.localisation import cam_to_mask, localise
-
-        logits = torch.as_tensor(d["pred"]).float().reshape(-1)
-        probs = torch.softmax(logits, 0) if logits.numel() > 1 else torch.cat([1 - logits.sigmoid(), logits.sigmoid()])
-        rule = self.cam_rule
-        pos = int(rule["class_idx"])
-        predicted = int(torch.argmax(probs))
-        if rule.get("decision_threshold") is not None:
-            rest = [i for i in range(len(probs)) if i != pos]
-            above = float(probs[pos]) >= float(rule["decision_threshold"])
-            predicted = pos if above or not rest else max(rest, key=lambda i: float(probs[i]))
-        heat = localise(self.network, d["_x"], method=rule["method"], target_layer=rule["target_layer"],
-                        class_idx=pos)[0].detach().cpu()  # (1, *S) on the network's grid
-        mask = cam_to_mask(heat, float(rule["threshold"]), rule["mode"], bool(rule["largest_component"]))
-        if predicted != pos:
-            mask = torch.zeros_like(mask)
-        names = _positive_values(self.meta)
-        result = {
-            "class_probabilities": {names.get(i, f"class {i}"): round(float(p), 6) for i, p in enumerate(probs)},
-            "predicted_class": names.get(predicted, f"class {predicted}"),
-            "cam": {k: rule[k] for k in ("method", "target_layer", "threshold", "mode", "largest_component",
-                                         "source") if k in rule},
-            "decision_threshold": rule.get("decision_threshold"),
-        }
+        mask, heat, result = classify_with_cam(self.network, d["_x"], d["pred"], self.cam_rule,
+                                               _positive_values(self.meta))
         back = self._to_input_grid({"mask": mask.float(), "heat": heat}, d)
         return back["mask"].round().to(torch.uint8), back["heat"], result
 
