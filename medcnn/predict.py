@@ -134,7 +134,9 @@ def bundle_cam_rule(bundle_dir: str | os.PathLike, parser: ConfigParser) -> dict
     """The CAM rule of a classifier bundle: method, layer, threshold, mode, largest component, class, decision.
 
     Looked up, later sources winning: defaults (Grad-CAM on the network's CAM layer, 0.5 of the maximum, class 1),
-    the ``cam`` dict id, top-level ``cam_<key>`` ids, ``decision_threshold``, then a rule the bundle chose on
+    the ``cam`` dict id, top-level ``cam_<key>`` ids (``cam_method``, ``cam_layer``, ``cam_threshold``,
+    ``cam_threshold_mode``, ``cam_largest_component``, ...: :data:`~medcnn.localisation.rule.RESULT_KEYS`),
+    ``decision_threshold``, then a rule the bundle chose on
     validation data: ``models/cam_rule.json`` or the JSON named by the ``cam_rule_file`` id (keys ``cam_method``,
     ``cam_layer``, ... as in the bundles' results files). The MONAI Label app reads the same sources.
     """
@@ -143,9 +145,9 @@ def bundle_cam_rule(bundle_dir: str | os.PathLike, parser: ConfigParser) -> dict
     cam = parser.get("cam")
     if isinstance(cam, dict):
         rule.update({k: parser.get_parsed_content(f"cam#{k}") for k in rule if k in cam})
-    for k in rule:
-        if parser.get(f"cam_{k}") is not None:
-            rule[k] = parser.get_parsed_content(f"cam_{k}")
+    for key, k in RESULT_KEYS.items():  # top-level ids as the bundles spell them: cam_layer, cam_threshold_mode, ...
+        if parser.get(key) is not None:
+            rule[k] = parser.get_parsed_content(key)
     if parser.get("decision_threshold") is not None:
         rule["decision_threshold"] = float(parser.get_parsed_content("decision_threshold"))
     files = [Path(bundle_dir) / "models" / "cam_rule.json"]

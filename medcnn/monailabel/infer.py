@@ -53,6 +53,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 from monailabel.transform.post import Restored
 
+from medcnn.errors import user_error
 from medcnn.monailabel.adapter import (
     NIFTI_EXT,
     RestoreToInputd,
@@ -179,7 +180,14 @@ class _NiftiGridMixin:
                 for k in range(shape[2]):  # slice k: (H, W) or, with channels last, (H, W, C)
                     f = os.path.join(tmp, f"slice_{k:04d}.nii.gz")
                     nib.save(nib.Nifti1Image(np.ascontiguousarray(volume[:, :, k]), ref.affine), f)
-                    pred, data = self._run_one(dict(request, image=f))
+                    try:
+                        pred, data = self._run_one(dict(request, image=f))
+                    except Exception as e:  # name the uploaded file and slice, not the temporary slice file
+                        err = user_error(e)
+                        if err is None:
+                            raise
+                        raise InvalidInputError(f"{path} (slice {k} of {shape[2]}): "
+                                                f"{str(err).replace(f + ': ', '')}") from e
                     slices.append(label_array(pred, 2))
                     per_slice.append(data.get("result") or {})
             label = np.stack(slices, axis=2)

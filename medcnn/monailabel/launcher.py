@@ -21,8 +21,8 @@ metadata requires (medcnn included) is installed in that environment, then repla
 
 The pre-flight checks use only the standard library, so this module runs (and is tested) in any Python, without
 medcnn's dependencies; only the server itself needs the MONAI Label environment, and it runs the medcnn this
-module belongs to (its folder is put first on the server's ``PYTHONPATH``). Exit code 2 and a one-line ``error:`` message for bad
-input (missing studies folder, port in use, bundle without weights, missing environment).
+module belongs to (its folder is put first on the server's ``PYTHONPATH``). Exit code 2 and a one-line ``error:``
+message for bad input (missing studies folder, port in use, bundle without weights, missing environment).
 """
 
 from __future__ import annotations
