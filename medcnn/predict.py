@@ -3,7 +3,9 @@
 For each input the bundle's ``configs/inference.json`` pieces are used as they are: ``network_def`` with the
 committed ``models/model.pt``, ``preprocessing``, ``inferer`` and ``postprocessing`` (its ``Invertd`` brings the
 prediction back to the input grid). A bundle may ship ``configs/predict.json``, merged over ``inference.json``
-(top-level ids replace, as with several ``--config_file`` of ``monai.bundle``), to adapt its pipeline to one image.
+(top-level ids replace, as with several ``--config_file`` of ``monai.bundle``), to adapt its pipeline to one image;
+its ``input_spatial_dims`` id says what the input is when it is not the network's (a 2D network run over a volume).
+The MONAI Label app serves the same ``predict.json`` when the bundle has no other override for it.
 What predict does around those pieces, in one place:
 
 - **loading**: medcnn reads the input itself, with the reader for its kind (a DICOM series folder validated by
@@ -284,7 +286,9 @@ class BundlePredictor:
             backend=backend, has_loader=has_loader, slice_key=slice_key,
             cam_rule=bundle_cam_rule(bundle_dir, parser) if classifier else None,
             input_spec={"modality": inp.get("modality"), "num_channels": int(inp.get("num_channels", 1)),
-                        "spatial_dims": len(inp.get("spatial_shape", [])) or None},
+                        # a 2D network run over a volume by its inferer (SliceInferer) takes volumes
+                        "spatial_dims": int(parser.get_parsed_content("input_spatial_dims"))
+                        if parser.get("input_spatial_dims") is not None else len(inp.get("spatial_shape", [])) or None},
         )
         return predictor
 

@@ -270,6 +270,11 @@ def test_override_of_the_served_name_is_found(tmp_path):
     assert adapter.override_files(folder) == [str(adapter.OVERRIDES_DIR / "synthetic_localisation_3d.json")]
     assert adapter.override_settings(folder)["model_file"] == "model_3d.pt"
     assert adapter.served_dimension(adapter.read_served_config(folder), 2) == 3
+    brats = ROOT / "bundles" / "brats_tumour_segmentation"  # no override: its predict.json, as medcnn predict runs
+    assert adapter.override_files(brats) == [str(brats / "configs" / "predict.json")]
+    assert adapter.served_dimension(adapter.read_served_config(brats), 2) == 3
+    pneumonia = ROOT / "bundles" / "pneumonia_classification"  # predict.json without a loader: the app's override
+    assert adapter.override_files(pneumonia) == [str(adapter.OVERRIDES_DIR / "pneumonia_classification.json")]
     own = tmp_path / "own_bundle"
     (own / "configs").mkdir(parents=True)
     (own / "configs" / "monailabel.json").write_text(json.dumps({"monailabel": {"dimension": 3}}))

@@ -244,11 +244,12 @@ def _brats_4d(data_dir, out: Path) -> tuple[Path, Path]:
 
 
 def _expected_dimension(name: str, folder: Path, meta: dict) -> int:
-    """Dimension MONAI Label reports: the override's ``monailabel.dimension`` or the input's spatial rank."""
-    for f in (folder / "configs" / "monailabel.json",
-              OVERRIDES / f"{name}.json"):
+    """Dimension MONAI Label reports: the served override's ``monailabel.dimension`` / ``input_spatial_dims``, else
+    the input's spatial rank."""
+    for f in (folder / "configs" / "monailabel.json", OVERRIDES / f"{name}.json", folder / "configs" / "predict.json"):
         if f.is_file():
-            dim = json.loads(f.read_text()).get("monailabel", {}).get("dimension")
+            conf = json.loads(f.read_text())
+            dim = conf.get("monailabel", {}).get("dimension") or conf.get("input_spatial_dims")
             if dim:
                 return int(dim)
             break

@@ -64,10 +64,19 @@ def is_classifier(meta: dict) -> bool:
 
 def override_files(bundle_path: str | os.PathLike, overrides_dir: str | os.PathLike = OVERRIDES_DIR) -> list[str]:
     """The MONAI Label override config of a bundle: its own ``configs/monailabel.json``, else
-    ``<overrides_dir>/<served name>.json`` (the served name is the folder name, e.g. a variant's link name)."""
+    ``<overrides_dir>/<served name>.json`` (the served name is the folder name, e.g. a variant's link name), else the
+    bundle's ``configs/predict.json`` when its preprocessing reads the image file itself (starts with a loader), so
+    that ``medcnn predict`` and MONAI Label run one configuration."""
     own = os.path.join(bundle_path, "configs", "monailabel.json")
     app = os.path.join(overrides_dir, f"{os.path.basename(os.path.normpath(bundle_path))}.json")
-    return [f for f in (own, app) if os.path.isfile(f)][:1]
+    found = [f for f in (own, app) if os.path.isfile(f)]
+    predict = os.path.join(bundle_path, "configs", "predict.json")
+    if not found and os.path.isfile(predict):
+        with open(predict) as f:
+            steps = (json.load(f).get("preprocessing") or {}).get("transforms") or [{}]
+        if isinstance(steps[0], dict) and str(steps[0].get("_target_", "")).split(".")[-1].startswith("LoadImage"):
+            found = [predict]
+    return found[:1]
 
 
 def override_settings(bundle_path: str | os.PathLike) -> dict:
@@ -113,10 +122,14 @@ def served_labels(labels: dict[str, int] | None) -> dict[str, int]:
 
 
 def served_dimension(parser: ConfigParser, default: int) -> int:
-    """The dimension Slicer is told: the override's ``monailabel.dimension`` (e.g. a 2D network run slice by slice
-    over a volume), else ``default`` (the network input's spatial rank)."""
+    """The dimension Slicer is told: the override's ``monailabel.dimension`` or ``input_spatial_dims`` (e.g. a 2D
+    network run slice by slice over a volume), else ``default`` (the network input's spatial rank)."""
     ml = parser.get("monailabel") or {}
-    return int(ml["dimension"]) if ml.get("dimension") else int(default)
+    if ml.get("dimension"):
+        return int(ml["dimension"])
+    if parser.get("input_spatial_dims") is not None:  # the id medcnn predict reads (configs/predict.json)
+        return int(parser.get_parsed_content("input_spatial_dims"))
+    return int(default)
 
 
 # ------------------------------------------------------------------------------------------------ results
