@@ -195,3 +195,13 @@ def test_command_line_exits_2_with_message_before_starting(layout, case):
     assert res.returncode == 2
     assert "error:" in res.stderr and expected in res.stderr
     assert "start_server" not in res.stdout
+
+
+def test_medcnn_monailabel_command_runs_the_same_checks(layout, capsys):
+    from medcnn.cli import main as cli_main
+
+    assert cli_main(["monailabel", *_args(layout, "--check")]) == 0
+    cmd = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["command"]
+    assert cmd[cmd.index("--conf") + 2] == "cls_b,seg_a"
+    assert cli_main(["monailabel", *_args(layout, "--bundles", "untrained_c")]) == 2
+    assert "no trained weights" in capsys.readouterr().err

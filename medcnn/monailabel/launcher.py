@@ -287,10 +287,8 @@ def server_env(base: dict[str, str] | None = None, threads: int | None = None) -
     return env
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options of the launcher."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The launcher's options on ``ap`` (``scripts/monailabel_server.py`` and ``medcnn monailabel``)."""
     ap.add_argument("--studies", required=True, help="folder of images the MONAI Label datastore serves")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     ap.add_argument("--port", type=int, default=8000)
@@ -305,7 +303,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for inference (OMP_NUM_THREADS; default: the environment's or PyTorch's)")
     ap.add_argument("--check", action="store_true", help="run the checks, assemble the app, print the command, exit")
-    return ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options of the launcher."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_arguments(ap).parse_args(argv)
 
 
 def prepare(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
@@ -329,10 +334,8 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     return cmd, server_env(threads=args.threads)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     """Check, assemble and exec the MONAI Label server (exit 2 with a clear message on bad input)."""
-    logging.basicConfig(level=logging.INFO, format="medcnn-monailabel: %(levelname)s: %(message)s")
-    args = parse_args(argv)
     try:
         cmd, env = prepare(args)
     except LaunchError as e:
@@ -344,6 +347,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.execve(cmd[0], cmd, env)
     return 0  # not reached
+
+
+def add_parser(parser: argparse.ArgumentParser):
+    """Configure the ``medcnn monailabel`` subcommand (the same options as ``scripts/monailabel_server.py``)."""
+    parser.description = "Serve the medcnn bundles to 3D Slicer through MONAI Label (offline, local bundles only)."
+    add_arguments(parser)
+    parser.set_defaults(run=run)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``scripts/monailabel_server.py``: parse the options, then :func:`run`."""
+    logging.basicConfig(level=logging.INFO, format="medcnn-monailabel: %(levelname)s: %(message)s")
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":
