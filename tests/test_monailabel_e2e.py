@@ -486,8 +486,8 @@ def test_hippocampus_3d_upload_and_infer(served, data_dir):
                     dices[k].append(2 * np.sum((arr == k) & (truth == k)) / max(1, both))
     for k, key in ((1, "dice_anterior"), (2, "dice_posterior")):  # mean over the cases, as the card's figure
         mean, floor = float(np.mean(dices[k])), card_figure("hippocampus_segmentation", key) - DICE_TOLERANCE
-        print(f"hippocampus_segmentation label {k}: served Dice {[round(d, 4) for d in dices[k]]}, mean {mean:.4f} "
-              f"(floor {floor:.4f})")
+        shown = [round(float(d), 4) for d in dices[k]]
+        print(f"hippocampus_segmentation label {k}: served Dice {shown}, mean {mean:.4f} (floor {floor:.4f})")
         assert mean >= floor, f"hippocampus label {k}: mean Dice {mean:.4f}, below the card's {key} - tolerance"
 
 
