@@ -564,6 +564,12 @@ def test_bad_requests_answer_4xx_with_the_reason(served):
                                timeout=INFER_TIMEOUT)
     assert status == 422, (status, resp[:1000])
     assert "flat_2d.nii.gz" in _detail(resp) and "3D" in _detail(resp), _detail(resp)
+    # a corrupt file sent with the inference request itself (no datastore)
+    broken = tmp / "broken.nii.gz"
+    broken.write_bytes(flat.read_bytes()[:40])
+    body, ct = _multipart({"params": "{}"}, {"file": broken})
+    status, _, resp = _request("POST", f"{client.base}/infer/hippocampus_segmentation", body, ct)
+    assert status == 422 and "not a readable NIfTI" in _detail(resp), (status, resp[:500])
     assert client.info()["models"]  # still serving
 
 

@@ -129,6 +129,8 @@ class MedcnnApp(MONAILabelApp):
             raise HTTPException(status_code=404, detail=f"image {image!r} is not in the studies folder "
                                                         f"{self.studies}; upload it first (PUT /datastore/image)")
         try:
+            if isinstance(image, str) and os.path.isfile(image):  # a file sent with the request (POST /infer with file)
+                check_upload(image, name=f"uploaded file for {request.get('model')!r}")
             return super().infer(request, datastore)
         except HTTPException:
             raise
