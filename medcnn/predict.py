@@ -46,6 +46,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirst, Invertd, LoadImage, LoadImaged, Resize, SaveImaged
+from monai.utils import get_equivalent_dtype
 from tqdm import tqdm
 
 from medcnn import __version__
@@ -116,8 +117,9 @@ def load_input(path: str | os.PathLike) -> PredictInput:
     if kind == "stack":
         image = LoadImage(reader=TiffStackReader(), image_only=True, dtype=None)(str(path))  # dtype kept, as LoadStackd
         return PredictInput(path, kind, image, None, 1, case_id)
-    try:
-        image = LoadImage(reader="NibabelReader", image_only=True)(str(path))
+    try:  # the file's own dtype: a bundle with a loader gets its loader's dtype (_network_input), one without the
+        # file's (e.g. 8-bit images scaled to [0, 1] by the bundle, as its .npz reader does)
+        image = LoadImage(reader="NibabelReader", image_only=True, dtype=None)(str(path))
     except Exception as exc:  # MONAI wraps reader errors in RuntimeError
         raise InvalidInputError(f"{path}: cannot read NIfTI ({str(exc).splitlines()[0]})") from exc
     channels = int(image.shape[-1]) if image.ndim == 4 else 1
@@ -226,6 +228,7 @@ class BundlePredictor:
     slice_key: str | None
     cam_rule: dict | None = None
     input_spec: dict = field(default_factory=dict)
+    loader_dtype: Any = None  # dtype of the bundle's own loader (None: the file's), applied to NIfTI inputs
 
     @classmethod
     def from_bundle(
@@ -262,6 +265,7 @@ class BundlePredictor:
         transforms = parser["preprocessing"]["transforms"]
         first = parser.get_parsed_content("preprocessing#transforms#0", instantiate=True)
         has_loader = isinstance(first, LoadImaged)
+        loader_dtype = first._loader.dtype if has_loader else None  # MONAI keeps LoadImage's dtype there
         if has_loader:
             parser["preprocessing#transforms"] = transforms[1:]
         preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
@@ -283,7 +287,7 @@ class BundlePredictor:
             bundle_dir=bundle_dir, parser=parser, meta=meta, network=network,
             model=backend_network(network, backend), preprocessing=preprocessing,
             inferer=parser.get_parsed_content("inferer", instantiate=True), postprocessing=post, device=dev,
-            backend=backend, has_loader=has_loader, slice_key=slice_key,
+            backend=backend, has_loader=has_loader, loader_dtype=loader_dtype, slice_key=slice_key,
             cam_rule=bundle_cam_rule(bundle_dir, parser) if classifier else None,
             input_spec={"modality": inp.get("modality"), "num_channels": int(inp.get("num_channels", 1)),
                         # a 2D network run over a volume by its inferer (SliceInferer) takes volumes
@@ -359,6 +363,8 @@ class BundlePredictor:
     def _network_input(self, item: PredictInput) -> dict:
         image = item.image
         if self.has_loader:
+            if item.kind == "nifti" and self.loader_dtype is not None:  # as the bundle's own loader reads it
+                image = image.to(get_equivalent_dtype(self.loader_dtype, torch.Tensor))
             return {"image": image}
         if item.kind == "stack" or (self.input_spec.get("spatial_dims") == 2 and image.ndim == 3):
             image = image.reshape([s for s in image.shape if s > 1])  # (1, H, W) stack or (H, W, 1) -> (H, W)

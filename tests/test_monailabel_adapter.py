@@ -279,3 +279,41 @@ def test_override_of_the_served_name_is_found(tmp_path):
     (own / "configs").mkdir(parents=True)
     (own / "configs" / "monailabel.json").write_text(json.dumps({"monailabel": {"dimension": 3}}))
     assert adapter.override_files(own) == [str(own / "configs" / "monailabel.json")]
+
+
+def test_medcnn_predict_and_the_served_config_give_the_same_classification(data_dir, tmp_path):
+    """8-bit chest X-rays as 3D Slicer uploads them ((H, W, 1) uint8 NIfTI): medcnn predict and the MONAI Label
+    served config (one (H, W) slice, as the app cuts it) give the probabilities of the bundle's own .npz pipeline, and
+    the result says when a positive image's CAM region is empty."""
+    from medcnn.cli import main
+    from medcnn.predict import BundlePredictor
+
+    bundle = ROOT / "bundles" / "pneumonia_classification"
+    npz = np.load(data_dir("pneumoniamnist") / "pneumoniamnist.npz")
+    images = npz["test_images"][:4]
+    parser = adapter.read_served_config(bundle)
+    served_pre = parser.get_parsed_content("preprocessing", instantiate=True)
+    network = BundlePredictor.from_bundle(bundle, device="cpu").network
+    inputs = []
+    for i, img in enumerate(images):
+        inputs.append(tmp_path / f"xray{i}.nii.gz")
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(img)[..., None], np.eye(4)), inputs[-1])
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(img), np.eye(4)), tmp_path / f"slice{i}.nii.gz")
+    assert main(["predict", "--bundle", str(bundle), "--input", *map(str, inputs), "--output", str(tmp_path / "out"),
+                 "--quiet", "--no-report"]) == 0
+    with torch.no_grad():
+        x = torch.nn.functional.interpolate(torch.as_tensor(images[:, None] / 255.0, dtype=torch.float32),
+                                            size=(28, 28), mode="area")
+        reference = torch.softmax(network(x), 1)[:, 1]
+    for i in range(len(inputs)):
+        summary = json.loads((tmp_path / "out" / f"xray{i}" / f"xray{i}_summary.json").read_text())
+        with torch.no_grad():
+            served = served_pre({"image": str(tmp_path / f"slice{i}.nii.gz")})["image"]
+            p_served = float(torch.softmax(network(torch.as_tensor(served).float()[None]), 1)[0, 1])
+        p_predict = summary["class_probabilities"]["pneumonia"]
+        assert p_predict == pytest.approx(float(reference[i]), abs=1e-5), (i, p_predict, float(reference[i]))
+        assert p_served == pytest.approx(float(reference[i]), abs=1e-5), (i, p_served, float(reference[i]))
+        mask = np.asarray(nib.load(tmp_path / "out" / f"xray{i}" / f"xray{i}_seg.nii.gz").dataobj)
+        positive = summary["predicted_class"] == "pneumonia"
+        assert summary["cam_region_empty"] == (positive and not mask.any())
+        assert ("warning" in summary) == summary["cam_region_empty"]
