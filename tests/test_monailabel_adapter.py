@@ -273,8 +273,10 @@ def test_override_of_the_served_name_is_found(tmp_path):
     brats = ROOT / "bundles" / "brats_tumour_segmentation"  # no override: its predict.json, as medcnn predict runs
     assert adapter.override_files(brats) == [str(brats / "configs" / "predict.json")]
     assert adapter.served_dimension(adapter.read_served_config(brats), 2) == 3
-    pneumonia = ROOT / "bundles" / "pneumonia_classification"  # predict.json without a loader: the app's override
-    assert adapter.override_files(pneumonia) == [str(adapter.OVERRIDES_DIR / "pneumonia_classification.json")]
+    pneumonia = ROOT / "bundles" / "pneumonia_classification"  # predict.json without a loader: one put in front
+    assert adapter.override_files(pneumonia) == [str(pneumonia / "configs" / "predict.json")]
+    steps = adapter.read_served_config(pneumonia)["preprocessing"]["transforms"]
+    assert [t["_target_"] for t in steps[:3]] == ["LoadImaged", "EnsureChannelFirstd", "Lambdad"]
     own = tmp_path / "own_bundle"
     (own / "configs").mkdir(parents=True)
     (own / "configs" / "monailabel.json").write_text(json.dumps({"monailabel": {"dimension": 3}}))

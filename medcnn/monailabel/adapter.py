@@ -65,18 +65,11 @@ def is_classifier(meta: dict) -> bool:
 def override_files(bundle_path: str | os.PathLike, overrides_dir: str | os.PathLike = OVERRIDES_DIR) -> list[str]:
     """The MONAI Label override config of a bundle: its own ``configs/monailabel.json``, else
     ``<overrides_dir>/<served name>.json`` (the served name is the folder name, e.g. a variant's link name), else the
-    bundle's ``configs/predict.json`` when its preprocessing reads the image file itself (starts with a loader), so
-    that ``medcnn predict`` and MONAI Label run one configuration."""
+    bundle's ``configs/predict.json``, so that ``medcnn predict`` and MONAI Label run one configuration."""
     own = os.path.join(bundle_path, "configs", "monailabel.json")
     app = os.path.join(overrides_dir, f"{os.path.basename(os.path.normpath(bundle_path))}.json")
-    found = [f for f in (own, app) if os.path.isfile(f)]
     predict = os.path.join(bundle_path, "configs", "predict.json")
-    if not found and os.path.isfile(predict):
-        with open(predict) as f:
-            steps = (json.load(f).get("preprocessing") or {}).get("transforms") or [{}]
-        if isinstance(steps[0], dict) and str(steps[0].get("_target_", "")).split(".")[-1].startswith("LoadImage"):
-            found = [predict]
-    return found[:1]
+    return [f for f in (own, app, predict) if os.path.isfile(f)][:1]
 
 
 def override_settings(bundle_path: str | os.PathLike) -> dict:
@@ -89,7 +82,12 @@ def override_settings(bundle_path: str | os.PathLike) -> dict:
 
 
 def read_served_config(bundle_path: str | os.PathLike, config: str | os.PathLike | None = None) -> ConfigParser:
-    """``inference.json`` (or ``config``) merged with the override config; top-level ids of the override win."""
+    """``inference.json`` (or ``config``) merged with the override config; top-level ids of the override win.
+
+    A ``configs/predict.json`` whose preprocessing does not load the image (``medcnn predict`` hands it the loaded
+    image, channel first) gets the loader MONAI Label needs in front: ``LoadImaged`` keeping the file's dtype, then
+    the channel axis first (the last axis of a multi-channel image, else a new one), as ``medcnn predict`` does.
+    """
     config = config or os.path.join(bundle_path, "configs", "inference.json")
     parser = ConfigParser()
     files = [str(config), *override_files(bundle_path)]
@@ -97,6 +95,17 @@ def read_served_config(bundle_path: str | os.PathLike, config: str | os.PathLike
     parser["bundle_root"] = str(bundle_path)
     if len(files) > 1:
         logger.info("bundle %s: inference config %s merged with %s", os.path.basename(bundle_path), config, files[1:])
+    if len(files) > 1 and os.path.basename(files[1]) == "predict.json":
+        steps = list(parser["preprocessing"]["transforms"])
+        first = steps[0] if steps and isinstance(steps[0], dict) else {}
+        if not str(first.get("_target_", "")).split(".")[-1].startswith("LoadImage"):
+            inp = next(iter(bundle_metadata(bundle_path)["network_data_format"]["inputs"].values()))
+            channel_dim = -1 if int(inp.get("num_channels", 1)) > 1 else "no_channel"
+            parser["preprocessing#transforms"] = [
+                {"_target_": "LoadImaged", "keys": "image", "image_only": True, "dtype": None},
+                {"_target_": "EnsureChannelFirstd", "keys": "image", "channel_dim": channel_dim},
+                *steps,
+            ]
     return parser
 
 
