@@ -18,18 +18,21 @@ Single-image adaptation: MONAI Label gives a task one image file (what Slicer up
 ``inference.json`` expects something else (a TIFF stack plus a slice index, two modality files, in-memory arrays)
 is adapted by an override config merged on top of ``inference.json`` (top-level ids replace, as with several
 ``--config_file`` of ``monai.bundle``): the bundle's own ``configs/monailabel.json`` when it ships one, else
-``medcnn/monailabel/overrides/<bundle name>.json``. An override may also hold ``"monailabel": {"dimension": 3}``
-(e.g. a 2D network run slice by slice over a volume by its ``SliceInferer``) and, for a variant of a bundle served
-as a model of its own (``overrides/<variant>.json`` with ``"monailabel": {"variant_of": "<bundle>"}``), the
-weights file under ``models/`` (``"model_file": "model_3d.pt"``).
+``medcnn/monailabel/overrides/<bundle name>.json``, else the bundle's ``configs/predict.json`` (the configuration
+``medcnn predict`` runs; see :func:`medcnn.monailabel.adapter.read_served_config`). An override may also hold
+``"monailabel": {"dimension": 3}`` (e.g. a 2D network run slice by slice over a volume by its ``SliceInferer``)
+and, for a variant of a bundle served as a model of its own (``overrides/<variant>.json`` with
+``"monailabel": {"variant_of": "<bundle>"}``), the weights file under ``models/`` (``"model_file": "model_3d.pt"``).
 
 The CAM rule is read from the bundle: ``models/cam_rule.json`` (the dict of
 ``medcnn.localisation.calibrate_cam``) or the JSON named by a ``cam_rule_file`` id (e.g. the bundle's results
 file with ``cam_method`` / ``cam_layer`` / ``cam_threshold`` / ...: the rule chosen on validation data) if
 present, else the ``cam`` dict id (``method``, ``target_layer``,
 ``threshold``, ``mode``, ``largest_component``, ``class_idx``, as in the bundles' train.json) or top-level
-``cam_method`` / ``cam_threshold`` / ... ids of the (merged) inference config, else Grad-CAM on the network's
-``cam_target_layer_name`` with threshold 0.5 of the maximum, class 1. A ``decision_threshold`` id (probability of
+``cam_method`` / ``cam_layer`` / ``cam_threshold`` / ... ids of the (merged) inference config, else Grad-CAM on the
+network's ``cam_target_layer_name`` with threshold 0.5 of the maximum, class 1
+(:func:`medcnn.predict.bundle_cam_rule`); the decision and the CAM region are
+:func:`medcnn.predict.classify_with_cam`. A ``decision_threshold`` id (probability of
 the positive class at or above which an image is called positive, chosen by the bundle on validation data)
 replaces the arg-max decision, and a ``score_network`` id (a callable component, ``"_mode_": "callable"``, applied
 to the loaded network) scores images for that decision while the CAM is taken on the network itself.
