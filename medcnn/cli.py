@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "convert": "medcnn.convert:add_parser",
     "report": "medcnn.report.pdf:add_parser",
     "predict": "medcnn.predict:add_parser",
+    "monailabel": "medcnn.monailabel.launcher:add_parser",
 }
 
 

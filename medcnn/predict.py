@@ -3,7 +3,9 @@
 For each input the bundle's ``configs/inference.json`` pieces are used as they are: ``network_def`` with the
 committed ``models/model.pt``, ``preprocessing``, ``inferer`` and ``postprocessing`` (its ``Invertd`` brings the
 prediction back to the input grid). A bundle may ship ``configs/predict.json``, merged over ``inference.json``
-(top-level ids replace, as with several ``--config_file`` of ``monai.bundle``), to adapt its pipeline to one image.
+(top-level ids replace, as with several ``--config_file`` of ``monai.bundle``), to adapt its pipeline to one image;
+its ``input_spatial_dims`` id says what the input is when it is not the network's (a 2D network run over a volume).
+The MONAI Label app serves the same ``predict.json`` when the bundle has no other override for it.
 What predict does around those pieces, in one place:
 
 - **loading**: medcnn reads the input itself, with the reader for its kind (a DICOM series folder validated by
@@ -44,6 +46,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirst, Invertd, LoadImage, LoadImaged, Resize, SaveImaged
+from monai.utils import get_equivalent_dtype
 from tqdm import tqdm
 
 from medcnn import __version__
@@ -51,7 +54,8 @@ from medcnn.localisation.rule import RESULT_KEYS
 from medcnn.networks.export import BACKENDS, backend_network
 from medcnn.transforms.validation import InvalidInputError
 
-__all__ = ["BundlePredictor", "PredictInput", "load_input", "bundle_cam_rule", "predict", "add_parser"]
+__all__ = ["BundlePredictor", "PredictInput", "load_input", "bundle_cam_rule", "classify_with_cam", "predict",
+           "add_parser"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +117,9 @@ def load_input(path: str | os.PathLike) -> PredictInput:
     if kind == "stack":
         image = LoadImage(reader=TiffStackReader(), image_only=True, dtype=None)(str(path))  # dtype kept, as LoadStackd
         return PredictInput(path, kind, image, None, 1, case_id)
-    try:
-        image = LoadImage(reader="NibabelReader", image_only=True)(str(path))
+    try:  # the file's own dtype: a bundle with a loader gets its loader's dtype (_network_input), one without the
+        # file's (e.g. 8-bit images scaled to [0, 1] by the bundle, as its .npz reader does)
+        image = LoadImage(reader="NibabelReader", image_only=True, dtype=None)(str(path))
     except Exception as exc:  # MONAI wraps reader errors in RuntimeError
         raise InvalidInputError(f"{path}: cannot read NIfTI ({str(exc).splitlines()[0]})") from exc
     channels = int(image.shape[-1]) if image.ndim == 4 else 1
@@ -133,7 +138,9 @@ def bundle_cam_rule(bundle_dir: str | os.PathLike, parser: ConfigParser) -> dict
     """The CAM rule of a classifier bundle: method, layer, threshold, mode, largest component, class, decision.
 
     Looked up, later sources winning: defaults (Grad-CAM on the network's CAM layer, 0.5 of the maximum, class 1),
-    the ``cam`` dict id, top-level ``cam_<key>`` ids, ``decision_threshold``, then a rule the bundle chose on
+    the ``cam`` dict id, top-level ``cam_<key>`` ids (``cam_method``, ``cam_layer``, ``cam_threshold``,
+    ``cam_threshold_mode``, ``cam_largest_component``, ...: :data:`~medcnn.localisation.rule.RESULT_KEYS`),
+    ``decision_threshold``, then a rule the bundle chose on
     validation data: ``models/cam_rule.json`` or the JSON named by the ``cam_rule_file`` id (keys ``cam_method``,
     ``cam_layer``, ... as in the bundles' results files). The MONAI Label app reads the same sources.
     """
@@ -142,9 +149,9 @@ def bundle_cam_rule(bundle_dir: str | os.PathLike, parser: ConfigParser) -> dict
     cam = parser.get("cam")
     if isinstance(cam, dict):
         rule.update({k: parser.get_parsed_content(f"cam#{k}") for k in rule if k in cam})
-    for k in rule:
-        if parser.get(f"cam_{k}") is not None:
-            rule[k] = parser.get_parsed_content(f"cam_{k}")
+    for key, k in RESULT_KEYS.items():  # top-level ids as the bundles spell them: cam_layer, cam_threshold_mode, ...
+        if parser.get(key) is not None:
+            rule[k] = parser.get_parsed_content(key)
     if parser.get("decision_threshold") is not None:
         rule["decision_threshold"] = float(parser.get_parsed_content("decision_threshold"))
     files = [Path(bundle_dir) / "models" / "cam_rule.json"]
@@ -158,6 +165,49 @@ def bundle_cam_rule(bundle_dir: str | os.PathLike, parser: ConfigParser) -> dict
             rule["source"] = os.path.relpath(f, bundle_dir)
             break
     return rule
+
+
+EMPTY_CAM_MESSAGE = ("predicted {cls} (p={p:.3f}), but the {method} map of {cls} is zero everywhere, so the "
+                     "localisation is empty: an empty region here does NOT mean {cls} is absent")
+
+
+def classify_with_cam(network: torch.nn.Module, x: torch.Tensor, logits: Any, rule: dict,
+                      class_names: dict[int, str]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """A classifier's decision and CAM region for one image, as ``medcnn predict`` and MONAI Label report them.
+
+    ``x`` ``(1, C, *S)`` is the network input, ``logits`` ``(K,)`` (or ``(1,)`` for a sigmoid output) the network's
+    scores for it, ``rule`` a CAM rule dict (:func:`bundle_cam_rule`). Returns the mask ``(1, *S)`` uint8 (the
+    thresholded CAM of ``rule['class_idx']``, empty when the image is predicted another class), the heatmap
+    ``(1, *S)`` and the result JSON: class probabilities, predicted class, the CAM rule, and, when the image is
+    predicted positive but its CAM region is empty (a CAM that is zero everywhere), ``cam_region_empty: true``
+    with a ``warning`` that says so, because an empty region otherwise reads as "negative" in a viewer.
+    """
+    from medcnn.localisation import localise
+    from medcnn.localisation.rule import CAMRule, CAMToMask
+
+    scores = torch.as_tensor(logits).detach().float().reshape(-1).cpu()
+    probs = torch.softmax(scores, 0) if scores.numel() > 1 else torch.cat([1 - scores.sigmoid(), scores.sigmoid()])
+    typed = CAMRule.from_dict({k: v for k, v in rule.items() if k != "source"})
+    pos = typed.class_idx
+    rest = [i for i in range(len(probs)) if i != pos]
+    predicted = pos if typed.present(probs) or not rest else max(rest, key=lambda i: float(probs[i]))
+    heat = localise(network, x, method=typed.method, target_layer=typed.target_layer,
+                    class_idx=pos)[0].detach().cpu()  # (1, *S) on the network's grid
+    mask = torch.as_tensor(CAMToMask(typed)(heat))
+    if predicted != pos:
+        mask = torch.zeros_like(mask)
+    name = class_names.get(pos, f"class {pos}")
+    result: dict[str, Any] = {
+        "class_probabilities": {class_names.get(i, f"class {i}"): round(float(p), 6) for i, p in enumerate(probs)},
+        "predicted_class": class_names.get(predicted, f"class {predicted}"),
+        "cam": {k: rule[k] for k in ("method", "target_layer", "threshold", "mode", "largest_component", "source")
+                if k in rule},
+        "decision_threshold": rule.get("decision_threshold"),
+        "cam_region_empty": bool(predicted == pos and not mask.any()),
+    }
+    if result["cam_region_empty"]:
+        result["warning"] = EMPTY_CAM_MESSAGE.format(cls=name, p=float(probs[pos]), method=typed.method)
+    return mask.to(torch.uint8), heat, result
 
 
 @dataclass
@@ -178,6 +228,7 @@ class BundlePredictor:
     slice_key: str | None
     cam_rule: dict | None = None
     input_spec: dict = field(default_factory=dict)
+    loader_dtype: Any = None  # dtype of the bundle's own loader (None: the file's), applied to NIfTI inputs
 
     @classmethod
     def from_bundle(
@@ -214,6 +265,7 @@ class BundlePredictor:
         transforms = parser["preprocessing"]["transforms"]
         first = parser.get_parsed_content("preprocessing#transforms#0", instantiate=True)
         has_loader = isinstance(first, LoadImaged)
+        loader_dtype = first._loader.dtype if has_loader else None  # MONAI keeps LoadImage's dtype there
         if has_loader:
             parser["preprocessing#transforms"] = transforms[1:]
         preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
@@ -235,10 +287,12 @@ class BundlePredictor:
             bundle_dir=bundle_dir, parser=parser, meta=meta, network=network,
             model=backend_network(network, backend), preprocessing=preprocessing,
             inferer=parser.get_parsed_content("inferer", instantiate=True), postprocessing=post, device=dev,
-            backend=backend, has_loader=has_loader, slice_key=slice_key,
+            backend=backend, has_loader=has_loader, loader_dtype=loader_dtype, slice_key=slice_key,
             cam_rule=bundle_cam_rule(bundle_dir, parser) if classifier else None,
             input_spec={"modality": inp.get("modality"), "num_channels": int(inp.get("num_channels", 1)),
-                        "spatial_dims": len(inp.get("spatial_shape", [])) or None},
+                        # a 2D network run over a volume by its inferer (SliceInferer) takes volumes
+                        "spatial_dims": int(parser.get_parsed_content("input_spatial_dims"))
+                        if parser.get("input_spatial_dims") is not None else len(inp.get("spatial_shape", [])) or None},
         )
         return predictor
 
@@ -309,6 +363,8 @@ class BundlePredictor:
     def _network_input(self, item: PredictInput) -> dict:
         image = item.image
         if self.has_loader:
+            if item.kind == "nifti" and self.loader_dtype is not None:  # as the bundle's own loader reads it
+                image = image.to(get_equivalent_dtype(self.loader_dtype, torch.Tensor))
             return {"image": image}
         if item.kind == "stack" or (self.input_spec.get("spatial_dims") == 2 and image.ndim == 3):
             image = image.reshape([s for s in image.shape if s > 1])  # (1, H, W) stack or (H, W, 1) -> (H, W)
@@ -348,30 +404,8 @@ class BundlePredictor:
         return pred.round().to(torch.uint8)
 
     def _classify(self, d: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        from medcnn.localisation import cam_to_mask, localise
-
-        logits = torch.as_tensor(d["pred"]).float().reshape(-1)
-        probs = torch.softmax(logits, 0) if logits.numel() > 1 else torch.cat([1 - logits.sigmoid(), logits.sigmoid()])
-        rule = self.cam_rule
-        pos = int(rule["class_idx"])
-        predicted = int(torch.argmax(probs))
-        if rule.get("decision_threshold") is not None:
-            rest = [i for i in range(len(probs)) if i != pos]
-            above = float(probs[pos]) >= float(rule["decision_threshold"])
-            predicted = pos if above or not rest else max(rest, key=lambda i: float(probs[i]))
-        heat = localise(self.network, d["_x"], method=rule["method"], target_layer=rule["target_layer"],
-                        class_idx=pos)[0].detach().cpu()  # (1, *S) on the network's grid
-        mask = cam_to_mask(heat, float(rule["threshold"]), rule["mode"], bool(rule["largest_component"]))
-        if predicted != pos:
-            mask = torch.zeros_like(mask)
-        names = _positive_values(self.meta)
-        result = {
-            "class_probabilities": {names.get(i, f"class {i}"): round(float(p), 6) for i, p in enumerate(probs)},
-            "predicted_class": names.get(predicted, f"class {predicted}"),
-            "cam": {k: rule[k] for k in ("method", "target_layer", "threshold", "mode", "largest_component",
-                                         "source") if k in rule},
-            "decision_threshold": rule.get("decision_threshold"),
-        }
+        mask, heat, result = classify_with_cam(self.network, d["_x"], d["pred"], self.cam_rule,
+                                               _positive_values(self.meta))
         back = self._to_input_grid({"mask": mask.float(), "heat": heat}, d)
         return back["mask"].round().to(torch.uint8), back["heat"], result
 

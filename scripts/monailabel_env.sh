@@ -12,7 +12,8 @@
 # Steps: torch/torchvision (the project's pins) -> sam2 built without CUDA extension and without build isolation
 # (monailabel declares it; only its SAM2 tasks import it) -> monailabel==0.8.5 and medcnn's runtime dependencies
 # (read from setup.cfg, all but jsonschema) under the constraints below -> medcnn itself, editable, with --no-deps (its jsonschema>=4.20 pin is only for
-# bundle metadata verification, which is not needed to serve) -> an import smoke check.
+# bundle metadata verification, which is not needed to serve) -> an import smoke check (medcnn.monailabel.app).
+# The server runs the medcnn of the checkout that starts it (medcnn.monailabel.launcher puts it first on PYTHONPATH).
 # Writes <venv>/medcnn-monailabel-env.json with the installed versions and the build time in seconds.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -77,6 +78,7 @@ import numpy
 import pydicom
 
 import medcnn
+import medcnn.monailabel.app  # noqa: F401  (the app the server runs: MONAI Label, FastAPI and medcnn together)
 import monailabel  # noqa: F401
 
 names = ["monailabel", "monai", "torch", "torchvision", "numpy", "pydicom", "dicomweb-client", "pydicom-seg",

@@ -1,9 +1,9 @@
-"""Pre-flight checks of scripts/monailabel_server.py: bad input is refused with a clear message before any server
-starts. Runs in the main environment (the launcher's checks need only the standard library)."""
+"""Pre-flight checks of medcnn.monailabel.launcher (scripts/monailabel_server.py): bad input is refused with a clear
+message before any server starts. Runs in the main environment (the launcher's checks need only the standard
+library)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
@@ -15,16 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "monailabel_server.py"
 
-
-def _load_launcher():
-    spec = importlib.util.spec_from_file_location("monailabel_server", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["monailabel_server"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-launcher = _load_launcher()
+from medcnn.monailabel import launcher  # noqa: E402
 
 
 def _bundle(root: Path, name: str, weights: bool = True, inference: bool = True) -> Path:
@@ -161,11 +152,13 @@ def test_check_assembles_local_app_and_command(layout, capsys):
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--conf") + 2] == "cls_b,seg_a"
     app = Path(cmd[cmd.index("--app") + 1])
-    assert (app / "main.py").is_file() and (app / "medcnn_infer.py").is_file()
+    assert "from medcnn.monailabel.app import MedcnnApp" in (app / "main.py").read_text()
     assert sorted(p.name for p in (app / "model").iterdir()) == ["cls_b", "seg_a"]
     assert (app / "model" / "seg_a").resolve() == (layout["bundles"] / "seg_a").resolve()
-    env = launcher.server_env({}, threads=2)
+    env = launcher.server_env({"PYTHONPATH": "/elsewhere"}, threads=2)
     assert env["MONAI_ZOO_SOURCE"] == "local" and env["OMP_NUM_THREADS"] == "2"
+    # the server imports this medcnn (a checkout / worktree), before another one installed in its environment
+    assert env["PYTHONPATH"].split(":") == [str(ROOT), "/elsewhere"]
     assert "OMP_NUM_THREADS" not in launcher.server_env({})
 
 
@@ -202,3 +195,13 @@ def test_command_line_exits_2_with_message_before_starting(layout, case):
     assert res.returncode == 2
     assert "error:" in res.stderr and expected in res.stderr
     assert "start_server" not in res.stdout
+
+
+def test_medcnn_monailabel_command_runs_the_same_checks(layout, capsys):
+    from medcnn.cli import main as cli_main
+
+    assert cli_main(["monailabel", *_args(layout, "--check")]) == 0
+    cmd = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["command"]
+    assert cmd[cmd.index("--conf") + 2] == "cls_b,seg_a"
+    assert cli_main(["monailabel", *_args(layout, "--bundles", "untrained_c")]) == 2
+    assert "no trained weights" in capsys.readouterr().err

@@ -23,9 +23,8 @@ pytestmark = [pytest.mark.monailabel]
 
 CHECK = r'''
 import json, sys, torch
-sys.path.insert(0, sys.argv[1])
-import medcnn_infer
-task = medcnn_infer.make_infer_task(sys.argv[2], {"device": "cpu"})
+from medcnn.monailabel.infer import make_infer_task
+task = make_infer_task(sys.argv[1], {"device": "cpu"})
 calls = []
 real_load = torch.load
 def spy(*args, **kwargs):
@@ -33,7 +32,7 @@ def spy(*args, **kwargs):
     return real_load(*args, **kwargs)
 torch.load = spy
 out = {"offered": task._config.get("model_filename"), "path": task.get_path()}
-task._get_network("cpu", {"model_filename": sys.argv[3]})
+task._get_network("cpu", {"model_filename": sys.argv[2]})
 out["loads"] = calls
 try:
     task.clear_cache() if hasattr(task, "clear_cache") else None
@@ -60,7 +59,7 @@ def test_only_the_bundle_weights_are_loaded_with_weights_only(env, tmp_path):
     shutil.copytree(ROOT / "bundles" / "hippocampus_segmentation", bundle, ignore=shutil.ignore_patterns("eval"))
     other = bundle / "models" / "other.pt"
     shutil.copy(bundle / "models" / "model.pt", other)  # a second weights file a client could name
-    proc = subprocess.run([str(env), "-c", CHECK, str(ROOT / "scripts" / "monailabel_app"), str(bundle), "other.pt"],
+    proc = subprocess.run([str(env), "-c", CHECK, str(bundle), "other.pt"],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

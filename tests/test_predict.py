@@ -290,3 +290,38 @@ def test_predict_png_gives_the_bundle_probabilities_of_the_npz_arrays(data_dir, 
             assert not mask.any()
     # Grad-CAM of this small network can vanish for a positive image (image 1 here), but not for all of them
     assert len(positive_masks) == 3 and sum(m > 0 for m in positive_masks) >= 2
+
+
+BRATS = REPO / "bundles" / "brats_tumour_segmentation"
+
+
+def test_predict_brats_4d_nifti_on_the_input_grid_with_the_card_dice(data_dir, tmp_path, capsys):
+    """configs/predict.json: one FLAIR+T1c 4D NIfTI of the card's held-out case -> whole-tumour mask on its grid, with
+    the card's Dice minus 0.05; a FLAIR-only volume is refused by name and nothing is written."""
+    case = data_dir("brats2015_deepmedic_subset") / "brats_2013_pat0004_1"
+    flair, t1c = nib.load(case / "Flair_subtrMeanDivStd.nii.gz"), nib.load(case / "T1c_subtrMeanDivStd.nii.gz")
+    volume = np.stack([np.asarray(flair.dataobj), np.asarray(t1c.dataobj)], axis=-1).astype(np.float32)
+    affine = flair.affine.copy()
+    affine[:3, 3] += [-7.5, 3.25, 11.0]  # an origin of its own: the result must carry the input's affine
+    src = tmp_path / "input" / "pat0004.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(volume, affine), src)
+    out = tmp_path / "out"
+    assert main(["predict", "--bundle", str(BRATS), "--input", str(src), "--output", str(out), "--quiet",
+                 "--no-report"]) == 0
+    result = nib.load(out / "pat0004" / "pat0004_seg.nii.gz")
+    assert result.shape == volume.shape[:3]
+    np.testing.assert_allclose(result.affine, affine, atol=1e-4)
+    pred, truth = np.asarray(result.dataobj) > 0, np.asarray(nib.load(case / "OTMultiClass.nii.gz").dataobj) > 0
+    dice = 2 * np.sum(pred & truth) / (pred.sum() + truth.sum())
+    card = json.loads((BRATS / "docs" / "metrics_test.json").read_text())["dice"]
+    assert dice >= card - 0.05, f"whole-tumour Dice {dice:.4f}, card {card:.4f}"
+    summary = json.loads((out / "pat0004" / "pat0004_summary.json").read_text())
+    assert summary["labels"]["whole tumour"]["voxels"] == int(pred.sum())
+
+    flair_only = tmp_path / "input" / "flair_only.nii.gz"
+    nib.save(nib.Nifti1Image(volume[..., 0], affine), flair_only)
+    assert main(["predict", "--bundle", str(BRATS), "--input", str(flair_only), "--output", str(tmp_path / "o2"),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert str(flair_only) in err and "1 channel(s)" in err and not (tmp_path / "o2").exists()

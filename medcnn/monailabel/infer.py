@@ -1,4 +1,8 @@
-"""MONAI Label infer tasks for the medcnn bundles (runs inside the MONAI Label environment only).
+"""MONAI Label infer tasks for the medcnn bundles (imports MONAI Label: runs inside its environment only).
+
+The decisions (served config, labels, upload checks, CAM rule and classifier decision, result grid) live in
+:mod:`medcnn.monailabel.adapter` and :mod:`medcnn.predict`, which run without MONAI Label; this module wires them
+into MONAI Label's ``BundleInferTask``.
 
 - :class:`MedcnnSegmentationTask`: a bundle whose output is a label image. MONAI Label's ``BundleInferTask``
   (the bundle's ``inference.json`` preprocessing, network, inferer and postprocessing, weights from
@@ -14,18 +18,21 @@ Single-image adaptation: MONAI Label gives a task one image file (what Slicer up
 ``inference.json`` expects something else (a TIFF stack plus a slice index, two modality files, in-memory arrays)
 is adapted by an override config merged on top of ``inference.json`` (top-level ids replace, as with several
 ``--config_file`` of ``monai.bundle``): the bundle's own ``configs/monailabel.json`` when it ships one, else
-``overrides/<bundle name>.json`` of this app. An override may also hold ``"monailabel": {"dimension": 3}``
-(e.g. a 2D network run slice by slice over a volume by its ``SliceInferer``) and, for a variant of a bundle served
-as a model of its own (``overrides/<variant>.json`` with ``"monailabel": {"variant_of": "<bundle>"}``), the
-weights file under ``models/`` (``"model_file": "model_3d.pt"``).
+``medcnn/monailabel/overrides/<bundle name>.json``, else the bundle's ``configs/predict.json`` (the configuration
+``medcnn predict`` runs; see :func:`medcnn.monailabel.adapter.read_served_config`). An override may also hold
+``"monailabel": {"dimension": 3}`` (e.g. a 2D network run slice by slice over a volume by its ``SliceInferer``)
+and, for a variant of a bundle served as a model of its own (``overrides/<variant>.json`` with
+``"monailabel": {"variant_of": "<bundle>"}``), the weights file under ``models/`` (``"model_file": "model_3d.pt"``).
 
 The CAM rule is read from the bundle: ``models/cam_rule.json`` (the dict of
 ``medcnn.localisation.calibrate_cam``) or the JSON named by a ``cam_rule_file`` id (e.g. the bundle's results
 file with ``cam_method`` / ``cam_layer`` / ``cam_threshold`` / ...: the rule chosen on validation data) if
 present, else the ``cam`` dict id (``method``, ``target_layer``,
 ``threshold``, ``mode``, ``largest_component``, ``class_idx``, as in the bundles' train.json) or top-level
-``cam_method`` / ``cam_threshold`` / ... ids of the (merged) inference config, else Grad-CAM on the network's
-``cam_target_layer_name`` with threshold 0.5 of the maximum, class 1. A ``decision_threshold`` id (probability of
+``cam_method`` / ``cam_layer`` / ``cam_threshold`` / ... ids of the (merged) inference config, else Grad-CAM on the
+network's ``cam_target_layer_name`` with threshold 0.5 of the maximum, class 1
+(:func:`medcnn.predict.bundle_cam_rule`); the decision and the CAM region are
+:func:`medcnn.predict.classify_with_cam`. A ``decision_threshold`` id (probability of
 the positive class at or above which an image is called positive, chosen by the bundle on validation data)
 replaces the arg-max decision, and a ``score_network`` id (a callable component, ``"_mode_": "callable"``, applied
 to the loaded network) scores images for that decision while the CAM is taken on the network itself.
@@ -34,7 +41,6 @@ to the loaded network) scores images for that decision while the CAM is taken on
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import tempfile
@@ -44,28 +50,34 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd, MapTransform, Resize, SaveImaged
+from monai.transforms import Compose, Invertd, SaveImaged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 from monailabel.transform.post import Restored
 
+from medcnn.errors import user_error
+from medcnn.monailabel.adapter import (
+    NIFTI_EXT,
+    RestoreToInputd,
+    bundle_metadata,
+    class_names,
+    is_classifier,
+    label_array,
+    override_settings,
+    read_served_config,
+    save_on_input_grid,
+    served_cam_rule,
+    served_dimension,
+    served_labels,
+    summarise_slices,
+)
+from medcnn.predict import classify_with_cam
+from medcnn.transforms.validation import InvalidInputError
+
+__all__ = ["make_infer_task", "MedcnnSegmentationTask", "MedcnnCAMTask", "MedcnnCAMGridTask"]
+
 logger = logging.getLogger(__name__)
-
-NIFTI_EXT = (".nii", ".nii.gz")
-
-
-def bundle_metadata(path: str) -> dict:
-    """The bundle's ``configs/metadata.json`` as a dict."""
-    with open(os.path.join(path, "configs", "metadata.json")) as f:
-        return json.load(f)
-
-
-def is_classifier(meta: dict) -> bool:
-    """True when the bundle's first output is class probabilities / logits rather than a label image."""
-    out = next(iter(meta.get("network_data_format", {}).get("outputs", {}).values()), {})
-    return str(out.get("type", "image")).lower() in ("probabilities", "probability", "logits", "scores", "class")
 
 
 class _WeightsFile(BundleConstants):
@@ -76,15 +88,6 @@ class _WeightsFile(BundleConstants):
 
     def model_pytorch(self) -> str:
         return self.model_file
-
-
-def override_settings(path: str) -> dict:
-    """The ``monailabel`` section of the bundle's override config ({} without one)."""
-    files = override_files(path)
-    if not files:
-        return {}
-    with open(files[0]) as f:
-        return json.load(f).get("monailabel") or {}
 
 
 def make_infer_task(path: str, conf: dict) -> BundleInferTask:
@@ -98,37 +101,6 @@ def make_infer_task(path: str, conf: dict) -> BundleInferTask:
     if task.is_valid() and device and device != "auto":
         task._config["device"] = [device]
     return task
-
-
-def _label_array(pred: Any, spatial_ndim: int) -> np.ndarray:
-    """``pred`` (tensor/array, optional leading channel or one-hot channels) -> integer array of ``spatial_ndim``."""
-    arr = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
-    if arr.ndim == spatial_ndim + 1:
-        arr = arr[0] if arr.shape[0] == 1 else np.argmax(arr, axis=0)
-    if arr.ndim != spatial_ndim:
-        raise ValueError(f"prediction of shape {arr.shape} does not have {spatial_ndim} spatial dimensions")
-    return np.rint(arr).astype(np.uint8)
-
-
-def save_on_input_grid(label: np.ndarray, ref: nib.Nifti1Image, path: str) -> None:
-    """Write ``label`` as NIfTI with the reference image's affine, qform/sform codes and units."""
-    out = nib.Nifti1Image(label.astype(np.uint8), ref.affine)
-    hdr = ref.header
-    out.set_sform(ref.header.get_sform(), code=int(hdr["sform_code"]))
-    out.set_qform(ref.header.get_qform(), code=int(hdr["qform_code"]))
-    out.header.set_xyzt_units(*hdr.get_xyzt_units())
-    out.set_data_dtype(np.uint8)
-    nib.save(out, path)
-
-
-APP_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def override_files(bundle_path: str) -> list[str]:
-    """The MONAI Label override config of a bundle: its own configs/monailabel.json, else the app's."""
-    own = os.path.join(bundle_path, "configs", "monailabel.json")
-    app = os.path.join(APP_DIR, "overrides", f"{os.path.basename(os.path.normpath(bundle_path))}.json")
-    return [f for f in (own, app) if os.path.isfile(f)][:1]
 
 
 class _CommittedWeightsMixin:
@@ -163,70 +135,11 @@ class _BundleAdapterMixin:
     """Reads the override config, reports labels without index 0 (background in a label map) and the dimension."""
 
     def _load_bundle_config(self, path, config):
-        parser = ConfigParser()
-        files = [config, *override_files(path)]
-        parser.read_config(files)
-        parser.config.update({self.const.key_bundle_root(): path})
-        if len(files) > 1:
-            logger.info("bundle %s: inference config %s merged with %s", os.path.basename(path), config, files[1:])
-        return parser
+        return read_served_config(path, config)
 
     def _adapt_info(self) -> None:
-        self.labels = {k: v for k, v in (self.labels or {}).items() if int(v) > 0}
-        ml = self.bundle_config.get("monailabel") or {}
-        if ml.get("dimension"):
-            self.dimension = int(ml["dimension"])
-
-
-def input_spatial_shape(image: Any) -> list[int]:
-    """Spatial shape of the loaded input (before preprocessing), without its channel axis if it had one."""
-    meta = image.meta if isinstance(image, MetaTensor) else {}
-    shape = [int(v) for v in meta.get("spatial_shape", list(image.shape[1:]))]
-    ch = meta.get("original_channel_dim", "no_channel")
-    if isinstance(ch, (int, np.integer)) and not isinstance(ch, bool) and len(shape) > len(image.shape) - 1:
-        del shape[int(ch)]
-    return shape
-
-
-class RestoreToInputd(MapTransform):
-    """Resize ``keys`` ``(C, *S)`` (nearest) back to the input's spatial shape when preprocessing changed it.
-
-    Unlike MONAI Label's ``Restored`` it knows the input's channel axis (``Restored`` takes the last spatial sides,
-    which for a channel-last ``(H, W, C)`` slice gives ``(W, C)``).
-    """
-
-    def __init__(self, keys, ref_image: str = "image") -> None:
-        super().__init__(keys)
-        self.ref_image = ref_image
-
-    def __call__(self, data):
-        d = dict(data)
-        shape = input_spatial_shape(d[self.ref_image])
-        for key in self.key_iterator(d):
-            pred = d[key]
-            if list(pred.shape[1:]) != shape:
-                pred = Resize(spatial_size=shape, mode="nearest")(pred)
-            d[key] = pred
-        return d
-
-
-def summarise_slices(results: list[dict], positive: str | None = None) -> dict:
-    """One result JSON for a stack run slice by slice by a 2D classifier (unchanged for a single slice).
-
-    ``predicted_class`` / ``class_probabilities`` are those of the slice most likely positive; ``positive_slices``
-    lists the slices (index along the last spatial axis) predicted positive; ``slices`` has every slice's result.
-    """
-    if len(results) == 1 or not all("class_probabilities" in r for r in results):
-        return dict(results[-1]) if results else {}
-    positive = positive or list(results[0]["class_probabilities"])[-1]
-    best = max(range(len(results)), key=lambda k: results[k]["class_probabilities"][positive])
-    out = {k: v for k, v in results[best].items() if k != "class_probabilities"}
-    out["class_probabilities"] = results[best]["class_probabilities"]
-    out["most_positive_slice"] = best
-    out["positive_slices"] = [k for k, r in enumerate(results) if r.get("predicted_class") == positive]
-    out["slices"] = [{"slice": k, "predicted_class": r.get("predicted_class"),
-                      "class_probabilities": r["class_probabilities"]} for k, r in enumerate(results)]
-    return out
+        self.labels = served_labels(self.labels)
+        self.dimension = served_dimension(self.bundle_config, self.dimension)
 
 
 class _NiftiGridMixin:
@@ -257,7 +170,7 @@ class _NiftiGridMixin:
         result: dict = {}
         if self.dimension == 2 and len(shape) >= 3:
             if len(shape) > 4:
-                raise ValueError(f"{os.path.basename(path)}: a 2D model needs a 2D image, a stack of 2D slices "
+                raise InvalidInputError(f"{os.path.basename(path)}: a 2D model needs a 2D image, a stack of 2D slices "
                                  f"(H, W, D) or a multi-channel stack (H, W, D, C); got shape {shape}")
             slices, per_slice = [], []
             with tempfile.TemporaryDirectory(prefix="medcnn-slice-") as tmp:
@@ -270,15 +183,22 @@ class _NiftiGridMixin:
                 for k in range(shape[2]):  # slice k: (H, W) or, with channels last, (H, W, C)
                     f = os.path.join(tmp, f"slice_{k:04d}.nii.gz")
                     nib.save(nib.Nifti1Image(np.ascontiguousarray(volume[:, :, k]), ref.affine), f)
-                    pred, data = self._run_one(dict(request, image=f))
-                    slices.append(_label_array(pred, 2))
+                    try:
+                        pred, data = self._run_one(dict(request, image=f))
+                    except Exception as e:  # name the uploaded file and slice, not the temporary slice file
+                        err = user_error(e)
+                        if err is None:
+                            raise
+                        raise InvalidInputError(f"{path} (slice {k} of {shape[2]}): "
+                                                f"{str(err).replace(f + ': ', '')}") from e
+                    slices.append(label_array(pred, 2))
                     per_slice.append(data.get("result") or {})
             label = np.stack(slices, axis=2)
             result = summarise_slices(per_slice, getattr(self, "positive_name", None))
         else:
             pred, data = self._run_one(request)
             spatial = tuple(shape[:3]) if len(shape) > 3 else tuple(shape)  # 4D NIfTI: channels last
-            label = _label_array(pred, len(spatial))
+            label = label_array(pred, len(spatial))
             result = data.get("result") or {}
             if label.shape != spatial:
                 raise ValueError(f"{os.path.basename(path)}: result shape {label.shape} differs from the input's "
@@ -303,17 +223,6 @@ class MedcnnSegmentationTask(_NiftiGridMixin, _CommittedWeightsMixin, _BundleAda
             self._adapt_info()
 
 
-def _cam_rule(path: str, bundle_config) -> dict:
-    """CAM settings of the bundle, from the sources ``medcnn predict`` reads (:func:`medcnn.predict.bundle_cam_rule`),
-    checked by ``CAMRule`` so a bad rule fails when the app starts, naming the field."""
-    from medcnn.localisation.rule import CAMRule
-    from medcnn.predict import bundle_cam_rule
-
-    rule = bundle_cam_rule(path, bundle_config)
-    rule.update(CAMRule.from_dict(rule).to_dict())
-    return rule
-
-
 class MedcnnCAMTask(_CommittedWeightsMixin, _BundleAdapterMixin, BundleInferTask):
     """A medcnn classifier bundle served as the thresholded Grad-CAM region of its positive class."""
 
@@ -322,21 +231,16 @@ class MedcnnCAMTask(_CommittedWeightsMixin, _BundleAdapterMixin, BundleInferTask
                          load_strict=True)
         if not self.valid:
             return
-        meta = bundle_metadata(path)
-        out = next(iter(meta["network_data_format"]["outputs"].values()))
-        self.class_names = {int(k): str(v) for k, v in out.get("channel_def", {}).items()}
-        self.rule = _cam_rule(path, self.bundle_config)
+        self.class_names = class_names(bundle_metadata(path))
+        self.rule = served_cam_rule(path, self.bundle_config)
         pos = int(self.rule["class_idx"])
-        self.positive_name = self.class_names.get(pos, f"class_{pos}")
+        self.positive_name = self.class_names.get(pos, f"class {pos}")
         self._adapt_info()
         self.labels = {self.positive_name: 1}
         self.description = (f"{self.description} [3D Slicer: the {self.rule['method']} region of class "
                             f"'{self.positive_name}'; class probabilities in the result JSON]")
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
-        from medcnn.localisation import localise
-        from medcnn.localisation.rule import CAMRule, CAMToMask
-
         network = self._get_network(device, data)
         image = data[self.input_key]
         x = torch.as_tensor(image).float()[None].to(torch.device(device))
@@ -344,27 +248,15 @@ class MedcnnCAMTask(_CommittedWeightsMixin, _BundleAdapterMixin, BundleInferTask
         if self.bundle_config.get("score_network") is not None:
             score_net = self.bundle_config.get_parsed_content("score_network", instantiate=True)(network)
         with torch.no_grad():
-            logits = score_net(x).float()
-        probs = torch.softmax(logits, dim=1)[0] if logits.shape[1] > 1 else torch.cat(
-            [1 - torch.sigmoid(logits[0]), torch.sigmoid(logits[0])])
-        rule = CAMRule.from_dict(self.rule)
-        pos = rule.class_idx
-        # the bundle's validation-chosen operating point (decision_threshold), else the arg-max class
-        rest = [i for i in range(len(probs)) if i != pos]
-        predicted = pos if rule.present(probs) or not rest else max(rest, key=lambda i: float(probs[i]))
-        heat = localise(network, x, method=rule.method, target_layer=rule.target_layer, class_idx=pos)
-        mask = CAMToMask(rule)(heat, [probs])[0].float().cpu()  # empty when the classifier says absent
+            logits = score_net(x).float()[0]
+        # the decision, CAM region and result JSON of medcnn predict (one function, so the two cannot drift)
+        mask, _, result = classify_with_cam(network, x, logits, self.rule, self.class_names)
         meta = copy.deepcopy(image.meta) if isinstance(image, MetaTensor) else {}
         ops = copy.deepcopy(image.applied_operations) if isinstance(image, MetaTensor) else []
-        data[self.output_label_key] = MetaTensor(mask, meta=meta, applied_operations=ops)
-        data["result"] = {
-            "class_probabilities": {self.class_names.get(i, f"class_{i}"): round(float(p), 6)
-                                    for i, p in enumerate(probs.tolist())},
-            "predicted_class": self.class_names.get(predicted, f"class_{predicted}"),
-            "cam": {k: self.rule[k] for k in ("method", "target_layer", "threshold", "mode", "largest_component",
-                                              "source") if k in self.rule},
-            "decision_threshold": self.rule["decision_threshold"],
-        }
+        data[self.output_label_key] = MetaTensor(mask.float(), meta=meta, applied_operations=ops)
+        data["result"] = result
+        if result.get("warning"):
+            logger.warning("%s: %s", self.positive_name, result["warning"])
         return data
 
     def post_transforms(self, data=None):
