@@ -46,7 +46,25 @@ def _disk_images(dims: int, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _hook_count(model: nn.Module) -> int:
+    """Hooks on ``model``'s modules (torch keeps them in these dicts; the test fails loudly if that changes)."""
     return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("method", ["monai_gradcam", "monai_gradcampp", "gradcam"])
+def test_a_cam_method_reused_after_a_weight_update_maps_with_the_new_weights(method):
+    """MONAI's CAM runs on a copy of the network (its hooks cannot be removed): the copy follows the network's
+    current weights, and the network itself never carries a hook."""
+    model = PassThroughClassifier(2)
+    images, _ = _disk_images(2)
+    cam = get_cam_method(method, model, "features")
+    first = cam(images, 1)
+    with torch.no_grad():  # class 1 now looks at the inverted image: the map must follow
+        model.features.weight.mul_(-1.0)
+    second = cam(images, 1)
+    fresh = get_cam_method(method, model, "features")(images, 1)
+    assert torch.allclose(second, fresh, atol=1e-6)
+    assert not torch.allclose(first, second, atol=1e-3)
+    assert _hook_count(model) == 0
 
 
 @pytest.mark.parametrize("dims", [2, 3])
