@@ -229,8 +229,9 @@ def test_handler_groups_slices_and_draws_on_the_native_grid(tmp_path):
     prep = Compose([CopyItemsd(["image", "mask"], names=["image_native", "mask_native"]),
                     EnsureTyped(["image", "mask"]), CenterSpatialCropd(["image", "mask"], roi_size=(40, 32)),
                     Resized(["image", "mask"], spatial_size=(20, 16), mode=["area", "nearest"])])
-    items = [prep({"image": image[None, :, :, z], "mask": label[None, :, :, z], "case": "pat7", "slice_index": z})
-             for z in (1, 2, 3, 4)]
+    in_plane = torch.diag(torch.tensor([0.8, 0.6, 1.0], dtype=torch.float64))  # a 2D slice's affine: no z step
+    items = [prep({"image": MetaTensor(torch.from_numpy(image[None, :, :, z]), affine=in_plane),
+                   "mask": label[None, :, :, z], "case": "pat7", "slice_index": z}) for z in (1, 2, 3, 4)]
 
     def step(engine, b):
         return [{"image": i["image"], "pred": torch.tensor([0.1, 0.9])} for i in b]
@@ -249,8 +250,21 @@ def test_handler_groups_slices_and_draws_on_the_native_grid(tmp_path):
     assert 2 * (pred & ball).sum() / (pred.sum() + ball.sum()) > 0.6
     text = " ".join(pdf_text(handler.written[0]).split())
     assert "medcnn case report: pat7" in text and "of 5 slices" in text
+    # the slices give their in-plane spacing, not the distance between them: no volume from an assumed 1 mm step
+    assert handler._grouped()[0]["spacing"] == pytest.approx([0.8, 0.6])
+    assert " mL" not in text and " cm²" in text and f"measures {int(sum(c['pred'].sum() for c in handler.cases))} voxels" in text
     with pytest.raises(ValueError, match="native_image_key"):
         PDFReportHandler(tmp_path, invert_transform=prep)
+
+
+@pytest.mark.parametrize("spacing", [(0.5, 0.7, 3.0), (0.9, 0.9, 1.5)])
+def test_volume_uses_the_image_spacing(tmp_path, spacing):
+    """The volume in the report comes from the image's own voxel size (a MetaTensor's affine), slice step too."""
+    image, label, pred, _ = phantom((32, 28, 5))
+    affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
+    out = write_case_report(tmp_path / "case.pdf", MetaTensor(torch.from_numpy(image)[None], affine=affine), pred)
+    volume = pred.sum() * np.prod(spacing) / 1000.0
+    assert f"measures {volume:.1f} mL" in " ".join(pdf_text(out).split())
 
 
 def test_pdf_report_with_an_undefined_curve(tmp_path):

@@ -292,7 +292,9 @@ class PDFReportHandler:
             if probs:
                 merged["probability"] = float(max(probs))
             if parts[0]["spacing"]:
-                merged["spacing"] = [*parts[0]["spacing"][:2], 1.0]
+                # 2D slices carry their in-plane spacing only, not the distance between slices: areas are reported
+                # in cm², the volume in voxels (never an assumed slice spacing)
+                merged["spacing"] = list(parts[0]["spacing"][:2])
             out.append(merged)
         return out
 
