@@ -213,7 +213,11 @@ def test_torchscript_export_matches_eager(tmp_path, weights):
 def _error_bands_script():
     import importlib.util
 
+    import sys
+
     path = ROOT.parents[1] / "scripts" / "em_error_bands.py"
+    if str(path.parent) not in sys.path:  # as `python scripts/em_error_bands.py` does: its shared em_ensemble module
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location("em_error_bands", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
