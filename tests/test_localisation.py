@@ -175,3 +175,29 @@ def test_cam_dice_handler_in_an_ignite_evaluation(tmp_path):
     records = {r["id"]: r for r in json.loads((tmp_path / "localisation.json").read_text())["images"]}
     assert records["c"]["mask_voxels"] == 0 and records["a"]["mask_voxels"] > 0
     assert records["a"]["dice"] > 0.95 and records["c"]["dice"] is None
+
+
+def test_cam_dice_handler_hands_every_heatmap_it_computed_to_the_evaluator_output():
+    """With ``output_key`` every image's heatmap (negatives too) joins its output item, as scored: the PDF report
+    draws that CAM instead of computing another."""
+    from ignite.engine import Engine
+
+    from medcnn.handlers.cam import CAMDiceHandler
+
+    model = PassThroughClassifier(2)
+    images, masks = _disk_images(2)
+    batch = [{"image": images[0], "mask": masks[0], "label": torch.tensor(1)},
+             {"image": images[1], "mask": masks[1] * 0, "label": torch.tensor(0)}]
+    engine = Engine(lambda e, b: [{"pred": torch.tensor([0.1, 0.9])}, {"pred": torch.tensor([0.9, 0.1])}])
+    handler = CAMDiceHandler(model, method="gradcam", target_layer="features", threshold=0.5, output_key="cam")
+    handler.attach(engine)
+    engine.run([batch], max_epochs=1)
+    expected = localise(model, images, method="gradcam", target_layer="features", class_idx=1)
+    for item, heat in zip(engine.state.output, expected, strict=True):
+        assert item["cam"].shape == (1, 32, 32)
+        torch.testing.assert_close(item["cam"], heat)
+    assert engine.state.metrics["cam_n_images"] == 1  # only the positive image is scored
+    collated = Engine(lambda e, b: {"pred": torch.tensor([[0.1, 0.9], [0.9, 0.1]])})
+    handler.attach(collated)
+    with pytest.raises(ValueError, match="output_key needs the evaluator's decollated output"):
+        collated.run([batch], max_epochs=1)

@@ -35,7 +35,8 @@ from medcnn.report.plots import plot_confusion_matrix, plot_curves  # noqa: E402
 from medcnn.report.summary import case_facts, render_summary  # noqa: E402
 
 __all__ = [
-    "write_case_report", "load_json_or_none", "select_slices", "load_report_volume", "on_image_grid", "run_report",
+    "write_case_report", "write_case_reports", "load_json_or_none", "select_slices", "load_report_volume",
+    "on_image_grid", "run_report",
     "add_parser",
 ]
 
@@ -211,6 +212,30 @@ def write_case_report(
                 _curves_page(pdf, tmp, curves_d)
     logger.info("report written to %s", output_path)
     return output_path
+
+
+def write_case_reports(
+    cases: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    metrics: Mapping[str, Any] | None = None,
+    curves: Mapping[str, Any] | None = None,
+    **report_kwargs: Any,
+) -> list[Path]:
+    """Write ``<output_dir>/<name>_report.pdf`` for every case of :class:`medcnn.report.cases.ReportCases` (a
+    repeated name gets ``_2``, ``_3`` ...) with the evaluation's ``metrics`` and ``curves``; returns the paths."""
+    names: dict[str, int] = {}
+    written = []
+    for case in cases:
+        name = case["name"]
+        names[name] = names.get(name, 0) + 1
+        if names[name] > 1:
+            name = f"{name}_{names[name]}"
+        written.append(write_case_report(
+            Path(output_dir) / f"{name}_report.pdf", case["image"], case["pred"], cam=case.get("cam"),
+            label=case.get("label"), metrics=metrics, curves=curves, case_id=name, spacing=case["spacing"],
+            sources={"image": case["source"]}, probability=case.get("probability"), **report_kwargs,
+        ))
+    return written
 
 
 def _summary_page(pdf: PdfPages, tmp: Path, case_id: str, summary: str, case_metrics: Mapping[str, Any],
