@@ -49,7 +49,12 @@ def test_every_bundle_folder_is_checked():
 def test_metadata_verifies_against_the_shipped_schema(name):
     from monai.bundle import verify_metadata
 
-    verify_metadata(meta_file=str(bundle_root(name) / "configs" / "metadata.json"), filepath=str(META_SCHEMA))
+    import medcnn
+
+    meta_file = bundle_root(name) / "configs" / "metadata.json"
+    verify_metadata(meta_file=str(meta_file), filepath=str(META_SCHEMA))  # raises naming what is invalid
+    meta = json.loads(meta_file.read_text())
+    assert meta["required_packages_version"]["medcnn"] == medcnn.__version__
 
 
 @pytest.mark.parametrize("name", ALL_BUNDLES)
