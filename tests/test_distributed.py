@@ -106,7 +106,7 @@ def test_classification_report_spans_every_rank_under_ddp(tmp_path):
 
     items = [(0.9, 1), (0.2, 0), (0.6, 1), (0.7, 0), (0.1, 0), (0.4, 1), (0.8, 1), (0.3, 0), (0.55, 0)]
     expected = binary_classification_report([y for _, y in items], [p for p, _ in items], 0.5)
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # the children inherit the imported modules: seconds, not a minute of imports
     queue = ctx.Queue()
     procs = [ctx.Process(target=_classification_report_rank, args=(r, 2, str(tmp_path / "init"), items, queue))
              for r in range(2)]
