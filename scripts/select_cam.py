@@ -10,6 +10,10 @@ by validation CAM Dice; copy ``best`` into the bundle's ``cam_*`` config ids::
 
     OMP_NUM_THREADS=1 python scripts/select_cam.py --bundle lgg_tumour_localisation \\
         --out bundles/lgg_tumour_localisation/docs/cam_selection.json
+
+``--configs`` and ``--dataset_id`` choose where the validation images come from (``scripts/select_brats_cam.py``
+reads the BraTS bundle's ``calibration#dataset`` of ``evaluate.json``). Without both classes in that dataset
+``decision`` is ``null``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["gradcam", "gradcampp", "hirescam", "layercam", "xgradcam"])
     parser.add_argument("--layers", nargs="+", default=["blocks.0", "blocks.1", "blocks.2", "blocks.3"])
     parser.add_argument("--ckpt", type=Path, default=None, help="default: <bundle>/models/model.pt")
+    parser.add_argument("--configs", nargs="+", default=["train.json"],
+                        help="config files of the bundle (under configs/) that define the network and the dataset")
     parser.add_argument("--dataset_id", default="validate#dataset", help="config id of the validation dataset")
     parser.add_argument("--out", type=Path, default=None, help="default: <bundle>/docs/cam_selection.json")
     parser.add_argument("--dataset_dir", default=None)
@@ -51,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     config = ConfigParser()
-    config.read_config(str(bundle / "configs" / "train.json"))
+    config.read_config([str(bundle / "configs" / name) for name in args.configs])
     config["bundle_root"] = str(bundle)
     if args.dataset_dir:
         config["dataset_dir"] = args.dataset_dir
@@ -70,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         for batch in DataLoader(validation, batch_size=32, shuffle=False, num_workers=0):
             scores += torch.softmax(net(torch.as_tensor(batch["image"])), 1)[:, 1].tolist()
             labels += torch.as_tensor(batch["label"]).reshape(-1).tolist()
-    youden = youden_threshold(labels, scores)
-    decision = {"youden_threshold": youden,
-                "at_0.5": binary_classification_report(labels, scores, 0.5),
-                "at_youden": binary_classification_report(labels, scores, youden)}
-    print(f"validation AUC {decision['at_0.5']['auc']:.4f}; accuracy {decision['at_0.5']['accuracy']:.4f} at p=0.5, "
-          f"{decision['at_youden']['accuracy']:.4f} at Youden p={youden:.3f}", flush=True)
+    decision = None
+    if len(set(labels)) == 2:  # a calibration set of object images only has no decision threshold to choose
+        youden = youden_threshold(labels, scores)
+        decision = {"youden_threshold": youden,
+                    "at_0.5": binary_classification_report(labels, scores, 0.5),
+                    "at_youden": binary_classification_report(labels, scores, youden)}
+        print(f"validation AUC {decision['at_0.5']['auc']:.4f}; accuracy {decision['at_0.5']['accuracy']:.4f} at "
+              f"p=0.5, {decision['at_youden']['accuracy']:.4f} at Youden p={youden:.3f}", flush=True)
 
     rows = []
     for method in args.methods:

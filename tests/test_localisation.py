@@ -46,7 +46,25 @@ def _disk_images(dims: int, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _hook_count(model: nn.Module) -> int:
+    """Hooks on ``model``'s modules (torch keeps them in these dicts; the test fails loudly if that changes)."""
     return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("method", ["monai_gradcam", "monai_gradcampp", "gradcam"])
+def test_a_cam_method_reused_after_a_weight_update_maps_with_the_new_weights(method):
+    """MONAI's CAM runs on a copy of the network (its hooks cannot be removed): the copy follows the network's
+    current weights, and the network itself never carries a hook."""
+    model = PassThroughClassifier(2)
+    images, _ = _disk_images(2)
+    cam = get_cam_method(method, model, "features")
+    first = cam(images, 1)
+    with torch.no_grad():  # class 1 now looks at the inverted image: the map must follow
+        model.features.weight.mul_(-1.0)
+    second = cam(images, 1)
+    fresh = get_cam_method(method, model, "features")(images, 1)
+    assert torch.allclose(second, fresh, atol=1e-6)
+    assert not torch.allclose(first, second, atol=1e-3)
+    assert _hook_count(model) == 0
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -157,3 +175,29 @@ def test_cam_dice_handler_in_an_ignite_evaluation(tmp_path):
     records = {r["id"]: r for r in json.loads((tmp_path / "localisation.json").read_text())["images"]}
     assert records["c"]["mask_voxels"] == 0 and records["a"]["mask_voxels"] > 0
     assert records["a"]["dice"] > 0.95 and records["c"]["dice"] is None
+
+
+def test_cam_dice_handler_hands_every_heatmap_it_computed_to_the_evaluator_output():
+    """With ``output_key`` every image's heatmap (negatives too) joins its output item, as scored: the PDF report
+    draws that CAM instead of computing another."""
+    from ignite.engine import Engine
+
+    from medcnn.handlers.cam import CAMDiceHandler
+
+    model = PassThroughClassifier(2)
+    images, masks = _disk_images(2)
+    batch = [{"image": images[0], "mask": masks[0], "label": torch.tensor(1)},
+             {"image": images[1], "mask": masks[1] * 0, "label": torch.tensor(0)}]
+    engine = Engine(lambda e, b: [{"pred": torch.tensor([0.1, 0.9])}, {"pred": torch.tensor([0.9, 0.1])}])
+    handler = CAMDiceHandler(model, method="gradcam", target_layer="features", threshold=0.5, output_key="cam")
+    handler.attach(engine)
+    engine.run([batch], max_epochs=1)
+    expected = localise(model, images, method="gradcam", target_layer="features", class_idx=1)
+    for item, heat in zip(engine.state.output, expected, strict=True):
+        assert item["cam"].shape == (1, 32, 32)
+        torch.testing.assert_close(item["cam"], heat)
+    assert engine.state.metrics["cam_n_images"] == 1  # only the positive image is scored
+    collated = Engine(lambda e, b: {"pred": torch.tensor([[0.1, 0.9], [0.9, 0.1]])})
+    handler.attach(collated)
+    with pytest.raises(ValueError, match="output_key needs the evaluator's decollated output"):
+        collated.run([batch], max_epochs=1)

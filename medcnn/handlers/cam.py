@@ -67,6 +67,9 @@ class CAMDiceHandler:
             ``target_layer``, ``threshold``, ``mode``, ``largest_component``, ``class_idx`` and ``min_probability``.
         group_key: batch key grouping the images (e.g. ``"patient"``); when given, ``state.metrics`` also gets
             ``<prefix>dice_per_<group_key>``: ``{group: mean Dice of its positive images}``.
+        output_key: when given, every image's heatmap ``(1, *S)`` (all images, not only the scored ones) is added to
+            its item of the evaluator's output under this key, so later handlers (the PDF report) show the CAM the
+            figures were computed from instead of computing it again.
     """
 
     def __init__(
@@ -86,8 +89,10 @@ class CAMDiceHandler:
         min_probability: float = 0.5,
         rule: CAMRule | dict | None = None,
         group_key: str | None = None,
+        output_key: str | None = None,
     ) -> None:
         self.network = network
+        self.output_key = output_key
         if rule is None:
             rule = CAMRule(method=str(method), target_layer=target_layer, class_idx=int(class_idx),
                            threshold=float(threshold), mode=str(mode), largest_component=bool(largest_component),
@@ -145,10 +150,13 @@ class CAMDiceHandler:
         labels = torch.as_tensor(np.asarray([int(torch.as_tensor(v).reshape(-1)[0]) for v in labels]))
         masks = _batch_field(batch, mask_key)
         save = self.output_dir is not None
-        select = torch.ones_like(labels, dtype=torch.bool) if save else labels == self.positive_label
+        every = save or self.output_key is not None
+        select = torch.ones_like(labels, dtype=torch.bool) if every else labels == self.positive_label
         if not bool(select.any()):
             return
         heatmaps = self.cam(images[select], self.class_idx).cpu()
+        if self.output_key is not None:
+            self._publish_heatmaps(engine, heatmaps)
         pred = CAMToMask(self.rule)(heatmaps)  # Dice scores the CAM region itself, whatever the classifier says
         sel_labels = labels[select]
         dice = torch.full((len(sel_labels),), float("nan"))
@@ -167,6 +175,15 @@ class CAMDiceHandler:
             self._save(engine, images[select], heatmaps, pred, true_sel, torch.nonzero(select).reshape(-1).tolist(),
                        sel_labels, dice)
         self._count += int(select.sum())
+
+    def _publish_heatmaps(self, engine: Engine, heatmaps: torch.Tensor) -> None:
+        """Add each item's heatmap ``(1, *S)`` to the evaluator's decollated output under ``output_key``."""
+        output = engine.state.output
+        if not (isinstance(output, list) and len(output) == len(heatmaps) and all(isinstance(o, dict) for o in output)):
+            raise ValueError(f"CAMDiceHandler: output_key needs the evaluator's decollated output (a list of one dict "
+                             f"per image, {len(heatmaps)} here), got {type(output).__name__}")
+        for item, heat in zip(output, heatmaps, strict=True):
+            item[self.output_key] = heat
 
     def _save(self, engine, images, heatmaps, pred, true, index, labels, dice) -> None:
         from medcnn.localisation.io import save_localisation
