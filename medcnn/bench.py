@@ -463,7 +463,9 @@ BENCHMARKS: dict[str, BundleBenchmark] = {
     "pneumonia_classification": BundleBenchmark(
         "pneumonia_classification", "val_auc", (0.9, 0.95), _budget(4, 20, 4)),
     "hippocampus_segmentation": BundleBenchmark(
-        "hippocampus_segmentation", "val_mean_dice", (0.5, 0.7), _budget(3, 10, 4, cache_rate=0.1),
+        "hippocampus_segmentation", "val_mean_dice", (0.5, 0.7),
+        _budget(3, 10, 4, **{"train#dataset#data": "$@train_datalist[:40]",
+                             "validate#dataset#data": "$@val_datalist[:4]"}),
         inference_shape=(1, 1, 40, 56, 40)),
     "em_membrane_segmentation": BundleBenchmark(
         "em_membrane_segmentation", "val_membrane_dice", (0.5, 0.6), _budget(2, 6, 2),
