@@ -475,9 +475,12 @@ BENCHMARKS: dict[str, BundleBenchmark] = {
     "brats_tumour_segmentation": BundleBenchmark(
         "brats_tumour_segmentation", "val_dice", (0.5, 0.7), _budget(3, 10, 4)),
     "lgg_tumour_localisation": BundleBenchmark(
-        "lgg_tumour_localisation", "val_auc", (0.8, 0.9), _budget(3, 10, 4)),
+        "lgg_tumour_localisation", "val_auc", (0.8, 0.9),
+        _budget(3, 10, 4, train_patients="$@split['train'][:8]", validation_patients="$@split['validation'][:3]")),
     "coco_tumour_segmentation": BundleBenchmark(
-        "coco_tumour_segmentation", "val_dice", (0.5, 0.7), _budget(3, 10, 4)),
+        "coco_tumour_segmentation", "val_dice", (0.5, 0.7),
+        _budget(3, 10, 4, **{"train#dataset#data": "$@split['training'][:200]",
+                             "validate#dataset#data": "$@split['validation'][:64]"})),
 }
 
 
