@@ -48,6 +48,9 @@ rates in samples/s, load averages are ``/proc/loadavg``'s 1, 5 and 15 minute fig
     }
 
 ``time_s`` of the curve counts from the start of training and includes validation (wall time to reach a level).
+The harness builds ``train#trainer`` (and so the training dataset) before the config's ``run`` list runs, to attach
+its timers: a bundle must not rely on the order of its ``run`` list to prepare the training data (cache plain
+tensors with an explicit transform, as the bundles do, rather than by switching ``set_track_meta`` first).
 Timings on a shared machine move with its load: compare ratios measured in the same run, not absolute times.
 """
 
