@@ -46,14 +46,32 @@ def markdown_row(r: dict) -> str:
             f"{ttl['metric']} {levels} | {ups} | {r['load_average']['before'][0]}-{r['load_average']['after'][0]} |")
 
 
+def summarise(folder: Path) -> int:
+    """Write ``<folder>/summary.md``: one table row per result JSON in ``folder`` (each checked against the schema)."""
+    results = []
+    for path in sorted(folder.glob("*.json")):
+        result = json.loads(path.read_text())
+        validate_result(result)
+        results.append(result)
+    order = {name: i for i, name in enumerate(BENCHMARKS)}
+    results.sort(key=lambda r: order.get(r["name"], len(order)))
+    lines = [f"- `{r['name']}`: `{r['command']}`, started {r['started_utc']}" for r in results]
+    summary = HEADER + "\n" + "\n".join(markdown_row(r) for r in results) + "\n\nRuns:\n\n" + "\n".join(lines) + "\n"
+    (folder / "summary.md").write_text(summary)
+    print(summary)
+    return 0
+
+
 HEADER = ("| benchmark | bundle samples/s | plain samples/s | ratio | time-to-level | inference speed-up vs eager | "
           "load 1m |\n|---|---|---|---|---|---|---|")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", nargs="+", required=True, help=f"'all' or any of {', '.join(BENCHMARKS)}")
+    ap.add_argument("--bundle", nargs="+", help=f"'all' or any of {', '.join(BENCHMARKS)}")
     ap.add_argument("--out", type=Path, required=True, help="folder for <name>.json and summary.md")
+    ap.add_argument("--summarise", action="store_true",
+                    help="only rebuild <out>/summary.md from the JSON files already in --out")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the training runs")
     ap.add_argument("--inference_threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=10, help="timed forward passes per backend and thread count")
@@ -62,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work_dir", type=Path, default=None, help="keep each run's outputs here (default: temporary)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.summarise:
+        return summarise(args.out)
+    if not args.bundle:
+        ap.error("--bundle is required (or --summarise)")
     names = list(BENCHMARKS) if args.bundle == ["all"] else args.bundle
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
