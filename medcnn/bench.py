@@ -35,6 +35,7 @@ rates in samples/s, load averages are ``/proc/loadavg``'s 1, 5 and 15 minute fig
         "train_time_s": float, "validation_time_s": float,
         "bundle_samples_per_s": float,              # Ignite training, validation and warm-up excluded
         "plain_samples_per_s": float,               # plain PyTorch loop, same net / batch / loss / optimiser
+                                                    # (median of 3 timed blocks: plain_samples_per_s_blocks)
         "ratio": float,                             # bundle / plain
         "breakdown_s": {"data": float, "step": float, "handlers": {"<handler> (<EVENT>)": float, ...}}
       },
@@ -534,8 +535,10 @@ def run_bundle_benchmark(
         inputs, targets = _plain(prepared[0]), _plain(prepared[1])
         # copied together, the optimiser's parameter groups (and settings, and state) point at the copied network
         network, optimizer = copy.deepcopy((trainer.network, trainer.optimizer))
-        plain = plain_training_loop(network, trainer.loss_function, optimizer, inputs, targets,
-                                    iterations=spec.plain_iterations)
+        # three timed blocks, median: one block on a shared machine can be hit by another job's burst
+        blocks = [plain_training_loop(network, trainer.loss_function, optimizer, inputs, targets,
+                                      iterations=spec.plain_iterations, warmup=2 if i == 0 else 0) for i in range(3)]
+        plain = statistics.median(blocks)
         bundle_sps = timer.samples / timer.train_time_s if timer.train_time_s > 0 else None
         result["network"] = {"class": type(trainer.network).__name__,
                              "parameters": sum(p.numel() for p in trainer.network.parameters())}
@@ -549,6 +552,7 @@ def run_bundle_benchmark(
             "train_time_s": round(timer.train_time_s, 3), "validation_time_s": round(timer.validation_s, 3),
             "bundle_samples_per_s": round(bundle_sps, 3) if bundle_sps else None,
             "plain_samples_per_s": round(plain, 3),
+            "plain_samples_per_s_blocks": [round(b, 3) for b in blocks],
             "ratio": None, "breakdown_s": timer.breakdown(),
         }
         ratio = speed_ratio(bundle_sps, plain)
