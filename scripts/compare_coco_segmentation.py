@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from medcnn.bench import bundle_workflow
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "coco_tumour_segmentation"
 
@@ -30,12 +32,7 @@ logger = logging.getLogger("compare_coco_segmentation")
 
 
 def _workflow(configs: list[str], workflow_type: str, **override):
-    from monai.bundle import ConfigWorkflow
-
-    files = [str(BUNDLE / "configs" / c) for c in configs]
-    wf = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type=workflow_type,
-                        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-                        logging_file=str(BUNDLE / "configs" / "logging.conf"), bundle_root=str(BUNDLE), **override)
+    wf = bundle_workflow(BUNDLE, configs, workflow_type, **override)
     wf.initialize()
     wf.run()
     return wf
