@@ -157,3 +157,36 @@ def test_cam_dice_handler_in_an_ignite_evaluation(tmp_path):
     records = {r["id"]: r for r in json.loads((tmp_path / "localisation.json").read_text())["images"]}
     assert records["c"]["mask_voxels"] == 0 and records["a"]["mask_voxels"] > 0
     assert records["a"]["dice"] > 0.95 and records["c"]["dice"] is None
+
+
+def test_cam_dice_handler_scores_on_the_native_mask_grid():
+    """With native_mask_key the heatmap (network grid, 32 x 32) is resized to the native mask (64 x 64) and scored
+    there: the network-grid mask (here deliberately empty) is not used."""
+    from ignite.engine import Engine
+
+    from medcnn.handlers.cam import CAMDiceHandler
+
+    images, masks = _disk_images(2)
+    native = torch.nn.functional.interpolate(masks.float(), scale_factor=2, mode="nearest").to(torch.uint8)
+    batch = {"image": images, "mask": masks * 0, "mask_native": native, "label": torch.tensor([1, 1]),
+             "patient": ["p1", "p2"]}
+    engine = Engine(lambda e, b: [{"pred": torch.tensor([0.1, 0.9])}] * 2)
+    handler = CAMDiceHandler(PassThroughClassifier(2), method="gradcam", target_layer="features", threshold=0.5,
+                             native_mask_key="mask_native", group_key="patient")
+    handler.attach(engine)
+    engine.run([batch], max_epochs=1)
+    m = engine.state.metrics
+    assert m["cam_n_images"] == 2 and m["cam_dice"] > 0.9, m["cam_dice"]
+    assert set(m["cam_dice_per_patient"]) == {"p1", "p2"}
+
+
+def test_localise_items_resizes_heatmaps_to_a_native_mask():
+    from medcnn.localisation import calibrate_cam, localise_items
+
+    images, masks = _disk_images(2)
+    native = torch.nn.functional.interpolate(masks.float(), scale_factor=2, mode="nearest").to(torch.uint8)
+    data = [{"image": images[i], "mask_native": native[i], "label": 1} for i in range(2)]
+    res = localise_items(PassThroughClassifier(2), data, "gradcam", "features", keys=("image", "label", "mask_native"))
+    assert tuple(res["heatmaps"].shape) == tuple(res["masks"].shape) == (2, 1, 64, 64)
+    rule = calibrate_cam(PassThroughClassifier(2), data, "gradcam", "features", keys=("image", "label", "mask_native"))
+    assert rule["dice"] > 0.9

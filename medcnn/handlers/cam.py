@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from medcnn.localisation.masks import cam_dice
+from medcnn.localisation.masks import cam_dice, resize_heatmaps
 from medcnn.localisation.pipeline import calibrate_cam
 from medcnn.localisation.rule import CAMRule, CAMToMask
 
@@ -67,6 +67,10 @@ class CAMDiceHandler:
             ``target_layer``, ``threshold``, ``mode``, ``largest_component``, ``class_idx`` and ``min_probability``.
         group_key: batch key grouping the images (e.g. ``"patient"``); when given, ``state.metrics`` also gets
             ``<prefix>dice_per_<group_key>``: ``{group: mean Dice of its positive images}``.
+        native_mask_key: batch key of the reference mask on the image's native grid (e.g. a ``CopyItemsd`` copy
+            made before ``Resized``); when given, Dice is scored there: each heatmap ``(1, h, w)`` is resized
+            (bilinear) to the native mask's ``(1, H, W)`` before the rule thresholds it. The network-grid
+            ``keys[2]`` mask is then unused for Dice. Only for pipelines whose spatial change is a pure resize.
     """
 
     def __init__(
@@ -86,8 +90,10 @@ class CAMDiceHandler:
         min_probability: float = 0.5,
         rule: CAMRule | dict | None = None,
         group_key: str | None = None,
+        native_mask_key: str | None = None,
     ) -> None:
         self.network = network
+        self.native_mask_key = native_mask_key
         if rule is None:
             rule = CAMRule(method=str(method), target_layer=target_layer, class_idx=int(class_idx),
                            threshold=float(threshold), mode=str(mode), largest_component=bool(largest_component),
@@ -143,12 +149,14 @@ class CAMDiceHandler:
         if labels is None:  # unlabelled images (localisation only)
             labels = torch.full((images.shape[0],), -1, dtype=torch.long)
         labels = torch.as_tensor(np.asarray([int(torch.as_tensor(v).reshape(-1)[0]) for v in labels]))
-        masks = _batch_field(batch, mask_key)
+        masks = _batch_field(batch, mask_key if self.native_mask_key is None else self.native_mask_key)
         save = self.output_dir is not None
         select = torch.ones_like(labels, dtype=torch.bool) if save else labels == self.positive_label
         if not bool(select.any()):
             return
         heatmaps = self.cam(images[select], self.class_idx).cpu()
+        if self.native_mask_key is not None and masks is not None:
+            heatmaps = resize_heatmaps(heatmaps, torch.as_tensor(masks).shape[2:])
         pred = CAMToMask(self.rule)(heatmaps)  # Dice scores the CAM region itself, whatever the classifier says
         sel_labels = labels[select]
         dice = torch.full((len(sel_labels),), float("nan"))
@@ -164,7 +172,11 @@ class CAMDiceHandler:
                     self._groups += [str(groups[i]) for i in sel]
         if save:
             true_sel = None if masks is None else torch.as_tensor(masks)[select]
-            self._save(engine, images[select], heatmaps, pred, true_sel, torch.nonzero(select).reshape(-1).tolist(),
+            shown = images[select].cpu()
+            if tuple(shown.shape[2:]) != tuple(heatmaps.shape[2:]):  # native-grid Dice: show the image there too
+                shown = torch.nn.functional.interpolate(shown.float(), size=tuple(heatmaps.shape[2:]),
+                                                        mode="bilinear" if heatmaps.ndim == 4 else "trilinear")
+            self._save(engine, shown, heatmaps, pred, true_sel, torch.nonzero(select).reshape(-1).tolist(),
                        sel_labels, dice)
         self._count += int(select.sum())
 

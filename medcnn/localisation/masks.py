@@ -16,7 +16,7 @@ import torch
 from monai.metrics import DiceMetric
 from monai.transforms import KeepLargestConnectedComponent
 
-__all__ = ["THRESHOLD_MODES", "cam_to_mask", "cam_dice", "select_threshold"]
+__all__ = ["THRESHOLD_MODES", "cam_to_mask", "cam_dice", "resize_heatmaps", "select_threshold"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,19 @@ def _otsu(values: np.ndarray) -> float:
     if np.ptp(values) <= 0:
         return float(values.max()) + 1.0  # constant map: empty mask
     return float(threshold_otsu(values))
+
+
+def resize_heatmaps(heatmaps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Heatmaps ``(B, 1, *S)`` resized (bilinear in 2D, trilinear in 3D; values kept in [0, 1]) to ``size``.
+
+    Maps a CAM computed at the network's input size back to the grid of the reference mask (e.g. the native
+    256 x 256 slice when the network sees 128 x 128), so Dice is scored on the mask as annotated.
+    """
+    if tuple(heatmaps.shape[2:]) == tuple(int(v) for v in size):
+        return heatmaps
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    return torch.nn.functional.interpolate(torch.as_tensor(heatmaps).float(), size=tuple(int(v) for v in size),
+                                           mode=mode, align_corners=False).clamp_(0.0, 1.0)
 
 
 def cam_to_mask(

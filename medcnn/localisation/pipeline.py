@@ -19,7 +19,7 @@ import torch
 from monai.data import DataLoader, list_data_collate
 from torch import nn
 
-from medcnn.localisation.masks import THRESHOLD_MODES, cam_dice, cam_to_mask, select_threshold
+from medcnn.localisation.masks import THRESHOLD_MODES, cam_dice, cam_to_mask, resize_heatmaps, select_threshold
 from medcnn.localisation.methods import get_cam_method
 
 __all__ = ["localise", "localise_items", "calibrate_cam", "evaluate_cam", "mask_rule"]
@@ -63,7 +63,9 @@ def localise_items(
 
     ``data`` is a sequence of sample dicts (e.g. :func:`medcnn.data.synthetic.synthetic_datalist`), a
     dataset of them, or a ``DataLoader`` yielding batched dicts. With ``positives_only`` only images with
-    label 1 are kept (the Dice of a CAM is defined on images that contain the object).
+    label 1 are kept (the Dice of a CAM is defined on images that contain the object). When the masks are on
+    another grid than the images (e.g. a native-resolution copy, ``keys[2] = "mask_native"``), the heatmaps are
+    resized to it (:func:`medcnn.localisation.masks.resize_heatmaps`).
     """
     image_key, label_key, mask_key = keys
     device = next(model.parameters()).device
@@ -76,9 +78,11 @@ def localise_items(
         if not bool(keep.any()):
             continue
         images = images[keep].to(device)
-        heatmaps.append(cam(images, class_idx).cpu())
+        maps = cam(images, class_idx).cpu()
         if mask_key in batch:
             masks.append(torch.as_tensor(batch[mask_key])[keep].cpu())
+            maps = resize_heatmaps(maps, masks[-1].shape[2:])
+        heatmaps.append(maps)
         labels.append(lab[keep])
     if not heatmaps:
         raise ValueError(f"localise_items: no {'positive ' if positives_only else ''}images in the data")
