@@ -138,7 +138,7 @@ def bundle_cam_rule(bundle_dir: str | os.PathLike, parser: ConfigParser) -> dict
     ``cam_layer``, ... as in the bundles' results files). The MONAI Label app reads the same sources.
     """
     rule: dict[str, Any] = {"method": "gradcam", "target_layer": None, "threshold": 0.5, "mode": "fraction",
-                            "largest_component": False, "class_idx": 1, "decision_threshold": None}
+                            "largest_component": False, "class_idx": 1, "decision_threshold": None, "smooth_sigma": 0.0}
     cam = parser.get("cam")
     if isinstance(cam, dict):
         rule.update({k: parser.get_parsed_content(f"cam#{k}") for k in rule if k in cam})
@@ -361,7 +361,8 @@ class BundlePredictor:
             predicted = pos if above or not rest else max(rest, key=lambda i: float(probs[i]))
         heat = localise(self.network, d["_x"], method=rule["method"], target_layer=rule["target_layer"],
                         class_idx=pos)[0].detach().cpu()  # (1, *S) on the network's grid
-        mask = cam_to_mask(heat, float(rule["threshold"]), rule["mode"], bool(rule["largest_component"]))
+        mask = cam_to_mask(heat, float(rule["threshold"]), rule["mode"], bool(rule["largest_component"]),
+                           float(rule.get("smooth_sigma", 0.0)))
         if predicted != pos:
             mask = torch.zeros_like(mask)
         names = _positive_values(self.meta)

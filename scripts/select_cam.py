@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: <bundle>/docs/cam_selection.json")
     parser.add_argument("--dataset_dir", default=None)
     parser.add_argument("--set", nargs="*", default=[], metavar="ID=JSON", help="config overrides")
+    parser.add_argument("--smooth_sigmas", nargs="+", type=float, default=[0.0],
+                        help="Gaussian smoothing of the heatmap before thresholding to try, in pixels of the grid "
+                             "Dice is scored on (0 = none)")
     parser.add_argument("--native_mask", action="store_true",
                         help="score CAM Dice on the mask's native grid (heatmaps resized to it), as evaluate.json does "
                              "with cam_native_mask_key: for bundles with load_transforms / resize_transforms ids")
@@ -92,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for method in args.methods:
         for layer in args.layers:
-            rule = calibrate_cam(net, validation, method, layer, keys=keys)
+            rule = calibrate_cam(net, validation, method, layer, keys=keys, smooth_sigmas=args.smooth_sigmas)
             rows.append({k: v for k, v in rule.items() if k != "table"})
             print(f"{method:10s} {layer:9s} val CAM Dice {rule['dice']:.3f} ({rule['mode']} {rule['threshold']} "
-                  f"lcc {rule['largest_component']})", flush=True)
+                  f"lcc {rule['largest_component']}, sigma {rule['smooth_sigma']:g})", flush=True)
     rows.sort(key=lambda r: -r["dice"])
     result = {
         "command": "OMP_NUM_THREADS=1 python scripts/select_cam.py " + " ".join(sys.argv[1:] if argv is None else argv),

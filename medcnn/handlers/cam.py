@@ -71,6 +71,8 @@ class CAMDiceHandler:
             made before ``Resized``); when given, Dice is scored there: each heatmap ``(1, h, w)`` is resized
             (bilinear) to the native mask's ``(1, H, W)`` before the rule thresholds it. The network-grid
             ``keys[2]`` mask is then unused for Dice. Only for pipelines whose spatial change is a pure resize.
+        smooth_sigma: the rule's Gaussian smoothing of the heatmap before thresholding, in pixels of the grid
+            Dice is scored on (0 = none).
     """
 
     def __init__(
@@ -91,13 +93,14 @@ class CAMDiceHandler:
         rule: CAMRule | dict | None = None,
         group_key: str | None = None,
         native_mask_key: str | None = None,
+        smooth_sigma: float = 0.0,
     ) -> None:
         self.network = network
         self.native_mask_key = native_mask_key
         if rule is None:
             rule = CAMRule(method=str(method), target_layer=target_layer, class_idx=int(class_idx),
                            threshold=float(threshold), mode=str(mode), largest_component=bool(largest_component),
-                           decision_threshold=float(min_probability))
+                           decision_threshold=float(min_probability), smooth_sigma=float(smooth_sigma))
         rule = CAMRule.from_dict(rule)
         self.cam = rule.cam(network)
         self.rule = CAMRule.from_dict(rule, target_layer=self.cam.target_layer)
@@ -134,7 +137,8 @@ class CAMDiceHandler:
         rule = calibrate_cam(self.network, self.calibration_data, self.method, self.target_layer,
                              class_idx=self.class_idx, keys=self.keys)
         self.rule = CAMRule.from_dict(self.rule, threshold=0.5 if rule["threshold"] is None else rule["threshold"],
-                                      mode=rule["mode"], largest_component=bool(rule["largest_component"]))
+                                      mode=rule["mode"], largest_component=bool(rule["largest_component"]),
+                                      smooth_sigma=float(rule.get("smooth_sigma", 0.0)))
         self.calibration = {k: v for k, v in rule.items() if k != "table"}
         logger.info("CAM rule chosen on %d validation images: %s", rule["n_images"], self.calibration)
 
@@ -224,6 +228,7 @@ class CAMDiceHandler:
             p + "largest_component": self.largest_component,
             p + "method": self.method,
             p + "layer": self.target_layer,
+            p + "smooth_sigma": self.rule.smooth_sigma,
         })
         if self.group_key is not None:
             groups = np.asarray(self._groups)
