@@ -327,7 +327,8 @@ def summarise_patient_cv(run_dir: Path, cams: tuple[str, ...] = ("hirescam:block
     meta = json.loads((run_dir / "cv.json").read_text())
     folds = [dict(np.load(run_dir / f"fold{i}" / "heldout.npz")) for i in range(len(meta["folds"]))
              if (run_dir / f"fold{i}" / "heldout.npz").is_file()]
-    table: dict = {"scoring": {}, "cam": {}}
+    table: dict = {"n_folds": len(folds), "scoring": {}, "cam": {},
+                   "rule_source": "the other folds" if len(folds) > 1 else "the same fold (only one fold was run)"}
     for name in _z_smooth_scores(folds[0]):
         per = [_z_smooth_scores(f)[name] for f in folds]
         labels = [f["label"] for f in folds]
@@ -336,8 +337,9 @@ def summarise_patient_cv(run_dir: Path, cams: tuple[str, ...] = ("hirescam:block
         aucs = [r["auc"] for r in at_half]
         lofo = []
         for i in range(len(folds)):
-            o_lab = np.concatenate([labels[j] for j in range(len(folds)) if j != i])
-            o_s = np.concatenate([per[j] for j in range(len(folds)) if j != i])
+            others = [j for j in range(len(folds)) if j != i] or [i]  # one fold only: chosen on itself
+            o_lab = np.concatenate([labels[j] for j in others])
+            o_s = np.concatenate([per[j] for j in others])
             thr = youden_threshold(o_lab, o_s)
             rep = binary_classification_report(labels[i].tolist(), per[i].tolist(), thr)
             lofo.append({"threshold_logodds": thr, **rep})
@@ -363,8 +365,8 @@ def summarise_patient_cv(run_dir: Path, cams: tuple[str, ...] = ("hirescam:block
                                           for mp in maps]
             lofo_net, lofo_native, rules = [], [], []
             for i in range(len(folds)):
-                rule = select_threshold(torch.cat([sm[j] for j in range(len(folds)) if j != i]),
-                                        torch.cat([masks[j] for j in range(len(folds)) if j != i]),
+                others = [j for j in range(len(folds)) if j != i] or [i]  # one fold only: chosen on itself
+                rule = select_threshold(torch.cat([sm[j] for j in others]), torch.cat([masks[j] for j in others]),
                                         modes=("fraction",), fractions=fractions)
                 r = {"threshold": rule["threshold"], "mode": rule["mode"],
                      "largest_component": rule["largest_component"]}
