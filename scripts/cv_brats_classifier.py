@@ -324,9 +324,7 @@ def summarise_patient_cv(run_dir: Path, cams: tuple[str, ...] = ("hirescam:block
     from medcnn.localisation.masks import cam_dice, cam_to_mask, select_threshold
     from medcnn.metrics import binary_classification_report
 
-    meta = json.loads((run_dir / "cv.json").read_text())
-    folds = [dict(np.load(run_dir / f"fold{i}" / "heldout.npz")) for i in range(len(meta["folds"]))
-             if (run_dir / f"fold{i}" / "heldout.npz").is_file()]
+    folds = [dict(np.load(path)) for path in sorted(run_dir.glob("fold*/heldout.npz"))]
     table: dict = {"n_folds": len(folds), "scoring": {}, "cam": {},
                    "rule_source": "the other folds" if len(folds) > 1 else "the same fold (only one fold was run)"}
     for name in _z_smooth_scores(folds[0]):
@@ -409,13 +407,17 @@ def main_patient_cv(args: argparse.Namespace) -> int:
         meta = {"bundle": args.bundle, "recipe": name, "overrides": recipe, "folds": [],
                 "command": f"OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py --bundle {args.bundle} "
                            f"--folds {args.folds} --recipe {name}='{value}'"}
+        if args.only_folds and (run_dir / "cv.json").is_file():  # add folds to an earlier run of the recipe
+            meta = json.loads((run_dir / "cv.json").read_text())
         for i, heldout in enumerate(folds):
+            if args.only_folds and i not in args.only_folds:
+                continue
             train = [p for p in patients if p not in heldout]
             load = [round(v, 2) for v in os.getloadavg()]
             fold = run_patient_fold(bundle, recipe, train, heldout, run_dir / f"fold{i}", args.dataset_dir)
             fold["load_average_at_start"] = load
             fold["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-            meta["folds"].append(fold)
+            meta["folds"] = [f for f in meta["folds"] if f["heldout_patients"] != heldout] + [fold]
             (run_dir / "cv.json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
             print(f"{name} fold {i}: {fold['epochs']} epochs ({fold['train_s']} s, load {load}), best epoch "
                   f"{fold['best_epoch']}", flush=True)
@@ -454,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="patient-level k-fold CV of this slice-labelled bundle (lgg_tumour_localisation) "
                              "on its train + validation patients instead of the BraTS case CV")
     parser.add_argument("--folds", type=int, default=4, help="--bundle: number of patient folds")
+    parser.add_argument("--only_folds", nargs="+", type=int, default=None, metavar="I",
+                        help="--bundle: run only these fold indices (added to an earlier run of the recipe in --out)")
     parser.add_argument("--summarise", nargs="*", default=[], metavar="RECIPE",
                         help="--bundle: re-summarise finished recipe runs in --out")
     args = parser.parse_args(argv)
