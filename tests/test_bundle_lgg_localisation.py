@@ -79,6 +79,13 @@ def test_configs_use_the_rule_chosen_on_validation_patients():
         assert (c["cam_method"], layer) == (best["method"], best["target_layer"]), cfg
         assert c["cam_threshold"] == pytest.approx(best["threshold"]) and c["cam_threshold_mode"] == best["mode"]
         assert c["cam_largest_component"] == best["largest_component"], cfg
+        # sigma is in pixels of the grid the rule is applied on: evaluate.json scores on the native 256 x 256 masks,
+        # inference.json (and MONAI Label) threshold on the network's grid
+        grid = 1.0 if cfg == "evaluate.json" else train["spatial_size"][0] / 256
+        assert c["cam_smooth_sigma"] == pytest.approx(best.get("smooth_sigma", 0.0) * grid), cfg
+    evaluate = json.loads((ROOT / "configs" / "evaluate.json").read_text())
+    native = sel.get("cam_dice_grid", "").startswith("native")
+    assert (evaluate["cam_native_mask_key"] is not None) == native  # the rule was chosen on the grid it is scored on
 
 
 def _evaluate(tmp_path, lgg, **override) -> dict:

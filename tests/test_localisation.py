@@ -201,3 +201,55 @@ def test_cam_dice_handler_hands_every_heatmap_it_computed_to_the_evaluator_outpu
     handler.attach(collated)
     with pytest.raises(ValueError, match="output_key needs the evaluator's decollated output"):
         collated.run([batch], max_epochs=1)
+
+
+def test_cam_dice_handler_scores_on_the_native_mask_grid():
+    """With native_mask_key the heatmap (network grid, 32 x 32) is resized to the native mask (64 x 64) and scored
+    there: the network-grid mask (here deliberately empty) is not used."""
+    from ignite.engine import Engine
+
+    from medcnn.handlers.cam import CAMDiceHandler
+
+    images, masks = _disk_images(2)
+    native = torch.nn.functional.interpolate(masks.float(), scale_factor=2, mode="nearest").to(torch.uint8)
+    batch = {"image": images, "mask": masks * 0, "mask_native": native, "label": torch.tensor([1, 1]),
+             "patient": ["p1", "p2"]}
+    engine = Engine(lambda e, b: [{"pred": torch.tensor([0.1, 0.9])}] * 2)
+    handler = CAMDiceHandler(PassThroughClassifier(2), method="gradcam", target_layer="features", threshold=0.5,
+                             native_mask_key="mask_native", group_key="patient")
+    handler.attach(engine)
+    engine.run([batch], max_epochs=1)
+    m = engine.state.metrics
+    assert m["cam_n_images"] == 2 and m["cam_dice"] > 0.9, m["cam_dice"]
+    assert set(m["cam_dice_per_patient"]) == {"p1", "p2"}
+
+
+def test_localise_items_resizes_heatmaps_to_a_native_mask():
+    from medcnn.localisation import calibrate_cam, localise_items
+
+    images, masks = _disk_images(2)
+    native = torch.nn.functional.interpolate(masks.float(), scale_factor=2, mode="nearest").to(torch.uint8)
+    data = [{"image": images[i], "mask_native": native[i], "label": 1} for i in range(2)]
+    res = localise_items(PassThroughClassifier(2), data, "gradcam", "features", keys=("image", "label", "mask_native"))
+    assert tuple(res["heatmaps"].shape) == tuple(res["masks"].shape) == (2, 1, 64, 64)
+    rule = calibrate_cam(PassThroughClassifier(2), data, "gradcam", "features", keys=("image", "label", "mask_native"))
+    assert rule["dice"] > 0.9
+
+
+def test_smoothing_before_the_threshold_recovers_a_region_under_a_speckle_peak():
+    """A one-pixel spike dominates the max: without smoothing 0.5 x max keeps the spike only; a Gaussian of 2 px
+    spreads the spike and keeps the broad disk, and select_threshold finds that rule."""
+    from medcnn.localisation import select_threshold
+
+    images, masks = _disk_images(2, 1)
+    heat = images.clone() * 0.4
+    heat[0, 0, 28, 28] = 1.0  # speckle far from the disk
+    plain = cam_to_mask(heat, 0.5, "fraction", True)
+    smoothed = cam_to_mask(heat, 0.5, "fraction", True, smooth_sigma=2.0)
+    assert float(cam_dice(plain, masks)[0]) < 0.1
+    assert float(cam_dice(smoothed, masks)[0]) > 0.8
+    rule = select_threshold(heat, masks, modes=("fraction",), fractions=(0.5,), largest_component=True,
+                            smooth_sigmas=(0.0, 2.0))
+    assert rule["smooth_sigma"] == 2.0 and rule["dice"] > 0.8
+    with pytest.raises(ValueError, match="smooth_sigma"):
+        cam_to_mask(heat, 0.5, smooth_sigma=-1.0)
