@@ -10,7 +10,9 @@ the bundle's default only (see the model card).
 The budget is either equal wall-clock training time (``--budget_min``: "which network is best after N minutes on
 this CPU?") or equal training epochs (``--epochs``). The 1-minute load average is sampled every 10 s during each
 run and reported (mean and range), because on a shared machine equal wall time is only equal CPU time if the load
-is. Writes ``<out>/comparison.json`` and ``<out>/comparison.md`` (the model card's table)::
+is. The resized images and masks are cached once on disk (``PersistentDataset`` under ``<work_dir>/cache``, emptied
+at the start) and shared by all runs, so the budget is not spent decoding the same JPEGs again. Writes
+``<out>/comparison.json`` and ``<out>/comparison.md`` (the model card's table)::
 
     OMP_NUM_THREADS=2 python scripts/compare_coco_segmentation.py --budget_min 8 --seeds 0
 """
@@ -21,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import threading
@@ -79,6 +82,13 @@ def compare(networks: list[str], seeds: list[int], budget_min: float | None, epo
             iterations_per_epoch: int | None, work_dir: Path, dataset_dir: str | None) -> list[dict]:
     """Train every (network, seed) under the same budget, score it on the validation split; one row each."""
     rows = []
+    cache = work_dir / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    shared_cache = {
+        f"{part}#dataset": {"_target_": "PersistentDataset", "data": f"$@split['{data}']",
+                            "transform": f"@{part}#preprocessing", "cache_dir": str(cache / part)}
+        for part, data in (("train", "training"), ("validate", "validation"))
+    }
     for seed in seeds:
         for name in networks:
             out = work_dir / f"{name}_seed{seed}"
@@ -91,7 +101,7 @@ def compare(networks: list[str], seeds: list[int], budget_min: float | None, epo
                 budget["train#trainer#epoch_length"] = iterations_per_epoch
             with LoadSampler() as load:
                 start = time.perf_counter()
-                wf = _workflow(["train.json"], "train", **common, **budget)
+                wf = _workflow(["train.json"], "train", **common, **budget, **shared_cache)
                 train_s = time.perf_counter() - start
             trainer = wf.parser.get_parsed_content("train#trainer")
             batch = int(wf.parser.get_parsed_content("batch_size"))
