@@ -151,7 +151,8 @@ def markdown(rows: list[dict], budget: str) -> str:
     """The model card's table: one row per (network, seed), validation figures on the native grid."""
     lines = [
         "| network | seed | parameters | val Dice (global) | per-image Dice median [IQR] | pixel accuracy "
-        f"| tumour precision | tumour recall | images seen in {budget} (epochs) | images/s | load 1 min mean [range] |",
+        f"| tumour precision | tumour recall | images seen in {budget} (passes over the training split) | images/s "
+        "| load 1 min mean [range] |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -168,7 +169,10 @@ def markdown(rows: list[dict], budget: str) -> str:
 
 
 def _budget_text(result: dict) -> str:
-    return f"{result['budget_min']:g} min" if result.get("budget_min") else f"{result['epochs']} epochs"
+    if result.get("budget_min"):
+        return f"{result['budget_min']:g} min"
+    unit = f"{result['iterations_per_epoch']}-batch epoch" if result.get("iterations_per_epoch") else "epoch"
+    return f"{result['epochs']} {unit}{'s' if result['epochs'] != 1 else ''}"
 
 
 def main(argv: list[str] | None = None) -> int:
