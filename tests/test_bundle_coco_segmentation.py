@@ -58,6 +58,23 @@ def test_metadata_declares_one_input_channel():
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 1
 
 
+def test_defaults_are_the_recorded_choices():
+    """Training, evaluation, inference and metadata agree on the resolution, and evaluation and inference use the
+    post-processing chosen on the validation split (docs/postprocessing_validation.json), not another one."""
+    cfg = {n: json.loads((ROOT / "configs" / f"{n}.json").read_text()) for n in ("train", "evaluate", "inference")}
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    size = cfg["train"]["spatial_size"]
+    assert cfg["inference"]["spatial_size"] == size
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == size
+    assert meta["network_data_format"]["outputs"]["pred"]["spatial_shape"] == size
+    choice = json.loads((ROOT / "docs" / "postprocessing_validation.json").read_text())
+    assert choice["split"].startswith("validation")
+    rule = choice["rows"][choice["chosen"]]
+    for name in ("evaluate", "inference"):
+        for key in ("box_postprocessing", "largest_region_only"):
+            assert cfg[name][key] == rule[key], (name, key)
+
+
 @pytest.mark.realdata
 def test_split_is_the_recorded_one(data_dir):
     """The split the bundle computes equals docs/split.json (image ids and file names), and leaves out the one
