@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from bundle_helpers import bundle_root, error_messages, make_workflow
@@ -67,10 +69,48 @@ def test_monai_internals_the_training_state_relies_on_are_still_there(tmp_path):
     assert no_key_metric._key_metric_checkpoint is None
 
 
+def test_random_state_of_nested_monai_transforms_is_captured_and_restored():
+    """RandAffined keeps three RandomStates (its own, RandAffine's, RandAffineGrid's); after restoring, the pipeline
+    and the global generators draw exactly what they drew after the capture."""
+    from monai.data import Dataset, DataLoader
+    from monai.transforms import Compose, RandAffined, RandFlipd, RandGaussianNoised
+
+    from medcnn.handlers.checkpoint import capture_random_state, restore_random_state
+
+    pipeline = Compose([RandFlipd("image", prob=0.5), RandAffined("image", prob=1.0, rotate_range=0.5),
+                        RandGaussianNoised("image", prob=1.0)])
+    loader = DataLoader(Dataset([{"image": torch.rand(1, 8, 8)} for _ in range(4)], pipeline), batch_size=2,
+                        shuffle=True)
+    next(iter(loader))  # advance every generator a little
+
+    def epoch():
+        return [b["image"].clone() for b in loader], torch.rand(3), np.random.rand(), random.random()
+
+    saved = capture_random_state(loader)
+    assert any(p.endswith("rand_affine.rand_affine_grid.R") for p in saved["loader"])
+    first = epoch()
+    assert restore_random_state(saved, loader) == []
+    again = epoch()
+    for a, b in zip(first[0], again[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torch.equal(first[1], again[1]) and first[2:] == again[2:]
+    third = epoch()  # without restoring, the draws move on
+    assert not torch.equal(first[0][0], third[0][0])
+
+
+def _run_to_end(out: Path, env: dict) -> dict:
+    run = subprocess.run(_cli(out), env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return torch.load(out / "ckpt" / "training_state.pt", map_location="cpu", weights_only=True)
+
+
 def test_killed_training_resumes_with_optimizer_state_and_same_epoch_count(tmp_path):
+    """SIGKILL after a checkpoint exists, then --resume: the epoch count, the optimizer's step count, and (random
+    state restored: same shuffles and augmentations) the very weights of an uninterrupted run."""
     out = tmp_path / "run"
     state_file = out / "ckpt" / "training_state.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    uninterrupted = _run_to_end(tmp_path / "uninterrupted", env)
     proc = subprocess.Popen(_cli(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not state_file.exists() and proc.poll() is None and time.time() < deadline:
@@ -95,6 +135,10 @@ def test_killed_training_resumes_with_optimizer_state_and_same_epoch_count(tmp_p
     if curves is not None:  # bundles with the curves handler continue the interrupted run's curves
         assert curves["epoch"] == list(range(1, TINY["max_epochs"] + 1))
     assert (out / "ckpt" / "model.pt").is_file()
+    for name, value in uninterrupted["network"].items():
+        assert torch.equal(final["network"][name], value), f"{name} differs from the uninterrupted run"
+    assert final["evaluator"] == uninterrupted["evaluator"]
+    assert final["early_stop"] == uninterrupted["early_stop"]
 
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated"], ids=["zero-bytes", "truncated"])
