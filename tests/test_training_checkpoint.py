@@ -72,7 +72,7 @@ def test_monai_internals_the_training_state_relies_on_are_still_there(tmp_path):
 def test_random_state_of_nested_monai_transforms_is_captured_and_restored():
     """RandAffined keeps three RandomStates (its own, RandAffine's, RandAffineGrid's); after restoring, the pipeline
     and the global generators draw exactly what they drew after the capture."""
-    from monai.data import Dataset, DataLoader
+    from monai.data import DataLoader, Dataset
     from monai.transforms import Compose, RandAffined, RandFlipd, RandGaussianNoised
 
     from medcnn.handlers.checkpoint import capture_random_state, restore_random_state
@@ -91,7 +91,7 @@ def test_random_state_of_nested_monai_transforms_is_captured_and_restored():
     first = epoch()
     assert restore_random_state(saved, loader) == []
     again = epoch()
-    for a, b in zip(first[0], again[0]):
+    for a, b in zip(first[0], again[0], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert torch.equal(first[1], again[1]) and first[2:] == again[2:]
     third = epoch()  # without restoring, the draws move on

@@ -122,12 +122,23 @@ def _generators(root: Any, prefix: str, max_depth: int = 12) -> dict[str, Any]:
     return found
 
 
+def _numpy_state(state: tuple) -> dict:
+    """A NumPy ``RandomState.get_state()`` tuple as tensors and numbers (``torch.load(weights_only=True)`` reads it)."""
+    name, keys, pos, has_gauss, cached = state
+    return {"numpy": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _numpy_tuple(state: dict) -> tuple:
+    """The inverse of :func:`_numpy_state`."""
+    return (state["numpy"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+            state["cached_gaussian"])
+
+
 def _generator_state(gen: Any) -> Any:
     """The state of one generator as tensors and numbers (``torch.load(weights_only=True)`` reads it back)."""
     if isinstance(gen, np.random.RandomState):
-        name, keys, pos, has_gauss, cached = gen.get_state()
-        return {"numpy": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+        return _numpy_state(gen.get_state())
     if isinstance(gen, torch.Generator):
         return gen.get_state()
     return gen.getstate()  # random.Random: (version, tuple of ints, gauss_next)
@@ -135,8 +146,7 @@ def _generator_state(gen: Any) -> Any:
 
 def _set_generator_state(gen: Any, state: Any) -> None:
     if isinstance(gen, np.random.RandomState):
-        gen.set_state((state["numpy"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
-                       state["cached_gaussian"]))
+        gen.set_state(_numpy_tuple(state))
     elif isinstance(gen, torch.Generator):
         gen.set_state(state)
     else:
@@ -164,7 +174,7 @@ def capture_random_state(dataloader: Any = None) -> dict:
     """
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": _generator_state(np.random.mtrand._rand),
+        "numpy": _numpy_state(np.random.get_state()),
         "torch": torch.get_rng_state(),
         "loader": {path: _generator_state(gen) for path, gen in _loader_generators(dataloader).items()},
     }
@@ -177,7 +187,7 @@ def restore_random_state(state: dict, dataloader: Any = None) -> list[str]:
     """Put back what :func:`capture_random_state` recorded; returns the generator paths of ``dataloader`` that did
     not match the record (added or removed transforms), which keep their current state."""
     random.setstate(state["python"])
-    _set_generator_state(np.random.mtrand._rand, state["numpy"])
+    np.random.set_state(_numpy_tuple(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
