@@ -87,7 +87,8 @@ def test_random_state_of_nested_monai_transforms_is_captured_and_restored():
         return [b["image"].clone() for b in loader], torch.rand(3), np.random.rand(), random.random()
 
     saved = capture_random_state(loader)
-    assert any(p.endswith("rand_affine.rand_affine_grid.R") for p in saved["loader"])
+    assert "dataset.transform.transforms.1.rand_affine.rand_affine_grid.R" in saved["loader"]
+    assert not any(p.startswith("sampler") for p in saved["loader"]), "the sampler's dataset was walked twice"
     first = epoch()
     assert restore_random_state(saved, loader) == []
     again = epoch()

@@ -82,9 +82,9 @@ _NOT_WALKED = frozenset({"data", "_cache", "_hash_keys", "_read_env", "_cache_ot
 _LEAVES = (str, bytes, int, float, bool, type(None), torch.Tensor, np.ndarray, torch.nn.Module)
 
 
-def _generators(root: Any, prefix: str, max_depth: int = 12) -> dict[str, Any]:
-    """Every random generator (NumPy ``RandomState``, ``torch.Generator``, ``random.Random``) reachable from ``root``
-    through attributes, lists and dicts, keyed by its attribute path, in a fixed order.
+def _generators(roots: dict[str, Any], max_depth: int = 12) -> dict[str, Any]:
+    """Every random generator (NumPy ``RandomState``, ``torch.Generator``, ``random.Random``) reachable from the
+    ``roots`` through attributes, lists and dicts, once each, keyed by its attribute path, in a fixed order.
 
     MONAI gives each random transform its own ``RandomState`` ``R``, and nested ones their own (``RandAffined`` ->
     ``RandAffine`` -> ``RandAffineGrid``); ``Compose.set_random_state`` only re-seeds them, it cannot read them back,
@@ -118,7 +118,8 @@ def _generators(root: Any, prefix: str, max_depth: int = 12) -> dict[str, Any]:
                 if key not in _NOT_WALKED and not key.startswith("__"):
                     visit(item, f"{path}.{key}", depth + 1)
 
-    visit(root, prefix, 0)
+    for name, root in roots.items():
+        visit(root, name, 0)
     return found
 
 
@@ -157,10 +158,8 @@ def _loader_generators(dataloader: Any) -> dict[str, Any]:
     """The generators a training data loader draws from: its dataset's transforms, sampler and own generator."""
     if dataloader is None:
         return {}
-    found = _generators(getattr(dataloader, "dataset", None), "dataset")
-    for name in ("sampler", "batch_sampler", "generator"):
-        found.update(_generators(getattr(dataloader, name, None), name))
-    return found
+    return _generators({name: getattr(dataloader, name, None)
+                        for name in ("dataset", "sampler", "batch_sampler", "generator")})
 
 
 def capture_random_state(dataloader: Any = None) -> dict:
