@@ -142,10 +142,19 @@ def test_killed_training_resumes_with_optimizer_state_and_same_epoch_count(tmp_p
     assert final["early_stop"] == uninterrupted["early_stop"]
 
 
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated"], ids=["zero-bytes", "truncated"])
+def _half_of_a_state_file(tmp_path: Path) -> bytes:
+    atomic_torch_save({"format": "medcnn.training_state/2", "network": {"w": torch.rand(64, 64)}}, tmp_path / "s.pt")
+    whole = (tmp_path / "s.pt").read_bytes()
+    (tmp_path / "s.pt").unlink()
+    return whole[: len(whole) // 2]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", _half_of_a_state_file, b"not a checkpoint\n"],
+                         ids=["zero-bytes", "truncated-header", "half-of-a-state-file", "text"])
 def test_unusable_state_file_is_named_and_left_untouched(tmp_path, content):
     out = tmp_path / "run"
     (out / "ckpt").mkdir(parents=True)
+    content = content(tmp_path) if callable(content) else content
     state_file = out / "ckpt" / "training_state.pt"
     state_file.write_bytes(content)
     wf = make_workflow(NAME, ["train.json"], "train", output_dir=str(out), ckpt_dir=str(out / "ckpt"), resume=True,
@@ -166,3 +175,22 @@ def test_resume_without_a_state_file_says_so(tmp_path):
         wf.run()
     assert "TrainingCheckpointError: " in error_messages(info.value)
     assert "training_state.pt: no training state to resume from" in error_messages(info.value)
+
+
+def test_random_state_from_another_process_count_is_not_restored_and_says_so(tmp_path, caplog):
+    from ignite.engine import Engine
+
+    from medcnn.handlers.checkpoint import TrainingCheckpoint, capture_random_state
+
+    net = torch.nn.Linear(2, 2)
+    handler = TrainingCheckpoint(tmp_path / "state.pt", net, torch.optim.SGD(net.parameters(), lr=0.1))
+    before = torch.get_rng_state()
+    two_ranks = [capture_random_state(), capture_random_state()]
+    torch.rand(5)  # moves torch's generator on
+    moved = torch.get_rng_state()
+    with caplog.at_level("WARNING"):
+        handler._restore_random_state(two_ranks, Engine(lambda e, b: None))
+    assert "written by 2 process(es), this run has 1" in caplog.text and str(tmp_path / "state.pt") in caplog.text
+    assert torch.equal(torch.get_rng_state(), moved)
+    handler._restore_random_state(two_ranks[:1], Engine(lambda e, b: None))
+    assert torch.equal(torch.get_rng_state(), before)
