@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from bundle_helpers import bundle_root, error_messages, make_workflow
@@ -67,10 +69,49 @@ def test_monai_internals_the_training_state_relies_on_are_still_there(tmp_path):
     assert no_key_metric._key_metric_checkpoint is None
 
 
+def test_random_state_of_nested_monai_transforms_is_captured_and_restored():
+    """RandAffined keeps three RandomStates (its own, RandAffine's, RandAffineGrid's); after restoring, the pipeline
+    and the global generators draw exactly what they drew after the capture."""
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose, RandAffined, RandFlipd, RandGaussianNoised
+
+    from medcnn.handlers.checkpoint import capture_random_state, restore_random_state
+
+    pipeline = Compose([RandFlipd("image", prob=0.5), RandAffined("image", prob=1.0, rotate_range=0.5),
+                        RandGaussianNoised("image", prob=1.0)])
+    loader = DataLoader(Dataset([{"image": torch.rand(1, 8, 8)} for _ in range(4)], pipeline), batch_size=2,
+                        shuffle=True)
+    next(iter(loader))  # advance every generator a little
+
+    def epoch():
+        return [b["image"].clone() for b in loader], torch.rand(3), np.random.rand(), random.random()
+
+    saved = capture_random_state(loader)
+    assert "dataset.transform.transforms.1.rand_affine.rand_affine_grid.R" in saved["loader"]
+    assert not any(p.startswith("sampler") for p in saved["loader"]), "the sampler's dataset was walked twice"
+    first = epoch()
+    assert restore_random_state(saved, loader) == []
+    again = epoch()
+    for a, b in zip(first[0], again[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torch.equal(first[1], again[1]) and first[2:] == again[2:]
+    third = epoch()  # without restoring, the draws move on
+    assert not torch.equal(first[0][0], third[0][0])
+
+
+def _run_to_end(out: Path, env: dict) -> dict:
+    run = subprocess.run(_cli(out), env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return torch.load(out / "ckpt" / "training_state.pt", map_location="cpu", weights_only=True)
+
+
 def test_killed_training_resumes_with_optimizer_state_and_same_epoch_count(tmp_path):
+    """SIGKILL after a checkpoint exists, then --resume: the epoch count, the optimizer's step count, and (random
+    state restored: same shuffles and augmentations) the very weights of an uninterrupted run."""
     out = tmp_path / "run"
     state_file = out / "ckpt" / "training_state.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    uninterrupted = _run_to_end(tmp_path / "uninterrupted", env)
     proc = subprocess.Popen(_cli(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not state_file.exists() and proc.poll() is None and time.time() < deadline:
@@ -95,12 +136,25 @@ def test_killed_training_resumes_with_optimizer_state_and_same_epoch_count(tmp_p
     if curves is not None:  # bundles with the curves handler continue the interrupted run's curves
         assert curves["epoch"] == list(range(1, TINY["max_epochs"] + 1))
     assert (out / "ckpt" / "model.pt").is_file()
+    for name, value in uninterrupted["network"].items():
+        assert torch.equal(final["network"][name], value), f"{name} differs from the uninterrupted run"
+    assert final["evaluator"] == uninterrupted["evaluator"]
+    assert final["early_stop"] == uninterrupted["early_stop"]
 
 
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated"], ids=["zero-bytes", "truncated"])
+def _half_of_a_state_file(tmp_path: Path) -> bytes:
+    atomic_torch_save({"format": "medcnn.training_state/2", "network": {"w": torch.rand(64, 64)}}, tmp_path / "s.pt")
+    whole = (tmp_path / "s.pt").read_bytes()
+    (tmp_path / "s.pt").unlink()
+    return whole[: len(whole) // 2]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", _half_of_a_state_file, b"not a checkpoint\n"],
+                         ids=["zero-bytes", "truncated-header", "half-of-a-state-file", "text"])
 def test_unusable_state_file_is_named_and_left_untouched(tmp_path, content):
     out = tmp_path / "run"
     (out / "ckpt").mkdir(parents=True)
+    content = content(tmp_path) if callable(content) else content
     state_file = out / "ckpt" / "training_state.pt"
     state_file.write_bytes(content)
     wf = make_workflow(NAME, ["train.json"], "train", output_dir=str(out), ckpt_dir=str(out / "ckpt"), resume=True,
@@ -121,3 +175,22 @@ def test_resume_without_a_state_file_says_so(tmp_path):
         wf.run()
     assert "TrainingCheckpointError: " in error_messages(info.value)
     assert "training_state.pt: no training state to resume from" in error_messages(info.value)
+
+
+def test_random_state_from_another_process_count_is_not_restored_and_says_so(tmp_path, caplog):
+    from ignite.engine import Engine
+
+    from medcnn.handlers.checkpoint import TrainingCheckpoint, capture_random_state
+
+    net = torch.nn.Linear(2, 2)
+    handler = TrainingCheckpoint(tmp_path / "state.pt", net, torch.optim.SGD(net.parameters(), lr=0.1))
+    before = torch.get_rng_state()
+    two_ranks = [capture_random_state(), capture_random_state()]
+    torch.rand(5)  # moves torch's generator on
+    moved = torch.get_rng_state()
+    with caplog.at_level("WARNING"):
+        handler._restore_random_state(two_ranks, Engine(lambda e, b: None))
+    assert "written by 2 process(es), this run has 1" in caplog.text and str(tmp_path / "state.pt") in caplog.text
+    assert torch.equal(torch.get_rng_state(), moved)
+    handler._restore_random_state(two_ranks[:1], Engine(lambda e, b: None))
+    assert torch.equal(torch.get_rng_state(), before)

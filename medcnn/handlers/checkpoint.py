@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
@@ -23,9 +25,14 @@ __all__ = [
     "TrainingCheckpoint",
     "TrainingCheckpointError",
     "atomic_torch_save",
+    "capture_random_state",
+    "restore_random_state",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+_FORMAT = "medcnn.training_state/2"  # /1 lacked the random state; still loadable
 
 
 class TrainingCheckpointError(RuntimeError):
@@ -70,6 +77,142 @@ def _is_main_process() -> bool:
         torch.distributed.get_rank() == 0
 
 
+# attributes that hold data, not random generators: never walked (a cache can hold thousands of volumes)
+_NOT_WALKED = frozenset({"data", "_cache", "_hash_keys", "_read_env", "_cache_other"})
+_LEAVES = (str, bytes, int, float, bool, type(None), torch.Tensor, np.ndarray, torch.nn.Module)
+
+
+def _generators(roots: dict[str, Any], max_depth: int = 12) -> dict[str, Any]:
+    """Every random generator (NumPy ``RandomState``, ``torch.Generator``, ``random.Random``) reachable from the
+    ``roots`` through attributes, lists and dicts, once each, keyed by its attribute path, in a fixed order.
+
+    MONAI gives each random transform its own ``RandomState`` ``R``, and nested ones their own (``RandAffined`` ->
+    ``RandAffine`` -> ``RandAffineGrid``); ``Compose.set_random_state`` only re-seeds them, it cannot read them back,
+    so the walk mirrors ``monai.data.utils.set_rnd`` but goes inside randomizable objects too.
+    """
+    found: dict[str, Any] = {}
+    seen: set[int] = set()
+
+    def visit(obj: Any, path: str, depth: int) -> None:
+        if depth > max_depth or id(obj) in seen:
+            return
+        if isinstance(obj, (np.random.RandomState, torch.Generator, random.Random)):
+            seen.add(id(obj))
+            found[path] = obj
+            return
+        if isinstance(obj, _LEAVES) or isinstance(obj, type) or callable(obj) and not hasattr(obj, "__dict__"):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            for i, item in enumerate(obj):
+                visit(item, f"{path}.{i}", depth + 1)
+        elif isinstance(obj, dict):
+            for key, item in obj.items():
+                if isinstance(key, str):
+                    visit(item, f"{path}.{key}", depth + 1)
+        elif hasattr(obj, "__dict__"):
+            attrs = dict(vars(obj))
+            if isinstance(getattr(obj, "R", None), np.random.RandomState):
+                attrs.setdefault("R", obj.R)  # a transform never re-seeded uses the class-level RandomState
+            for key, item in attrs.items():
+                if key not in _NOT_WALKED and not key.startswith("__"):
+                    visit(item, f"{path}.{key}", depth + 1)
+
+    for name, root in roots.items():
+        visit(root, name, 0)
+    return found
+
+
+def _numpy_state(state: tuple) -> dict:
+    """A NumPy ``RandomState.get_state()`` tuple as tensors and numbers (``torch.load(weights_only=True)`` reads it)."""
+    name, keys, pos, has_gauss, cached = state
+    return {"numpy": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _numpy_tuple(state: dict) -> tuple:
+    """The inverse of :func:`_numpy_state`."""
+    return (state["numpy"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+            state["cached_gaussian"])
+
+
+def _generator_state(gen: Any) -> Any:
+    """The state of one generator as tensors and numbers (``torch.load(weights_only=True)`` reads it back)."""
+    if isinstance(gen, np.random.RandomState):
+        return _numpy_state(gen.get_state())
+    if isinstance(gen, torch.Generator):
+        return gen.get_state()
+    return gen.getstate()  # random.Random: (version, tuple of ints, gauss_next)
+
+
+def _set_generator_state(gen: Any, state: Any) -> None:
+    if isinstance(gen, np.random.RandomState):
+        gen.set_state(_numpy_tuple(state))
+    elif isinstance(gen, torch.Generator):
+        gen.set_state(state)
+    else:
+        gen.setstate(state)
+
+
+def _loader_generators(dataloader: Any) -> dict[str, Any]:
+    """The generators a training data loader draws from: its dataset's transforms, sampler and own generator."""
+    if dataloader is None:
+        return {}
+    return _generators({name: getattr(dataloader, name, None)
+                        for name in ("dataset", "sampler", "batch_sampler", "generator")})
+
+
+def capture_random_state(dataloader: Any = None) -> dict:
+    """Every random state a training epoch draws from, as tensors and numbers: Python's ``random``, NumPy's and
+    torch's global generators (CUDA's too when initialised), and each generator inside ``dataloader`` (the
+    ``RandomState`` of every MONAI random transform of its dataset, the sampler's / loader's ``torch.Generator``).
+
+    With ``num_workers > 0`` (not persistent) the workers re-seed their transforms at every epoch from torch's global
+    generator, which is captured; a ``DistributedSampler`` shuffles from its seed and the epoch number, which the
+    trainer state holds.
+    """
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": _numpy_state(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+        "loader": {path: _generator_state(gen) for path, gen in _loader_generators(dataloader).items()},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_random_state(state: dict, dataloader: Any = None) -> list[str]:
+    """Put back what :func:`capture_random_state` recorded; returns the generator paths of ``dataloader`` that did
+    not match the record (added or removed transforms), which keep their current state."""
+    random.setstate(state["python"])
+    np.random.set_state(_numpy_tuple(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("loader", {})
+    current = _loader_generators(dataloader)
+    for path, gen in current.items():
+        if path in saved:
+            _set_generator_state(gen, saved[path])
+    return sorted(set(current) ^ set(saved))
+
+
+def _dataloader(engine: Engine) -> Any:
+    """The training data loader of ``engine`` (MONAI workflows keep it as ``data_loader``)."""
+    loader = getattr(engine, "data_loader", None)
+    return loader if loader is not None else getattr(engine.state, "dataloader", None)
+
+
+def _gather_to_all(obj: Any) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` outside a process group)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
 class TrainingCheckpoint:
     """Attach to a trainer: after every epoch (after validation, if the validation handler is attached first) write
     everything needed to continue the run to ``path``; with ``resume=True`` load it when the run starts.
@@ -77,7 +220,10 @@ class TrainingCheckpoint:
     The state holds the network, optimizer, LR scheduler, the trainer's counters (epoch, iteration), the early
     stopping counter and best score, the evaluator's best metric and the best-checkpoint saver's record of it, so a
     resumed run ends after the same number of epochs and keeps the best weights of the whole run, not only of the
-    part after the restart. An interrupted epoch is repeated from its start.
+    part after the restart. It also holds every random state the next epoch draws from (:func:`capture_random_state`
+    of every rank: global generators, each random transform's ``RandomState``, the loader's generators), so the
+    resumed epochs shuffle and augment exactly as the uninterrupted run would have: on the same device and thread
+    count a resumed run ends with the same weights. An interrupted epoch is repeated from its start.
 
     Why not MONAI's ``CheckpointSaver`` / ``CheckpointLoader``: the saver writes non-atomically (``atomic=False``),
     so a kill during saving can leave a truncated file, and neither records the early-stopping and best-metric
@@ -136,14 +282,20 @@ class TrainingCheckpoint:
         ``load_state_dict`` for it but no ``state_dict``)."""
         return getattr(self.best_checkpoint, "_key_metric_checkpoint", None) if self.best_checkpoint else None
 
-    def state_dict(self, engine: Engine) -> dict:
-        """Everything :meth:`load` restores, as plain tensors and numbers (loadable with ``weights_only=True``)."""
+    def state_dict(self, engine: Engine, random_states: list | None = None) -> dict:
+        """Everything :meth:`load` restores, as plain tensors and numbers (loadable with ``weights_only=True``);
+        ``random_states``: :func:`capture_random_state` of every rank, in rank order."""
         state: dict[str, Any] = {
-            "format": "medcnn.training_state/1",
+            "format": _FORMAT,
             "network": _unwrap(self.network).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "trainer": dict(engine.state_dict()),
         }
+        if random_states is not None:
+            state["random_state"] = random_states
+        scaler = getattr(engine, "scaler", None)  # MONAI's trainers keep the AMP GradScaler here
+        if scaler is not None and scaler.is_enabled():
+            state["grad_scaler"] = scaler.state_dict()
         if self.lr_scheduler is not None:
             state["lr_scheduler"] = self.lr_scheduler.state_dict()
         if self.evaluator is not None:
@@ -157,9 +309,10 @@ class TrainingCheckpoint:
         return state
 
     def save(self, engine: Engine) -> None:
-        """Write the training state atomically (rank 0 only)."""
+        """Write the training state atomically (rank 0 only, with the random state of every rank)."""
+        random_states = _gather_to_all(capture_random_state(_dataloader(engine)))  # a collective: every rank joins
         if _is_main_process():
-            atomic_torch_save(self.state_dict(engine), self.path)
+            atomic_torch_save(self.state_dict(engine, random_states), self.path)
 
     def load(self, engine: Engine) -> None:
         """Restore the training state from :attr:`path` into the network, optimizer, trainer and handlers."""
@@ -171,7 +324,7 @@ class TrainingCheckpoint:
         except Exception as exc:  # truncated, zero bytes, not a torch file, or unsafe pickle content
             raise TrainingCheckpointError(f"{self.path}: not a readable training state ({type(exc).__name__}: "
                                           f"{exc}); it was left untouched") from exc
-        if not isinstance(state, dict) or state.get("format") != "medcnn.training_state/1":
+        if not isinstance(state, dict) or state.get("format") not in (_FORMAT, "medcnn.training_state/1"):
             raise TrainingCheckpointError(f"{self.path}: not a medcnn training state file (weights only? use "
                                           "CheckpointLoader for those)")
         try:
@@ -200,7 +353,30 @@ class TrainingCheckpoint:
             self._early_stopping().load_state_dict(state["early_stop"])
         if self.best_checkpoint is not None and "best_checkpoint" in state:
             self.best_checkpoint.load_state_dict(state["best_checkpoint"])
+        scaler = getattr(engine, "scaler", None)
+        if scaler is not None and scaler.is_enabled() and "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
+        self._restore_random_state(state.get("random_state"), engine)
         logger.info("resumed from %s after epoch %d of %d", self.path, done, max_epochs)
+
+    def _restore_random_state(self, random_states: list | None, engine: Engine) -> None:
+        """This rank's random state as it was after the saved epoch, so the resumed epochs draw the same shuffles
+        and augmentations as an uninterrupted run; a warning says when that cannot be done."""
+        world = torch.distributed.get_world_size() if torch.distributed.is_available() and \
+            torch.distributed.is_initialized() else 1
+        if random_states is None:
+            logger.warning("%s: holds no random state (written by an older medcnn): the resumed epochs shuffle and "
+                           "augment differently from the interrupted run", self.path)
+            return
+        if len(random_states) != world:
+            logger.warning("%s: written by %d process(es), this run has %d: the random state is not restored, the "
+                           "resumed epochs shuffle and augment differently", self.path, len(random_states), world)
+            return
+        rank = torch.distributed.get_rank() if world > 1 else 0
+        unmatched = restore_random_state(random_states[rank], _dataloader(engine))
+        if unmatched:
+            logger.warning("%s: the augmentation pipeline changed since it was written; these random generators "
+                           "were not restored: %s", self.path, ", ".join(unmatched))
 
 
 class CheckpointLoader(_MonaiCheckpointLoader):
