@@ -27,13 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+from medcnn.bench import load_average, machine_info
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "hippocampus_segmentation"
-
-
-def loadavg() -> list[float]:
-    """The 1, 5 and 15 minute load averages of the machine."""
-    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def run_command(nproc: int, threads: int, out_dir: Path, epochs: int, batch_size: int) -> list[str]:
@@ -78,7 +75,7 @@ def main() -> None:
     n_train = len(json.loads((BUNDLE / "configs" / "split.json").read_text())["training"])
     configs = {"2proc": (2, 1, args.batch_size_per_process), "1proc_2threads": (1, 2, args.batch_size),
                "1proc_1thread": (1, 1, args.batch_size)}
-    results = {"bundle": BUNDLE.name, "epochs_budget": args.epochs, "train_cases": n_train, "cpu_count": os.cpu_count(),
+    results = {"bundle": BUNDLE.name, "epochs_budget": args.epochs, "train_cases": n_train, "machine": machine_info(),
                "runs": {}}
     for name in args.runs.split(","):
         nproc, threads, batch = configs[name]
@@ -88,7 +85,7 @@ def main() -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         cmd = run_command(nproc, threads, out_dir, args.epochs, batch)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        before, start = loadavg(), time.perf_counter()
+        before, start = load_average(), time.perf_counter()
         print(f"{name}: {' '.join(cmd)}", flush=True)
         with open(out_dir / "run.log", "w") as log:
             proc = subprocess.run(cmd, cwd=BUNDLE, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -97,7 +94,7 @@ def main() -> None:
             raise SystemExit(f"{name} failed (exit {proc.returncode}); see {out_dir / 'run.log'}")
         entry = {"processes": nproc, "threads_per_process": threads, "batch_per_process": batch,
                  "effective_batch": nproc * batch, "command": f"OMP_NUM_THREADS={threads} " + " ".join(cmd),
-                 "wall_time_s": round(wall, 1), "loadavg_before": before, "loadavg_after": loadavg(),
+                 "wall_time_s": round(wall, 1), "loadavg_before": before, "loadavg_after": load_average(),
                  **figures(out_dir / "curves.json", n_train)}
         results["runs"][name] = entry
         print(json.dumps({name: entry}, indent=1), flush=True)
