@@ -54,8 +54,9 @@ def write_cases(root: Path, n: int) -> list[str]:
     return names
 
 
-def measure(pipeline: str, root: Path, cases: list[str]) -> dict:
-    """In this process: build the ``pipeline`` datasets on ``cases``, draw one training epoch, return peak RSS."""
+def measure(pipeline: str, root: Path, cases: list[str], draw_epoch: bool = True) -> dict:
+    """In this process: build the ``pipeline`` datasets on ``cases`` (their caches), optionally draw one training
+    epoch, return the peak RSS."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -72,12 +73,14 @@ def measure(pipeline: str, root: Path, cases: list[str]) -> dict:
     else:
         parser.read_config(str(BUNDLE / "configs" / "train.json"))
         parser["file_names"] = FILE_NAMES
+        parser["cache_rate"] = float(os.environ.get("BRATS_RAM_CACHE_RATE", parser["cache_rate"]))
     parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(root), "train_cases": cases, "output_dir": "/tmp"})
     start = time.time()
     val = parser.get_parsed_content("validate#dataset")
     loader = parser.get_parsed_content("train#dataloader")
-    n_train = sum(int(batch["image"].shape[0]) for batch in loader)
-    return {"pipeline": pipeline, "n_cases": len(cases), "peak_rss_mb": resource.getrusage(
+    n_train = sum(int(batch["image"].shape[0]) for batch in loader) if draw_epoch else None
+    cache_rate = parser["cache_rate"] if pipeline == "new" else None
+    return {"pipeline": pipeline, "cache_rate": cache_rate, "n_cases": len(cases), "peak_rss_mb": resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_after_imports_mb": base, "train_slices_one_epoch": n_train,
         "n_validation_items": len(val), "seconds": round(time.time() - start, 1)}
 
@@ -87,23 +90,26 @@ def main() -> None:
     ap.add_argument("--work_dir", default="/tmp/brats_ram")
     ap.add_argument("--counts", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--pipelines", nargs="+", default=["old", "new"], choices=["old", "new"])
+    ap.add_argument("--no_epoch", action="store_true", help="only build the cached datasets (no training epoch)")
     ap.add_argument("--_measure", nargs=2, metavar=("PIPELINE", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     root = Path(args.work_dir)
     if args._measure:
         pipeline, n = args._measure[0], int(args._measure[1])
-        print(json.dumps(measure(pipeline, root, [f"synth{i:03d}" for i in range(n)])))
+        print(json.dumps(measure(pipeline, root, [f"synth{i:03d}" for i in range(n)], not args.no_epoch)))
         return
     write_cases(root, max(args.counts))
     rows = []
-    for pipeline in ("old", "new"):
+    for pipeline in args.pipelines:
         for n in args.counts:
-            out = subprocess.run([sys.executable, __file__, "--work_dir", str(root), "--_measure", pipeline, str(n)],
-                                 check=True, capture_output=True, text=True).stdout
+            cmd = [sys.executable, __file__, "--work_dir", str(root), "--_measure", pipeline, str(n)]
+            out = subprocess.run(cmd + (["--no_epoch"] if args.no_epoch else []), check=True, capture_output=True,
+                                 text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     summary = {}
-    for pipeline in ("old", "new"):
+    for pipeline in args.pipelines:
         pts = [(r["n_cases"], r["peak_rss_mb"]) for r in rows if r["pipeline"] == pipeline]
         slope, intercept = np.polyfit(*zip(*pts, strict=True), 1)
         summary[pipeline] = {"mb_per_case": round(float(slope), 1), "intercept_mb": round(float(intercept), 1),
@@ -111,7 +117,8 @@ def main() -> None:
                                  float(intercept + slope * BRATS2020_TRAINING_CASES) / 1024, 1)}
     result = {"shape": SHAPE, "files": FILE_NAMES, "measurements": rows, "fit": summary,
               "method": "peak RSS (ru_maxrss) of a fresh process that builds train#dataloader and validate#dataset "
-                        "of the bundle config and draws one training epoch; least-squares line over the case counts",
+                        "of the bundle config (their caches) and " + ("no training epoch" if args.no_epoch else
+                        "draws one training epoch") + "; least-squares line over the case counts",
               "load_average": os.getloadavg()}
     print(json.dumps(result, indent=2))
     if args.out:
