@@ -1,6 +1,7 @@
 """medcnn.networks."""
 
 from medcnn.networks.classic_cnn import ClassicCNN, small_image_classifier
+from medcnn.networks.gate import BrainFractionGate, brain_fraction, slice_classifier
 from medcnn.networks.resnet_classifier import ResNetClassifier
 from medcnn.networks.segmentation import (
     SEGMENTATION_NETWORKS,
@@ -14,6 +15,9 @@ from medcnn.networks.segmentation import (
 from medcnn.networks.weights import CheckpointError, load_weights
 
 __all__ = [
+    "BrainFractionGate",
+    "brain_fraction",
+    "slice_classifier",
     "CheckpointError",
     "load_weights",
     "ClassicCNN",

@@ -6,6 +6,7 @@ from medcnn.transforms.instances import MembraneToInstances, MembraneToInstances
 from medcnn.transforms.intensity import BrainZScore, BrainZScored
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
 from medcnn.transforms.mask import BinaryMask, BinaryMaskd, MaskPresence, MaskPresenced
+from medcnn.transforms.slices import SliceBlocks, SliceBlocksd, slice_block_indices
 from medcnn.transforms.stack import SelectSlice, SelectSliced
 from medcnn.transforms.validation import CheckImage, CheckImaged, CheckImageLabeld, InvalidInputError
 from medcnn.transforms.weights import BorderWeightMap, BorderWeightMapd, border_weight_map
@@ -36,6 +37,9 @@ __all__ = [
     "membrane_to_instances",
     "SelectSlice",
     "SelectSliced",
+    "SliceBlocks",
+    "SliceBlocksd",
+    "slice_block_indices",
     "ToGrey",
     "ToGreyd",
 ]

@@ -10,6 +10,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
+from medcnn.transforms.validation import InvalidInputError, source_name
+
 __all__ = ["BrainZScore", "BrainZScored", "zscore_in_brain"]
 
 
@@ -66,7 +68,11 @@ class BrainZScore(Transform):
 
 
 class BrainZScored(MapTransform):
-    """Dictionary version of :class:`BrainZScore`; ``mask_key`` names an optional brain mask in the data."""
+    """Dictionary version of :class:`BrainZScore`; ``mask_key`` names an optional brain mask in the data.
+
+    A datalist entry without the mask (``mask_key`` absent from the data) gets the "above the channel minimum"
+    brain of :class:`BrainZScore`; errors name the image's source file.
+    """
 
     backend = BrainZScore.backend
 
@@ -77,7 +83,10 @@ class BrainZScored(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        mask = d[self.mask_key] if self.mask_key else None
+        mask = d.get(self.mask_key) if self.mask_key else None
         for key in self.key_iterator(d):
-            d[key] = self.normaliser(d[key], mask)
+            try:
+                d[key] = self.normaliser(d[key], mask)
+            except ValueError as exc:
+                raise InvalidInputError(f"{source_name(d[key], str(key))}: {exc}") from exc
         return d
