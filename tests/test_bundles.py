@@ -93,3 +93,31 @@ def test_committed_weights_load_as_plain_tensors_into_the_network(name):
     parser["bundle_root"] = str(bundle_root(name))
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(state)  # strict: raises naming missing / unexpected keys
+
+
+def _literal_num_workers(node, where: str = "") -> list[str]:
+    """Config paths whose ``num_workers`` is a literal number rather than a config id."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "num_workers" and isinstance(value, int) and where:  # a top-level id is the definition
+                found.append(f"{where}#{key}")
+            found += _literal_num_workers(value, f"{where}#{key}" if where else key)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _literal_num_workers(value, f"{where}#{i}")
+    return found
+
+
+@pytest.mark.parametrize("name", ALL_BUNDLES)
+def test_worker_counts_are_config_ids(name):
+    """Loader and cache workers are set once per bundle (``num_workers`` / ``cache_num_workers``), so a user with
+    more cores changes one id on the command line instead of editing every loader."""
+    configs = sorted((bundle_root(name) / "configs").glob("*.json"))
+    literal = {c.name: _literal_num_workers(json.loads(c.read_text())) for c in configs}
+    assert not any(literal.values()), {k: v for k, v in literal.items() if v}
+    for standalone in ("train.json", "inference.json"):
+        parser = _parser(name, standalone)
+        for key in ("num_workers", "cache_num_workers"):
+            if f'"@{key}"' in (bundle_root(name) / "configs" / standalone).read_text():
+                assert isinstance(parser.get_parsed_content(key), int), f"{name}/{standalone}: {key}"
