@@ -19,6 +19,12 @@ What predict does around those pieces, in one place:
   input folder, existing outputs.
 - **classifiers** (output ``type`` ``probabilities``): the class probabilities, and the CAM region of the positive
   class thresholded with the bundle's CAM rule (:func:`bundle_cam_rule`), empty when the image is predicted negative.
+  A ``score_network`` id (a callable, ``"_mode_": "callable"``, applied to the network) scores the images, as in
+  MONAI Label; the CAM is taken on the network itself.
+- **2D networks over volumes** (``slice_by_slice: true`` in ``predict.json``): the whole volume is normalised once
+  by the ``volume_normalisation`` transform (channel first, e.g. :class:`medcnn.transforms.BrainZScore`), then
+  every slice along the last spatial axis runs through the pipeline above; the per-slice masks are stacked on the
+  input grid and a classifier's per-slice probabilities summarised by :func:`summarise_slices`.
 - **outputs** per input in ``<output>/<case>/``: ``<case>_seg.nii.gz`` (label map with the input's affine),
   ``<case>_seg.dcm`` (DICOM SEG for DICOM input, segment codes from the bundle's ``dicom_seg`` metadata),
   ``<case>_report.pdf`` (:func:`medcnn.report.write_case_report`) and ``<case>_summary.json`` (probabilities,
@@ -54,8 +60,8 @@ from medcnn.localisation.rule import RESULT_KEYS
 from medcnn.networks.export import BACKENDS, backend_network
 from medcnn.transforms.validation import InvalidInputError
 
-__all__ = ["BundlePredictor", "PredictInput", "load_input", "bundle_cam_rule", "classify_with_cam", "predict",
-           "add_parser"]
+__all__ = ["BundlePredictor", "PredictInput", "load_input", "bundle_cam_rule", "classify_with_cam", "normalise_volume",
+           "summarise_slices", "predict", "add_parser"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +216,40 @@ def classify_with_cam(network: torch.nn.Module, x: torch.Tensor, logits: Any, ru
     return mask.to(torch.uint8), heat, result
 
 
+def summarise_slices(results: list[dict], positive: str | None = None) -> dict:
+    """One result JSON for a stack run slice by slice by a 2D classifier (unchanged for a single slice).
+
+    ``predicted_class`` / ``class_probabilities`` are those of the slice most likely positive; ``positive_slices``
+    lists the slices (index along the last spatial axis) predicted positive; ``empty_cam_slices`` those predicted
+    positive whose CAM region is empty; ``slices`` has every slice's result.
+    """
+    if len(results) == 1 or not all("class_probabilities" in r for r in results):
+        return dict(results[-1]) if results else {}
+    positive = positive or list(results[0]["class_probabilities"])[-1]
+    best = max(range(len(results)), key=lambda k: results[k]["class_probabilities"][positive])
+    out = {k: v for k, v in results[best].items() if k != "class_probabilities"}
+    out["class_probabilities"] = results[best]["class_probabilities"]
+    out["most_positive_slice"] = best
+    out["positive_slices"] = [k for k, r in enumerate(results) if r.get("predicted_class") == positive]
+    out["empty_cam_slices"] = [k for k, r in enumerate(results) if r.get("cam_region_empty")]
+    out["slices"] = [{"slice": k, "predicted_class": r.get("predicted_class"),
+                      "class_probabilities": r["class_probabilities"]} for k, r in enumerate(results)]
+    return out
+
+
+def normalise_volume(volume: Any, normaliser: Any) -> np.ndarray:
+    """``volume`` ``(H, W, D)`` or channels last ``(H, W, D, C)`` normalised as a whole by ``normaliser`` (a
+    channel-first transform such as :class:`medcnn.transforms.BrainZScore`); float32, same layout.
+
+    A 2D network run slice by slice must see slices normalised with the statistics of the whole volume, as in
+    training (the bundle's ``volume_normalisation`` id); ``medcnn predict`` and the MONAI Label app both call this.
+    """
+    arr = np.asarray(volume.detach().cpu() if isinstance(volume, torch.Tensor) else volume)
+    first = np.moveaxis(arr, -1, 0) if arr.ndim == 4 else arr[None]
+    first = np.asarray(torch.as_tensor(normaliser(np.ascontiguousarray(first, dtype=np.float32))))
+    return np.ascontiguousarray(np.moveaxis(first, 0, -1) if arr.ndim == 4 else first[0], dtype=np.float32)
+
+
 @dataclass
 class BundlePredictor:
     """A bundle ready for prediction: its inference pieces, metadata and the network on the chosen backend."""
@@ -218,7 +258,7 @@ class BundlePredictor:
     parser: ConfigParser
     meta: dict
     network: torch.nn.Module  # eager network with the committed weights
-    model: torch.nn.Module  # the network on the chosen backend
+    model: torch.nn.Module  # the network on the chosen backend (a classifier: wrapped by its score_network id)
     preprocessing: Compose
     inferer: Any
     postprocessing: Compose | None
@@ -229,6 +269,8 @@ class BundlePredictor:
     cam_rule: dict | None = None
     input_spec: dict = field(default_factory=dict)
     loader_dtype: Any = None  # dtype of the bundle's own loader (None: the file's), applied to NIfTI inputs
+    slice_by_slice: bool = False  # a 2D network run by medcnn over the last spatial axis of a volume
+    volume_normalisation: Any = None  # channel-first transform applied to the whole volume before slicing
 
     @classmethod
     def from_bundle(
@@ -283,11 +325,18 @@ class BundlePredictor:
         inp = next(iter(meta["network_data_format"]["inputs"].values()))
         out = next(iter(meta["network_data_format"]["outputs"].values()))
         classifier = str(out.get("type", "image")).lower() in CLASSIFIER_TYPES
+        model = backend_network(network, backend)
+        if classifier and parser.get("score_network") is not None:  # e.g. a gate around the classifier; the CAM
+            model = parser.get_parsed_content("score_network", instantiate=True)(model)  # stays on the network
         predictor = cls(
             bundle_dir=bundle_dir, parser=parser, meta=meta, network=network,
-            model=backend_network(network, backend), preprocessing=preprocessing,
+            model=model, preprocessing=preprocessing,
             inferer=parser.get_parsed_content("inferer", instantiate=True), postprocessing=post, device=dev,
             backend=backend, has_loader=has_loader, loader_dtype=loader_dtype, slice_key=slice_key,
+            slice_by_slice=bool(parser.get_parsed_content("slice_by_slice")) if parser.get("slice_by_slice")
+            is not None else False,
+            volume_normalisation=parser.get_parsed_content("volume_normalisation", instantiate=True)
+            if parser.get("volume_normalisation") is not None else None,
             cam_rule=bundle_cam_rule(bundle_dir, parser) if classifier else None,
             input_spec={"modality": inp.get("modality"), "num_channels": int(inp.get("num_channels", 1)),
                         # a 2D network run over a volume by its inferer (SliceInferer) takes volumes
@@ -348,6 +397,11 @@ class BundlePredictor:
                 f"{want['num_channels']}"
             )
         dims = want.get("spatial_dims")
+        if self.slice_by_slice:  # a 2D network run over the slices of a volume: a 2D image or a volume
+            if len(spatial) not in (2, 3):
+                raise InvalidInputError(f"{item.path}: a {len(spatial)}D image of shape {shape}; bundle {self.name} "
+                                        "takes a 2D slice or a volume of slices (H, W, D), channels last")
+            return
         if self.slice_key is not None:  # a 2D network run slice by slice over a stack: 2D images or stacks
             if item.kind != "stack" and len(spatial) != 3:
                 raise InvalidInputError(f"{item.path}: shape {shape}; bundle {self.name} takes a 2D image or stack")
@@ -430,6 +484,8 @@ class BundlePredictor:
     def predict_item(self, item: PredictInput, progress: bool = False) -> dict:
         """Run the bundle on one loaded input: ``{"mask": (1, *S) uint8, "cam": (1, *S) | None, "result": {...}}``
         on the input's grid (``*S`` = the input's spatial shape)."""
+        if self.slice_by_slice:
+            return self._predict_slices(item, progress)
         base = self._network_input(item)
         spatial = tuple(base["image"].shape[1:]) if not self.has_loader else None
         if self.slice_key is not None:
@@ -454,6 +510,53 @@ class BundlePredictor:
         shape = (1, *_input_spatial(item))  # e.g. a (1, H, W) PNG "stack" run as an (H, W) image
         heat = None if heat is None else torch.as_tensor(heat).reshape(shape)
         return {"mask": torch.as_tensor(mask).reshape(shape), "cam": heat, "result": result}
+
+
+    def _predict_slices(self, item: PredictInput, progress: bool = False) -> dict:
+        """A 2D network over the last spatial axis of a volume (``slice_by_slice``): the whole volume normalised
+        once (``volume_normalisation``), then every slice through the bundle's preprocessing, network and, for a
+        classifier, its CAM rule; the slice results stacked on the input grid, the per-slice results summarised
+        by :func:`summarise_slices` (a 2D input is one slice)."""
+        spatial = _input_spatial(item)
+        hw = spatial[1:] if item.kind == "stack" and len(spatial) == 3 else spatial[:2]  # one slice's (H, W)
+        volume = item.image
+        if item.kind == "stack":  # (N, H, W) pages -> (H, W, N), the slice axis last as for NIfTI / DICOM
+            volume = volume.permute(1, 2, 0) if volume.ndim == 3 else volume
+        volume = np.asarray(torch.as_tensor(volume).cpu())
+        if len(spatial) == 2:  # one slice: (H, W[, C]) -> (H, W, 1[, C])
+            volume = volume[:, :, None]
+        if self.volume_normalisation is not None:
+            try:
+                volume = normalise_volume(volume, self.volume_normalisation)
+            except ValueError as exc:
+                raise InvalidInputError(f"{item.path}: cannot normalise the volume ({exc})") from exc
+        n = volume.shape[2]
+        masks, heats, results = [], [], []
+        for k in tqdm(range(n), desc=f"{item.case_id} slices", disable=not progress or n < 2, leave=False):
+            sl = volume[:, :, k].astype(np.float32) if self.volume_normalisation is not None else volume[:, :, k]
+            data = {"image": MetaTensor(torch.as_tensor(np.ascontiguousarray(sl)))}
+            if not self.has_loader:  # a bundle without a loader gets the image channel first
+                data["image"] = EnsureChannelFirst(channel_dim=-1 if item.channels > 1 else "no_channel")(
+                    data["image"])
+            try:
+                d = self._run(data)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{item.path} (slice {k} of {n}): {exc}") from exc
+            if self.is_classifier:
+                mask, heat, result = self._classify(d)
+                heats.append(torch.as_tensor(heat).reshape(hw).float())
+                results.append(result)
+            else:
+                mask = self._segment(d)
+            masks.append(torch.as_tensor(mask).reshape(hw))
+        mask = torch.stack(masks, -1)[None].to(torch.uint8)
+        heat = torch.stack(heats, -1)[None] if heats else None
+        if len(spatial) == 2:
+            mask, heat = mask[..., 0], None if heat is None else heat[..., 0]
+        elif item.kind == "stack":  # back to the stack's (1, N, H, W)
+            mask, heat = mask.permute(0, 3, 1, 2), None if heat is None else heat.permute(0, 3, 1, 2)
+        positive = self.label_names.get(1) if self.is_classifier else None
+        return {"mask": mask, "cam": heat, "result": summarise_slices(results, positive)}
 
 
 def _input_spatial(item: PredictInput) -> tuple[int, ...]:

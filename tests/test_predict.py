@@ -325,3 +325,67 @@ def test_predict_brats_4d_nifti_on_the_input_grid_with_the_card_dice(data_dir, t
                  "--quiet"]) == 1
     err = capsys.readouterr().err
     assert str(flair_only) in err and "1 channel(s)" in err and not (tmp_path / "o2").exists()
+
+
+BRATS_LOC = REPO / "bundles" / "brats_tumour_localisation"
+
+
+def test_predict_brats_localisation_runs_the_2d_classifier_over_a_4d_nifti(data_dir, tmp_path, capsys):
+    """configs/predict.json of the slice classifier: one FLAIR+T1c 4D NIfTI of the card's held-out case -> a
+    probability per axial slice and the CAM region of every positive slice, stacked on the input grid (its affine).
+
+    Held to docs/metrics_test.json on the card's slices (the 119 slices of evaluate.json): accuracy within 0.03 of
+    the card, and the per-slice CAM Dice on its 69 tumour slices within 0.05 of the card (the card scores the CAM
+    at the network's 96 x 96, here it is inverted to the 240 x 240 input grid, and the brain used for the
+    normalisation is "above the channel minimum" instead of the case's brain mask file). A FLAIR-only volume is
+    refused by name and nothing is written.
+    """
+    from medcnn.data import brats_case_datalist, brats_slices
+
+    root = data_dir("brats2015_deepmedic_subset")
+    case = root / "brats_2013_pat0004_1"
+    flair, t1c = nib.load(case / "Flair_subtrMeanDivStd.nii.gz"), nib.load(case / "T1c_subtrMeanDivStd.nii.gz")
+    volume = np.stack([np.asarray(flair.dataobj), np.asarray(t1c.dataobj)], axis=-1).astype(np.float32)
+    affine = flair.affine.copy()
+    affine[:3, 3] += [12.0, -4.5, 30.25]  # an origin of its own: the result must carry the input's affine
+    affine[2, 2] = 1.5  # and its own slice spacing: the volume in mL follows it
+    src = tmp_path / "input" / "pat0004.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(volume, affine), src)
+    before = snapshot(src.parent)
+    out = tmp_path / "out"
+    assert main(["predict", "--bundle", str(BRATS_LOC), "--input", str(src), "--output", str(out), "--quiet",
+                 "--no-report"]) == 0
+    assert snapshot(src.parent) == before
+    result = nib.load(out / "pat0004" / "pat0004_seg.nii.gz")
+    assert result.shape == volume.shape[:3]
+    np.testing.assert_allclose(result.affine, affine, atol=1e-4)
+    mask = np.asarray(result.dataobj) > 0
+    summary = json.loads((out / "pat0004" / "pat0004_summary.json").read_text())
+    probs = np.array([s["class_probabilities"]["tumour present"] for s in summary["slices"]])
+    assert [s["slice"] for s in summary["slices"]] == list(range(volume.shape[2]))
+    positive = probs >= 0.5
+    assert summary["positive_slices"] == np.flatnonzero(positive).tolist()
+    assert not mask[:, :, ~positive].any()  # a region only on slices called tumour
+    tumour = summary["labels"]["tumour present"]
+    assert tumour["voxels"] == int(mask.sum()) and tumour["volume_ml"] == pytest.approx(mask.sum() * 1.5e-3, abs=1e-3)
+
+    card = json.loads((BRATS_LOC / "docs" / "metrics_test.json").read_text())
+    items = brats_slices(brats_case_datalist(root, card["test_cases"]), min_brain_fraction=0.1,
+                         drop_ambiguous=True, normalise="brain_zscore")
+    index = np.array([i["slice_index"] for i in items])
+    label = np.array([int(i["label"]) for i in items])
+    assert len(index) == card["n_images"] and label.sum() == card["n_positive"]
+    accuracy = float(np.mean(positive[index] == (label == 1)))
+    assert accuracy >= card["accuracy"] - 0.03, f"slice accuracy {accuracy:.4f}, card {card['accuracy']:.4f}"
+    truth = np.asarray(nib.load(case / "OTMultiClass.nii.gz").dataobj) > 0
+    dice = [2 * np.sum(mask[:, :, k] & truth[:, :, k]) / (mask[:, :, k].sum() + truth[:, :, k].sum())
+            for k in index[label == 1]]
+    assert np.mean(dice) >= card["cam_dice"] - 0.05, f"CAM Dice {np.mean(dice):.4f}, card {card['cam_dice']:.4f}"
+
+    flair_only = tmp_path / "input" / "flair_only.nii.gz"
+    nib.save(nib.Nifti1Image(volume[..., 0], affine), flair_only)
+    assert main(["predict", "--bundle", str(BRATS_LOC), "--input", str(flair_only), "--output",
+                 str(tmp_path / "o2"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert str(flair_only) in err and "1 channel(s)" in err and not (tmp_path / "o2").exists()
