@@ -8,7 +8,9 @@ its ``input_spatial_dims`` id says what the input is when it is not the network'
 The MONAI Label app serves the same ``predict.json`` when the bundle has no other override for it.
 What predict does around those pieces, in one place:
 
-- **loading**: medcnn reads the input itself, with the reader for its kind (a DICOM series folder validated by
+- **loading**: a multi-channel input from DICOM is several series folders of one grid joined by ``+``
+  (:func:`split_channels`; channels in the bundle's ``channel_def`` order), stacked like a 4D NIfTI.
+  medcnn reads the input itself, with the reader for its kind (a DICOM series folder validated by
   :class:`medcnn.data.DicomSeriesReader`, NIfTI, a TIFF stack or PNG slice by :class:`medcnn.data.TiffStackReader`)
   and hands it to the bundle's preprocessing in place of the bundle's loader (its first transform when that is a
   ``LoadImaged``); a bundle whose preprocessing has no loader (in-memory classifiers) gets the image channel-first.
@@ -82,6 +84,45 @@ class PredictInput:
     modality: str | None = None
     channels: int = 1
     case_id: str = ""
+    channel_paths: list[Path] = field(default_factory=list)  # DICOM series stacked as channels, in order
+
+
+CHANNEL_SEPARATOR = "+"
+
+
+def split_channels(path: str | os.PathLike) -> list[Path]:
+    """The DICOM series folders of one multi-channel input ``a+b`` (channels in the bundle's order), else ``[path]``.
+
+    A path that exists as written is never split.
+    """
+    text = os.fspath(path)
+    if CHANNEL_SEPARATOR not in text or Path(text).expanduser().exists():
+        return [Path(text).expanduser()]
+    return [Path(part).expanduser() for part in text.split(CHANNEL_SEPARATOR)]
+
+
+def _load_channels(paths: Sequence[Path]) -> PredictInput:
+    """Several DICOM series of one grid stacked as channels, ``(W, H, N, C)`` like a 4D NIfTI (SEG references the
+    first series); :class:`InvalidInputError` naming the series that is not a DICOM series or not on the grid."""
+    items = [load_input(p) for p in paths]
+    first = items[0]
+    for item in items:
+        if item.kind != "dicom":
+            raise InvalidInputError(f"{item.path}: channels joined by '{CHANNEL_SEPARATOR}' must be DICOM series "
+                                    f"folders (a NIfTI input holds its channels as a 4th axis)")
+        if tuple(item.image.shape) != tuple(first.image.shape) or not np.allclose(
+                np.asarray(item.image.affine), np.asarray(first.image.affine), atol=1e-3):
+            raise InvalidInputError(
+                f"{item.path}: series grid {tuple(item.image.shape)} / affine differs from {first.path} "
+                f"{tuple(first.image.shape)}; the channels of one input must be on one grid (resample it first)")
+    modalities = {i.modality for i in items if i.modality}
+    if len(modalities) > 1:
+        raise InvalidInputError(f"{first.path}: channels of several modalities {sorted(modalities)}")
+    image = MetaTensor(torch.stack([torch.as_tensor(i.image) for i in items], -1), meta=copy.deepcopy(
+        first.image.meta))
+    parents = {p.resolve().parent for p in paths}
+    case_id = parents.pop().name if len(parents) == 1 else first.case_id
+    return PredictInput(first.path, "dicom", image, first.modality, len(items), case_id, list(paths))
 
 
 def _kind(path: Path) -> str:
@@ -105,7 +146,10 @@ def load_input(path: str | os.PathLike) -> PredictInput:
     from medcnn.data.dicom import LoadDicomSeries
     from medcnn.data.tiff import TiffStackReader
 
-    path = Path(path).expanduser()
+    parts = split_channels(path)
+    if len(parts) > 1:
+        return _load_channels(parts)
+    path = parts[0]
     if not path.exists():
         raise InvalidInputError(f"{path}: input not found")
     if path.is_dir():
@@ -631,7 +675,8 @@ def write_case(predictor: BundlePredictor, item: PredictInput, pred: dict, outpu
                             algorithm_name=predictor.name, algorithm_version=str(predictor.meta.get("version", "")))
         spacing = [float(v) for v in ref.pixdim] if hasattr(ref, "pixdim") else [1.0] * (ref.ndim - 1)
         summary = {
-            "input": str(item.path),
+            "input": CHANNEL_SEPARATOR.join(map(str, item.channel_paths)) if item.channel_paths else str(item.path),
+            **({"channel_series": [str(c) for c in item.channel_paths]} if item.channel_paths else {}),
             "input_kind": item.kind,
             "modality": item.modality,
             "shape": [int(s) for s in ref.shape[1:]],
@@ -695,10 +740,11 @@ def predict(
         raise ValueError("no input given")
     output = Path(output).expanduser()
     paths = [Path(p).expanduser() for p in inputs]
-    for p in paths:
+    folders = [c for i in inputs for c in split_channels(i)]
+    for p in folders:
         if not p.exists():
             raise InvalidInputError(f"{p}: input not found")
-    _check_outputs(paths, output)
+    _check_outputs(folders, output)
     predictor = BundlePredictor.from_bundle(bundle, backend=backend, device=device)
     items = []
     for p in paths:
@@ -738,7 +784,9 @@ def add_parser(parser) -> object:
                           "write a NIfTI mask, a DICOM SEG (DICOM input), a PDF report and a summary JSON per input.")
     parser.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/hippocampus_segmentation")
     parser.add_argument("--input", "-i", required=True, nargs="+",
-                        help="one or more inputs: DICOM series folder, .nii/.nii.gz, .tif/.tiff stack, .png")
+                        help="one or more inputs: DICOM series folder, .nii/.nii.gz, .tif/.tiff stack, .png; the "
+                        "channels of a multi-channel bundle given as DICOM series folders joined by '+' in the "
+                        "bundle's channel order (e.g. study/FLAIR+study/T1post)")
     parser.add_argument("--output", "-o", required=True, help="output folder (results in <output>/<case>/)")
     parser.add_argument("--backend", choices=BACKENDS,
                         help="how the network runs (default: the bundle's 'backend' id, else torch)")
