@@ -417,12 +417,18 @@ def test_predict_brats_localisation_on_a_flair_t1post_dicom_study(data_dir, hipp
     assert summary["positive_slices"] == positive and positive  # something to write into the SEG
     assert not mask[:, :, [k for k in range(24) if k not in positive]].any()
     seg_path = case / "1992-04-02_seg.dcm"
-    assert dciodvfy(seg_path) == []
+    source = pydicom.dcmread(sorted(flair.iterdir())[0], stop_before_pixels=True)
+    # no errors; the two warnings are the study's own attributes, which a SEG must copy unchanged: an empty Study ID
+    # and the one-component Patient's Name of the TCIA export
+    assert source.StudyID == "" and str(source.PatientName) == "PGBM-001"
+    warnings = dciodvfy(seg_path)
+    assert len(warnings) == 2 and all(w.startswith("Warning") for w in warnings), warnings
+    assert "Study ID" in warnings[0] + warnings[1] and "Patient's Name" in warnings[0] + warnings[1], warnings
     np.testing.assert_array_equal(read_dicom_seg(seg_path, flair)[0].numpy(), mask)
     seg = pydicom.dcmread(seg_path)
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["tumour"]
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(
-        sorted(flair.iterdir())[0], stop_before_pixels=True).SeriesInstanceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.PatientID == source.PatientID
 
     other = hippocrop / "PGBM-002"  # a series on another grid as the second channel
     assert main(["predict", "--bundle", str(BRATS_LOC), "--input", f"{flair}+{other}", "--output",
