@@ -165,6 +165,16 @@ def load_input(path: str | os.PathLike) -> PredictInput:
         image = LoadDicomSeries()(str(path))
         return PredictInput(path, kind, image, str(image.meta.get("Modality", "")) or None, 1, case_id)
     if kind == "stack":
+        if path.is_file() and path.suffix.lower() in (".tif", ".tiff"):  # colour pages (e.g. the 3-channel LGG
+            from medcnn.data.tiff_pages import TiffPagesReader  # slices): (N, H, W, C), channels last
+
+            try:
+                pages = LoadImage(reader=TiffPagesReader(), image_only=True, dtype=None)(str(path))
+            except Exception as exc:  # MONAI wraps reader errors in RuntimeError
+                cause = exc.__cause__ or exc
+                raise InvalidInputError(f"{path}: cannot read TIFF ({str(cause).splitlines()[0]})") from exc
+            if pages.ndim == 4:
+                return PredictInput(path, kind, pages, None, int(pages.shape[-1]), case_id)
         image = LoadImage(reader=TiffStackReader(), image_only=True, dtype=None)(str(path))  # dtype kept, as LoadStackd
         return PredictInput(path, kind, image, None, 1, case_id)
     try:  # the file's own dtype: a bundle with a loader gets its loader's dtype (_network_input), one without the
@@ -534,12 +544,23 @@ class BundlePredictor:
         spatial = tuple(base["image"].shape[1:]) if not self.has_loader else None
         if self.slice_key is not None:
             n = int(item.image.shape[0]) if item.kind == "stack" else int(item.image.shape[-1])
-            masks, results = [], []
+            spatial = _input_spatial(item)
+            hw = spatial[1:] if item.kind == "stack" else spatial[:-1]  # one slice's (H, W)
+            masks, heats, results = [], [], []
             for k in tqdm(range(n), desc=f"{item.case_id} slices", disable=not progress or n < 2, leave=False):
-                data = dict(base, **{self.slice_key: k})
-                masks.append(self._segment(self._run(data))[0])
-            mask = torch.stack(masks, 0 if item.kind == "stack" else -1)[None]
-            return {"mask": mask, "cam": None, "result": {}, "results": results}
+                d = self._run(dict(base, **{self.slice_key: k}))
+                if self.is_classifier:  # the slice's decision and CAM region, back on the slice grid
+                    m, heat, result = self._classify(d)
+                    masks.append(torch.as_tensor(m).reshape(hw).to(torch.uint8))
+                    heats.append(torch.as_tensor(heat).reshape(hw).float())
+                    results.append(result)
+                else:
+                    masks.append(self._segment(d)[0])
+            axis = 0 if item.kind == "stack" else -1
+            mask = torch.stack(masks, axis)[None]
+            heat = torch.stack(heats, axis)[None] if heats else None
+            positive = self.label_names.get(1) if self.is_classifier else None
+            return {"mask": mask, "cam": heat, "result": summarise_slices(results, positive)}
         d = self._run(base)
         if self.is_classifier:
             mask, heat, result = self._classify(d)

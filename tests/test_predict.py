@@ -439,3 +439,53 @@ def test_predict_brats_localisation_on_a_flair_t1post_dicom_study(data_dir, hipp
                  "--quiet"]) == 1  # one series for a two-channel bundle
     err = capsys.readouterr().err
     assert str(flair) in err and "1 channel(s)" in err and not (tmp_path / "o3").exists()
+
+
+LGG_LOC = REPO / "bundles" / "lgg_tumour_localisation"
+
+
+def test_predict_lgg_localisation_on_multipage_tiff_volumes_of_the_test_patients(data_dir, tmp_path, capsys):
+    """The LGG slice classifier on each test patient's slices as one multi-page 3-channel TIFF (one call, six inputs):
+    a decision and CAM region per page on the page grid, held to docs/metrics_test.json over the 175 test slices
+    (accuracy within 0.03; CAM Dice on the tumour slices within 0.05 of the card's Dice times its sensitivity: the
+    card scores the CAM of every tumour slice at the network's 128 x 128, predict draws a region only on the slices
+    it calls tumour, on the 256 x 256 pages). A grey (1-channel) TIFF is refused by name and nothing is written."""
+    from medcnn.data.lgg import lgg_datalist, load_split
+    from medcnn.data.tiff_pages import read_tiff_pages, write_tiff_pages
+
+    root = data_dir("lgg_flair_tiff")
+    card = json.loads((LGG_LOC / "docs" / "metrics_test.json").read_text())
+    patients = load_split(LGG_LOC / "configs" / "split.json")["test"]
+    inputs, truths = [], {}
+    for patient in patients:
+        items = lgg_datalist(root, [patient])
+        volume = np.concatenate([read_tiff_pages(i["image"]) for i in items])  # (N, 256, 256, 3)
+        truths[patient] = np.concatenate([read_tiff_pages(i["mask"]) for i in items]) > 0  # (N, 256, 256)
+        inputs.append(write_tiff_pages(volume, tmp_path / "input" / f"{patient}.tif"))
+    out = tmp_path / "out"
+    assert main(["predict", "--bundle", str(LGG_LOC), "--input", *map(str, inputs), "--output", str(out),
+                 "--quiet", "--no-report"]) == 0
+    correct, dice = [], []
+    for patient, truth in truths.items():
+        mask = np.asarray(nib.load(out / patient / f"{patient}_seg.nii.gz").dataobj) > 0
+        assert mask.shape == truth.shape
+        summary = json.loads((out / patient / f"{patient}_summary.json").read_text())
+        probs = np.array([s["class_probabilities"]["tumour present"] for s in summary["slices"]])
+        assert summary["positive_slices"] == np.flatnonzero(probs >= 0.5).tolist()
+        assert not mask[probs < 0.5].any()
+        has_tumour = truth.any(axis=(1, 2))
+        correct += list((probs >= 0.5) == has_tumour)
+        dice += [2 * np.sum(mask[k] & truth[k]) / (mask[k].sum() + truth[k].sum()) for k in np.flatnonzero(has_tumour)]
+    assert len(correct) == card["n_images"] and len(dice) == card["cam_n_images"]
+    assert np.mean(correct) >= card["accuracy"] - 0.03, f"accuracy {np.mean(correct):.4f}, card {card['accuracy']:.4f}"
+    # the card scores the CAM of every tumour slice; predict draws none on a slice it calls negative (Dice 0 here),
+    # so the card's figure is scaled by the card's sensitivity (the fraction of tumour slices called positive)
+    floor = card["cam_dice"] * card["sensitivity"] - 0.05
+    assert np.mean(dice) >= floor, f"CAM Dice {np.mean(dice):.4f}, floor {floor:.4f}"
+
+    grey = tmp_path / "input" / "grey.tif"
+    write_tiff_pages(read_tiff_pages(inputs[0])[..., 1], grey)
+    assert main(["predict", "--bundle", str(LGG_LOC), "--input", str(grey), "--output", str(tmp_path / "o2"),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert str(grey) in err and "1 channel(s)" in err and not (tmp_path / "o2").exists()
