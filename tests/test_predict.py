@@ -489,3 +489,21 @@ def test_predict_lgg_localisation_on_multipage_tiff_volumes_of_the_test_patients
                  "--quiet"]) == 1
     err = capsys.readouterr().err
     assert str(grey) in err and "1 channel(s)" in err and not (tmp_path / "o2").exists()
+
+
+def test_score_network_decides_and_the_cam_stays_on_the_network(tmp_path):
+    """A bundle's ``score_network`` id (here a wrapper that calls every image negative) scores the images, as in
+    MONAI Label: the positive image is then called 'no object' with an empty region, though its CAM is not empty."""
+    items = synthetic_datalist(1, 2, spatial_size=[64, 64], radius_range=[10.0, 14.0], contrast=1.5, noise=1.0,
+                               object_noise=0.5, positive_fraction=1.0)
+    from medcnn.predict import BundlePredictor, load_input
+
+    path = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(items[0]["image"])[0].astype(np.float32), np.eye(4)), path)
+    plain = BundlePredictor.from_bundle(SYNTHETIC, device="cpu").predict_item(load_input(path))
+    assert plain["result"]["predicted_class"] == "object present" and plain["mask"].any()
+    negative = "$lambda net: (lambda x: torch.stack([net(x)[:, 0] * 0 + 9.0, net(x)[:, 1] * 0], 1))"
+    gated = BundlePredictor.from_bundle(SYNTHETIC, device="cpu", overrides={"score_network": negative})
+    out = gated.predict_item(load_input(path))
+    assert out["result"]["predicted_class"] == "no object" and not out["mask"].any()
+    assert out["cam"] is not None and torch.equal(out["cam"], plain["cam"])  # CAM on the network itself
