@@ -73,15 +73,15 @@ def destroy_process_group() -> None:
 
 
 def _every_rank_types() -> tuple[type, ...]:
+    from ignite.metrics import Metric
     from monai.handlers import EarlyStopHandler, LrScheduleHandler, ValidationHandler
 
     from medcnn.handlers.checkpoint import TrainingCheckpoint
-    from medcnn.handlers.classification import ClassificationReportHandler
 
     # validation, LR schedule and early stopping must advance identically on all ranks (the early-stopping score
     # is an all-reduced metric); the training state is loaded by every rank and written by rank 0 only; the
-    # classification report gathers across ranks, a collective every rank has to join
-    return (ValidationHandler, LrScheduleHandler, EarlyStopHandler, TrainingCheckpoint, ClassificationReportHandler)
+    # metrics listed as handlers (e.g. the classification report) gather across ranks, a collective every rank joins
+    return (ValidationHandler, LrScheduleHandler, EarlyStopHandler, TrainingCheckpoint, Metric)
 
 
 def handlers_for_this_rank(handlers: Sequence | None) -> list:

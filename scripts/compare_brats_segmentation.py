@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from medcnn.bench import bundle_workflow
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "brats_tumour_segmentation"
 
@@ -28,11 +30,10 @@ logger = logging.getLogger("compare_brats_segmentation")
 
 
 def _run(configs: list[str], **override) -> None:
-    from monai.bundle import run
-
-    files = [str(BUNDLE / "configs" / c) for c in configs]
-    run(config_file=files if len(files) > 1 else files[0], meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"), bundle_root=str(BUNDLE), **override)
+    wf = bundle_workflow(BUNDLE, configs, "train" if configs == ["train.json"] else "eval", **override)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
 
 
 def compare(networks: list[str], max_epochs: int, work_dir: Path, dataset_dir: str | None) -> list[dict]:

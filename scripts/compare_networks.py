@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigWorkflow
 
+from medcnn.bench import bundle_workflow, forward_latency
 from medcnn.networks import SEGMENTATION_NETWORKS_3D
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,31 +34,14 @@ logger = logging.getLogger("compare_networks")
 
 
 def _workflow(configs: list[str], **override) -> ConfigWorkflow:
-    files = [str(BUNDLE / "configs" / c) for c in configs]
-    wf = ConfigWorkflow(
-        config_file=files,
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
-        workflow_type="train",
-        bundle_root=str(BUNDLE),
-        **override,
-    )
+    wf = bundle_workflow(BUNDLE, configs, "train", **override)
     wf.initialize()
     return wf
 
 
 def forward_time_per_volume(net: torch.nn.Module, shape=(1, 1, 40, 56, 40), repeats: int = 5) -> float:
     """Median seconds of one eval-mode forward pass on a typical padded hippocampus volume ``(1, 1, 40, 56, 40)``."""
-    net.eval()
-    x = torch.randn(*shape)
-    times = []
-    with torch.no_grad():
-        net(x)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            net(x)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return forward_latency(net.eval(), torch.randn(*shape), repeats=repeats, warmup=1)
 
 
 def compare(

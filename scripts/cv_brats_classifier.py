@@ -16,6 +16,18 @@ positive-class log-odds (logit difference; a monotone function of the probabilit
 Slice-scoring rules (no retraining): ``whole`` (whole slice), ``half_max`` (the more tumour-like half, the bundle's
 ``HemisphereMaxClassifier``), ``half_mean``, ``half_max_flip`` (mean of ``half_max`` on the slice and on its
 left-right mirror image), and ``*_z3`` (the score averaged with the two neighbouring slices of the same case).
+
+``--bundle lgg_tumour_localisation``: patient-level k-fold cross-validation of a slice-labelled bundle instead, on
+its train + validation patients (``configs/split.json``; the test patients are never loaded). Folds deal the
+patients of each institution round-robin. Per fold the bundle's own ``train.json`` (+ the recipe's overrides) trains
+on the other folds with early stopping / checkpoint on the held-out fold, which is then scored: slice AUC of the
+whole-slice log-odds, of its mean with the mirrored slice (``flip_mean``) and of both averaged over neighbouring
+slices (``*_z3``), accuracy at p = 0.5 and at the Youden threshold of the OTHER folds, and CAM Dice of the tumour
+slices with the mask rule chosen on the other folds, at the network grid and at the masks' native grid::
+
+    OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py --bundle lgg_tumour_localisation --folds 4 \
+        --out /tmp/lgg_cv --recipe e15='{"train#trainer#max_epochs": 15}'
+    python scripts/cv_brats_classifier.py --bundle lgg_tumour_localisation --out /tmp/lgg_cv --summarise e15
 """
 
 from __future__ import annotations
@@ -196,6 +208,240 @@ def summarise(out_dir: Path, rules: tuple[str, ...] = ("whole", "half_max", "hal
     return table
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Patient-level k-fold cross-validation of a slice-labelled bundle (lgg_tumour_localisation): --bundle <name>
+# ---------------------------------------------------------------------------------------------------------------
+
+CV_CAMS = (("hirescam", "blocks.0"), ("layercam", "blocks.0"), ("hirescam", "blocks.1"), ("gradcampp", "blocks.1"))
+
+
+def patient_folds(patients: list[str], k: int) -> list[list[str]]:
+    """``k`` disjoint patient folds, institutions (``TCGA_<inst>_...``) dealt round-robin so each fold mixes them."""
+    by_inst: dict[str, list[str]] = {}
+    for p in sorted(patients):
+        by_inst.setdefault(p.split("_")[1] if p.count("_") >= 2 else "", []).append(p)
+    order = [p for inst in sorted(by_inst) for p in by_inst[inst]]
+    return [sorted(order[i::k]) for i in range(k)]
+
+
+def slice_scores(net, data, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Positive-class log-odds of every slice and of its left-right mirror image, with label / patient / index."""
+    import torch
+    from monai.data import DataLoader
+
+    out: dict[str, list] = {"whole": [], "flip": [], "label": [], "case": [], "z": []}
+    net.eval()
+    with torch.no_grad():
+        for batch in DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0):
+            x = torch.as_tensor(batch["image"]).float()
+            for key, t in (("whole", x), ("flip", torch.flip(x, dims=[3]))):
+                logits = net(t)
+                out[key] += (logits[:, 1] - logits[:, 0]).tolist()
+            out["label"] += torch.as_tensor(batch["label"]).reshape(-1).tolist()
+            out["case"] += list(batch["patient"])
+            out["z"] += torch.as_tensor(batch["slice_index"]).reshape(-1).tolist()
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def run_patient_fold(bundle: Path, recipe: dict, train: list[str], heldout: list[str], out_dir: Path,
+                     dataset_dir: str | None) -> dict:
+    """Train the bundle's ``train.json`` (+ ``recipe``) on ``train``, early stopping / checkpoint on ``heldout``;
+    store the held-out slice scores and, for its tumour slices, the CAM heatmaps of :data:`CV_CAMS` at the network
+    input size with the masks at that size and at the native grid (``<out_dir>/heldout.npz``)."""
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    from medcnn.localisation import localise_items
+
+    config = ConfigParser()
+    config.read_config(str(bundle / "configs" / "train.json"))
+    config["bundle_root"] = str(bundle)
+    if dataset_dir:
+        config["dataset_dir"] = dataset_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.update({"train_patients": train, "validation_patients": heldout, "output_dir": str(out_dir),
+                   "ckpt_dir": str(out_dir), **recipe})
+    start = time.perf_counter()
+    config.get_parsed_content("initialize")
+    config.get_parsed_content("run")
+    train_s = time.perf_counter() - start
+    curves = json.loads((out_dir / "curves.json").read_text()) if (out_dir / "curves.json").is_file() else {}
+    net = config.get_parsed_content("network")
+    net.load_state_dict(torch.load(out_dir / "model.pt", weights_only=True, map_location="cpu"))
+    net.eval()
+    held = config.get_parsed_content("validate#dataset")
+    scores = slice_scores(net, held)
+    arrays = {k: v for k, v in scores.items()}
+    native = Compose(config.get_parsed_content("load_transforms"))
+    pos = [i for i in range(len(held)) if int(scores["label"][i]) == 1]
+    arrays["native_masks"] = np.stack([np.asarray(native(dict(held.data[i]))["mask"]) for i in pos]).astype(np.uint8)
+    for method, layer in CV_CAMS:
+        res = localise_items(net, held, method, layer)
+        arrays[f"cam:{method}:{layer}"] = res["heatmaps"].numpy().astype(np.float16)
+        arrays["masks"] = res["masks"].numpy().astype(np.uint8)
+    np.savez_compressed(out_dir / "heldout.npz", **arrays)
+    return {"train_patients": train, "heldout_patients": heldout, "train_s": round(train_s, 1),
+            "epochs": len(curves.get("loss", [])),
+            "best_epoch": int(np.argmin(curves["val_loss"])) + 1 if curves.get("val_loss") else None,
+            "curves": {k: v for k, v in curves.items() if k in ("loss", "val_loss", "val_auc")}}
+
+
+def _z_smooth_scores(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    rules = {"whole": s["whole"], "flip_mean": (s["whole"] + s["flip"]) / 2}
+    for name in list(rules):
+        rules[name + "_z3"] = z_smooth(rules[name], s["case"], s["z"])
+    return rules
+
+
+def _native_dice(heatmaps: np.ndarray, native: np.ndarray, rule: dict, sigma: float = 0.0) -> np.ndarray:
+    """Dice of the CAM masks against the masks at their native grid: heatmaps ``(N, 1, h, w)`` are resized
+    (bilinear) to the masks' ``(N, 1, H, W)``, optionally Gaussian-smoothed, then thresholded by ``rule``."""
+    import torch
+    import torch.nn.functional as F
+
+    from medcnn.localisation.masks import cam_dice, cam_to_mask
+
+    maps = torch.as_tensor(heatmaps.astype(np.float32))
+    if sigma > 0:
+        from monai.transforms import GaussianSmooth
+
+        maps = torch.stack([torch.as_tensor(GaussianSmooth(sigma)(m)) for m in maps])
+    if maps.shape[-2:] != native.shape[-2:]:
+        maps = F.interpolate(maps, size=native.shape[-2:], mode="bilinear", align_corners=False)
+    return cam_dice(cam_to_mask(maps, **rule), torch.as_tensor(native)).numpy()
+
+
+def summarise_patient_cv(run_dir: Path, cams: tuple[str, ...] = ("hirescam:blocks.0", "layercam:blocks.0"),
+                         sigmas: tuple[float, ...] = (0.0, 2.0)) -> dict:
+    """Per scoring rule: held-out AUC per fold (mean, std) and pooled, accuracy / sensitivity / specificity at
+    p = 0.5 and at the Youden threshold of the OTHER folds' held-out slices; per CAM (method, layer): the mask
+    rule (fraction of the max 0.05-0.5, with / without the largest component) chosen on the other folds
+    (leave-one-fold-out) and its Dice on each fold at the network grid and at the native grid."""
+    import torch
+
+    from medcnn.handlers.classification import youden_threshold
+    from medcnn.localisation.masks import cam_dice, cam_to_mask, select_threshold
+    from medcnn.metrics import binary_classification_report
+
+    folds = [dict(np.load(path)) for path in sorted(run_dir.glob("fold*/heldout.npz"))]
+    table: dict = {"n_folds": len(folds), "scoring": {}, "cam": {},
+                   "rule_source": "the other folds" if len(folds) > 1 else "the same fold (only one fold was run)"}
+    for name in _z_smooth_scores(folds[0]):
+        per = [_z_smooth_scores(f)[name] for f in folds]
+        labels = [f["label"] for f in folds]
+        at_half = [binary_classification_report(lab.tolist(), s.tolist(), 0.0)
+                   for lab, s in zip(labels, per, strict=True)]
+        aucs = [r["auc"] for r in at_half]
+        lofo = []
+        for i in range(len(folds)):
+            others = [j for j in range(len(folds)) if j != i] or [i]  # one fold only: chosen on itself
+            o_lab = np.concatenate([labels[j] for j in others])
+            o_s = np.concatenate([per[j] for j in others])
+            thr = youden_threshold(o_lab, o_s)
+            rep = binary_classification_report(labels[i].tolist(), per[i].tolist(), thr)
+            lofo.append({"threshold_logodds": thr, **rep})
+        pooled = binary_classification_report(np.concatenate(labels).tolist(), np.concatenate(per).tolist(), 0.0)
+        table["scoring"][name] = {
+            "auc_per_fold": [round(a, 4) for a in aucs], "auc_mean": float(np.mean(aucs)),
+            "auc_std": float(np.std(aucs)), "auc_pooled": pooled["auc"],
+            "accuracy@p0.5": float(np.mean([r["accuracy"] for r in at_half])),
+            "sensitivity@p0.5": float(np.mean([r["sensitivity"] for r in at_half])),
+            "specificity@p0.5": float(np.mean([r["specificity"] for r in at_half])),
+            "lofo_youden_logodds": [round(r["threshold_logodds"], 3) for r in lofo],
+            "accuracy@lofo_youden": float(np.mean([r["accuracy"] for r in lofo])),
+            "sensitivity@lofo_youden": float(np.mean([r["sensitivity"] for r in lofo])),
+            "specificity@lofo_youden": float(np.mean([r["specificity"] for r in lofo])),
+            "youden_logodds_all_folds": youden_threshold(np.concatenate(labels), np.concatenate(per))}
+    fractions = tuple(np.round(np.arange(0.05, 0.51, 0.05), 2))
+    for key in [k for k in folds[0] if k.startswith("cam:") and k[4:] in cams]:
+        maps = [torch.as_tensor(f[key].astype(np.float32)) for f in folds]
+        masks = [torch.as_tensor(f["masks"]) for f in folds]
+        row: dict = {}
+        for sigma in sigmas:
+            sm = maps if sigma == 0 else [torch.stack([torch.as_tensor(GaussianSmoothCache.get(sigma)(m)) for m in mp])
+                                          for mp in maps]
+            lofo_net, lofo_native, rules = [], [], []
+            for i in range(len(folds)):
+                others = [j for j in range(len(folds)) if j != i] or [i]  # one fold only: chosen on itself
+                rule = select_threshold(torch.cat([sm[j] for j in others]), torch.cat([masks[j] for j in others]),
+                                        modes=("fraction",), fractions=fractions)
+                r = {"threshold": rule["threshold"], "mode": rule["mode"],
+                     "largest_component": rule["largest_component"]}
+                rules.append(r)
+                lofo_net.append(float(cam_dice(cam_to_mask(sm[i], **r), masks[i]).mean()))
+                lofo_native.append(float(_native_dice(sm[i].numpy(), folds[i]["native_masks"], r).mean()))
+            row[f"sigma{sigma:g}"] = {
+                "lofo_rules": rules, "lofo_dice_network_grid": [round(d, 4) for d in lofo_net],
+                "lofo_dice_network_grid_mean": float(np.mean(lofo_net)),
+                "lofo_dice_native_grid": [round(d, 4) for d in lofo_native],
+                "lofo_dice_native_grid_mean": float(np.mean(lofo_native))}
+        table["cam"][key[4:]] = row
+    return table
+
+
+class GaussianSmoothCache:
+    """One MONAI ``GaussianSmooth`` per sigma (heatmap smoothing before thresholding)."""
+
+    _cache: dict = {}
+
+    @classmethod
+    def get(cls, sigma: float):
+        from monai.transforms import GaussianSmooth
+
+        return cls._cache.setdefault(sigma, GaussianSmooth(sigma))
+
+
+def main_patient_cv(args: argparse.Namespace) -> int:
+    """``--bundle <name>``: k-fold patient CV of each recipe on the bundle's train + validation patients."""
+    from medcnn.data.lgg import load_split
+
+    bundle = REPO / "bundles" / args.bundle
+    split = load_split(bundle / "configs" / "split.json")
+    patients = sorted(split["train"] + split["validation"])  # the test patients are never loaded
+    folds = patient_folds(patients, args.folds)
+    for item in args.recipe:
+        name, value = item.split("=", 1)
+        recipe = json.loads(value)
+        run_dir = args.out / name
+        meta = {"bundle": args.bundle, "recipe": name, "overrides": recipe, "folds": [],
+                "command": f"OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py --bundle {args.bundle} "
+                           f"--folds {args.folds} --recipe {name}='{value}'"}
+        if args.only_folds and (run_dir / "cv.json").is_file():  # add folds to an earlier run of the recipe
+            meta = json.loads((run_dir / "cv.json").read_text())
+        for i, heldout in enumerate(folds):
+            if args.only_folds and i not in args.only_folds:
+                continue
+            train = [p for p in patients if p not in heldout]
+            load = [round(v, 2) for v in os.getloadavg()]
+            fold = run_patient_fold(bundle, recipe, train, heldout, run_dir / f"fold{i}", args.dataset_dir)
+            fold["load_average_at_start"] = load
+            fold["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+            meta["folds"] = [f for f in meta["folds"] if f["heldout_patients"] != heldout] + [fold]
+            (run_dir / "cv.json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
+            print(f"{name} fold {i}: {fold['epochs']} epochs ({fold['train_s']} s, load {load}), best epoch "
+                  f"{fold['best_epoch']}", flush=True)
+        summary = summarise_patient_cv(run_dir)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+        print_patient_cv(name, summary)
+    for name in args.summarise:
+        summary = summarise_patient_cv(args.out / name)
+        (args.out / name / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+        print_patient_cv(name, summary)
+    return 0
+
+
+def print_patient_cv(name: str, summary: dict) -> None:
+    for rule, row in summary["scoring"].items():
+        print(f"{name:12s} {rule:14s} AUC {row['auc_mean']:.4f} +- {row['auc_std']:.4f} {row['auc_per_fold']} "
+              f"pooled {row['auc_pooled']:.4f}; acc@0.5 {row['accuracy@p0.5']:.3f} "
+              f"acc@LOFO-Youden {row['accuracy@lofo_youden']:.3f}", flush=True)
+    for cam, rows in summary["cam"].items():
+        for sig, row in rows.items():
+            print(f"{name:12s} {cam:20s} {sig:8s} LOFO Dice net {row['lofo_dice_network_grid_mean']:.4f} "
+                  f"native {row['lofo_dice_native_grid_mean']:.4f}; rules {row['lofo_rules']}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", action="append", default=[], metavar="NAME=JSON",
@@ -206,8 +452,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/brats_cv"))
     parser.add_argument("--dataset_dir", default=None)
     parser.add_argument("--no_cam", action="store_true", help="skip the Grad-CAM++ Dice of each fold")
+    parser.add_argument("--bundle", default=None,
+                        help="patient-level k-fold CV of this slice-labelled bundle (lgg_tumour_localisation) "
+                             "on its train + validation patients instead of the BraTS case CV")
+    parser.add_argument("--folds", type=int, default=4, help="--bundle: number of patient folds")
+    parser.add_argument("--only_folds", nargs="+", type=int, default=None, metavar="I",
+                        help="--bundle: run only these fold indices (added to an earlier run of the recipe in --out)")
+    parser.add_argument("--summarise", nargs="*", default=[], metavar="RECIPE",
+                        help="--bundle: re-summarise finished recipe runs in --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.bundle:
+        return main_patient_cv(args)
     for item in args.recipe:
         name, value = item.split("=", 1)
         recipe = json.loads(value)

@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
+from em_ensemble import BUNDLE, SPLITS, membrane_probabilities, shown_path
 from scipy import ndimage as ndi
-
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "em_membrane_segmentation"
 
 
 def edge_band(membrane: np.ndarray) -> np.ndarray:
@@ -30,55 +26,31 @@ def edge_band(membrane: np.ndarray) -> np.ndarray:
     return ndi.binary_dilation(membrane) & ndi.binary_dilation(~membrane)
 
 
-def _shown(path: str) -> str:
-    """The checkpoint path relative to the repository when it lies inside it (stable across checkouts)."""
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
-
-
 def main(argv: list[str] | None = None) -> dict:
-    from monai.bundle import ConfigParser
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default=str(BUNDLE / "models" / "model.pt"))
-    ap.add_argument("--split", choices=["val_slices", "test_slices", "train_slices"], default="val_slices")
+    ap.add_argument("--split", choices=SPLITS, default="val_slices")
     ap.add_argument("--dataset_dir", default=None, help="ISBI data folder (default: the bundle's resolution)")
     ap.add_argument("--out", default=None, help="JSON file for the figures (stdout only if omitted)")
     args = ap.parse_args(argv)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        p = ConfigParser()
-        p.read_config([str(BUNDLE / "configs" / c) for c in ("train.json", "evaluate.json")])
-        p["bundle_root"], p["output_dir"] = str(BUNDLE), tmp
-        if args.dataset_dir:
-            p["dataset_dir"] = args.dataset_dir
-        p["validate#dataset#data"] = f"$medcnn.data.expand_stack_datalist(@stacks, @{args.split})"
-        for _ in p.get_parsed_content("initialize"):
-            pass
-        net = p.get_parsed_content("network")
-        net.load_state_dict(torch.load(args.ckpt, map_location="cpu", weights_only=True))
-        net.eval()
-        inferer, dataset = p.get_parsed_content("validate#inferer"), p.get_parsed_content("validate#dataset")
-        rows, wrong_all, band_wrong_all, n_all = [], 0, 0, 0
-        with torch.no_grad():
-            for item in dataset:
-                truth = item["label"][0].numpy() > 0.5
-                pred = inferer(item["image"][None].as_tensor(), net).argmax(1)[0].numpy() == 1
-                wrong, band = pred != truth, edge_band(truth)
-                n_wrong, n_band_wrong = int(wrong.sum()), int((wrong & band).sum())
-                rows.append(
-                    {
-                        "slice": int(item["slice"]),
-                        "wrong": float(wrong.mean()),
-                        "wrong_in_edge_band": n_band_wrong / max(n_wrong, 1),
-                        "edge_band_area": float(band.mean()),
-                    }
-                )
-                wrong_all += n_wrong
-                band_wrong_all += n_band_wrong
-                n_all += wrong.size
+    rows, wrong_all, band_wrong_all, n_all = [], 0, 0, 0
+    for index, prob, truth in membrane_probabilities(args.ckpt, args.split, args.dataset_dir):
+        wrong, band = (prob > 0.5) != truth, edge_band(truth)
+        n_wrong, n_band_wrong = int(wrong.sum()), int((wrong & band).sum())
+        rows.append(
+            {
+                "slice": index,
+                "wrong": float(wrong.mean()),
+                "wrong_in_edge_band": n_band_wrong / max(n_wrong, 1),
+                "edge_band_area": float(band.mean()),
+            }
+        )
+        wrong_all += n_wrong
+        band_wrong_all += n_band_wrong
+        n_all += wrong.size
     result = {
-        "checkpoint": _shown(args.ckpt),
+        "checkpoint": shown_path(args.ckpt),
         "split": args.split,
         "pixel_accuracy": float(1 - wrong_all / n_all),
         "share_of_wrong_pixels_in_edge_band": float(band_wrong_all / max(wrong_all, 1)),

@@ -24,15 +24,12 @@ import argparse
 import itertools
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from em_ensemble import BUNDLE, SPLITS, membrane_probabilities, shown_path
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "em_membrane_segmentation"
 SIGMAS = (1.0, 2.0)
 SEED_DEPTHS = (0.01, 0.02, 0.05)
 MERGE_THRESHOLDS = (0.0, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)  # 0 = watershed only, no agglomeration
@@ -40,39 +37,17 @@ MERGE_THRESHOLDS = (0.0, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)  # 0 = watershed only,
 logger = logging.getLogger("em_instances")
 
 
-def _shown(path: str | Path) -> str:
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
-
-
 def cache(args: argparse.Namespace) -> Path:
     """Membrane probabilities ``(S, H, W)`` float32 and reference membrane masks ``(S, H, W)`` of a split -> .npz."""
-    from monai.bundle import ConfigParser
-
     if args.split == "test_slices" and not args.allow_test:
         raise SystemExit("the test slices are scored once, by the bundle's evaluate.json; pass --allow_test to cache")
-    with tempfile.TemporaryDirectory() as tmp:
-        p = ConfigParser()
-        p.read_config([str(BUNDLE / "configs" / c) for c in ("train.json", "evaluate.json")])
-        p["bundle_root"], p["output_dir"] = str(BUNDLE), tmp
-        if args.dataset_dir:
-            p["dataset_dir"] = args.dataset_dir
-        p["validate#dataset#data"] = f"$medcnn.data.expand_stack_datalist(@stacks, @{args.split})"
-        for _ in p.get_parsed_content("initialize"):
-            pass
-        net = p.get_parsed_content("network")
-        net.load_state_dict(torch.load(args.ckpt, map_location="cpu", weights_only=True))
-        net.eval()
-        inferer, dataset = p.get_parsed_content("validate#inferer"), p.get_parsed_content("validate#dataset")
-        slices, probs, truths = [], [], []
-        start = time.perf_counter()
-        with torch.no_grad():
-            for item in dataset:
-                logits = inferer(item["image"][None].as_tensor(), net)
-                probs.append(torch.softmax(logits, 1)[0, 1].numpy().astype(np.float32))
-                truths.append(item["label"][0].numpy() > 0.5)
-                slices.append(int(item["slice"]))
-                logger.info("slice %d done (%.1f s)", slices[-1], time.perf_counter() - start)
+    slices, probs, truths = [], [], []
+    start = time.perf_counter()
+    for index, prob, truth in membrane_probabilities(args.ckpt, args.split, args.dataset_dir):
+        slices.append(index)
+        probs.append(prob)
+        truths.append(truth)
+        logger.info("slice %d done (%.1f s)", index, time.perf_counter() - start)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
@@ -80,7 +55,7 @@ def cache(args: argparse.Namespace) -> Path:
         slices=np.array(slices),
         membrane_probability=np.stack(probs),
         membrane_truth=np.stack(truths),
-        checkpoint=np.array(_shown(args.ckpt)),
+        checkpoint=np.array(shown_path(args.ckpt)),
         split=np.array(args.split),
     )
     logger.info("%d slices of %s cached in %s (%.1f s)", len(slices), args.split, out, time.perf_counter() - start)
@@ -117,7 +92,7 @@ def search(args: argparse.Namespace) -> dict:
         rows.append(row)
     best = max(rows, key=lambda r: (round(r["v_rand"], 6), r["v_info"]))
     result = {
-        "cache": _shown(args.cache),
+        "cache": shown_path(args.cache),
         "checkpoint": str(data["checkpoint"]),
         "split": str(data["split"]),
         "slices": data["slices"].tolist(),
@@ -139,7 +114,7 @@ def main(argv: list[str] | None = None):
     sub = ap.add_subparsers(dest="command", required=True)
     c = sub.add_parser("cache", help="run the 8-view ensemble once and store the probability maps")
     c.add_argument("--ckpt", default=str(BUNDLE / "models" / "model.pt"))
-    c.add_argument("--split", choices=["val_slices", "test_slices", "train_slices"], default="val_slices")
+    c.add_argument("--split", choices=SPLITS, default="val_slices")
     c.add_argument("--allow_test", action="store_true")
     c.add_argument("--dataset_dir", default=None, help="ISBI data folder (default: the bundle's resolution)")
     c.add_argument("--out", required=True, help=".npz file for the maps")

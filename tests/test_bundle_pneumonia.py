@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import META_SCHEMA, bundle_root, export_matches_eager, read_metrics, run_workflow
-from monai.bundle import verify_metadata, verify_net_in_out
+from bundle_helpers import bundle_root, export_matches_eager, read_metrics, run_workflow
+from monai.bundle import verify_net_in_out
 from PIL import Image
 
 from medcnn.data.medmnist import MedMNISTError
@@ -33,10 +33,6 @@ def small_test_npz(pneumonia_dir, tmp_path):
     path = tmp_path / "small.npz"
     np.savez(path, test_images=d["test_images"][idx], test_labels=d["test_labels"][idx])
     return path
-
-
-def test_metadata_is_valid():
-    verify_metadata(meta_file=str(ROOT / "configs" / "metadata.json"), filepath=str(META_SCHEMA))
 
 
 def test_tiny_training_then_evaluation(pneumonia_dir, small_test_npz, tmp_path):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from bundle_helpers import META_SCHEMA, bundle_root, make_workflow, read_metrics, run_workflow
+from bundle_helpers import bundle_root, make_workflow, read_metrics, run_workflow
 
 NAME = "synthetic_localisation"
 ROOT = bundle_root(NAME)
@@ -102,10 +102,9 @@ def test_user_datalist_evaluation(trained, tmp_path):
     assert m["n_images"] == 4 and m["test_seed"] is None and m["cam_n_images"] == 2
 
 
-def test_metadata_net_in_out_and_export(trained, tmp_path):
-    from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
+def test_net_in_out_and_export(trained, tmp_path):
+    from monai.bundle import ckpt_export, verify_net_in_out
 
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(META_SCHEMA))
     for override in ([], ["3d.json"]):
         files = [str(CONFIGS / "train.json")] + [str(CONFIGS / f) for f in override]
         verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=files,

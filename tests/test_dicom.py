@@ -116,6 +116,26 @@ def test_series_sorted_by_position_with_geometry(tmp_path):
     assert series.slice_spacing == pytest.approx(2.5, abs=1e-4)
 
 
+def test_monai_pydicom_reader_still_stacks_series_through_the_overridden_hook(tmp_path, monkeypatch):
+    """DicomSeriesReader overrides PydicomReader's private _combine_dicom_series (no public hook for a geometric
+    slice order): fail loudly when MONAI renames it, changes its signature or stops calling it."""
+    import inspect
+
+    from monai.data import PydicomReader
+
+    for name, params in (("_combine_dicom_series", ["self", "data", "filenames"]),
+                         ("_get_array_data", ["self", "img", "filename"]), ("_get_meta_dict", ["self", "img"])):
+        assert hasattr(PydicomReader, name), f"MONAI's PydicomReader no longer has {name}: update DicomSeriesReader"
+        assert list(inspect.signature(getattr(PydicomReader, name)).parameters)[: len(params)] == params, name
+    calls = []
+    original = DicomSeriesReader._combine_dicom_series
+    monkeypatch.setattr(DicomSeriesReader, "_combine_dicom_series",
+                        lambda self, data, filenames: calls.append(len(data)) or original(self, data, filenames))
+    make_series(tmp_path / "s")
+    load_dicom_series(tmp_path / "s")
+    assert calls == [6], "PydicomReader.get_data no longer stacks a series through _combine_dicom_series"
+
+
 def test_dictionary_pipeline_and_loadimage(tmp_path):
     make_series(tmp_path / "img", seed=1)
     make_series(tmp_path / "lab", seed=2)

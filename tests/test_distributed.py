@@ -75,3 +75,50 @@ def test_two_process_gloo_training_writes_once_and_reaches_the_single_process_fi
     assert log.count("Key metric: val_accuracy best value") == overrides["max_epochs"]
     writers = {p.name.split(".")[-2] for p in Path(out).rglob("events.out.tfevents.*")}
     assert len(writers) == 1, f"event files from several processes: {sorted(Path(out).rglob('events*'))}"
+
+
+def _classification_report_rank(rank: int, world_size: int, init_file: str, items: list, queue) -> None:
+    """One Gloo rank: evaluate its share of ``items`` with :class:`ClassificationReport` and return the figures."""
+    import torch.distributed as dist
+    from ignite.engine import Engine
+
+    from medcnn.handlers import ClassificationReport
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        share = items[rank::world_size]  # ranks hold different counts (5 and 4 items)
+        batches = [share[i : i + 2] for i in range(0, len(share), 2)]
+        evaluator = Engine(lambda e, b: [{"pred": torch.tensor([1 - p, p]), "label": torch.tensor(y)} for p, y in b])
+        report = ClassificationReport(threshold=0.5)
+        report.attach(evaluator)
+        evaluator.run(batches)
+        queue.put((rank, dict(evaluator.state.metrics), sorted(report.scores)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_classification_report_spans_every_rank_under_ddp(tmp_path):
+    """Two Gloo processes, each evaluating part of the data: both report the figures of all the data, equal to
+    the one-process report (MONAI's cumulative buffers are all-gathered)."""
+    import torch.multiprocessing as mp
+
+    from medcnn.metrics import binary_classification_report
+
+    items = [(0.9, 1), (0.2, 0), (0.6, 1), (0.7, 0), (0.1, 0), (0.4, 1), (0.8, 1), (0.3, 0), (0.55, 0)]
+    expected = binary_classification_report([y for _, y in items], [p for p, _ in items], 0.5)
+    ctx = mp.get_context("fork")  # the children inherit the imported modules: seconds, not a minute of imports
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_classification_report_rank, args=(r, 2, str(tmp_path / "init"), items, queue))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for rank, metrics, scores in results:
+        assert metrics["n_images"] == 9, f"rank {rank} reported only its own share"
+        assert metrics["confusion_matrix"] == expected["confusion_matrix"] == [[3, 2], [1, 3]]
+        assert metrics["auc"] == pytest.approx(expected["auc"])
+        assert metrics["sensitivity"] == pytest.approx(0.75) and metrics["specificity"] == pytest.approx(0.6)
+        assert scores == pytest.approx(sorted(p for p, _ in items))

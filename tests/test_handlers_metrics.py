@@ -5,7 +5,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from medcnn.handlers import ClassificationReportHandler, MetricsJSONWriter
+from medcnn.handlers import ClassificationReport, MetricsJSONWriter
 from medcnn.handlers.metrics_json import to_jsonable
 
 
@@ -27,7 +27,7 @@ def test_report_and_json_writer_on_an_evaluator(tmp_path):
         return [{"pred": torch.tensor([1 - p, p]), "label": torch.tensor(y)} for p, y in batch]
 
     evaluator = Engine(step)
-    ClassificationReportHandler().attach(evaluator)
+    ClassificationReport().attach(evaluator)
     MetricsJSONWriter(tmp_path, extra=lambda e: {"n_batches": e.state.iteration}).attach(evaluator)
     evaluator.run(batches)
     m = json.loads((tmp_path / "metrics.json").read_text())

@@ -130,8 +130,14 @@ def test_checked_loaders(tmp_path):
     bad = tmp_path / "bad.nii.gz"
     bad.write_text("nope")
     loader = LoadImageCheckedd(keys=["image", "label"], image_only=True)
-    with pytest.raises(InvalidInputError, match="bad.nii.gz: cannot read"):
+    with pytest.raises(InvalidInputError, match="bad.nii.gz: cannot read") as info:
         loader({"image": good, "label": str(bad)})
+    assert "ok.nii.gz" not in str(info.value)  # the readable image is not blamed
+    with_meta = LoadImageCheckedd(keys="image", image_only=False, ensure_channel_first=True)
+    out = with_meta({"image": good})
+    assert tuple(out["image"].shape) == (1, 4, 5, 6) and "image_meta_dict" in out
+    with pytest.raises(InvalidInputError, match="bad.nii.gz: cannot read"):
+        with_meta({"image": str(bad)})
     out = loader({"image": good, "label": good})
     assert tuple(out["label"].shape) == (4, 5, 6)
     import pickle

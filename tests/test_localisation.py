@@ -46,7 +46,25 @@ def _disk_images(dims: int, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _hook_count(model: nn.Module) -> int:
+    """Hooks on ``model``'s modules (torch keeps them in these dicts; the test fails loudly if that changes)."""
     return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("method", ["monai_gradcam", "monai_gradcampp", "gradcam"])
+def test_a_cam_method_reused_after_a_weight_update_maps_with_the_new_weights(method):
+    """MONAI's CAM runs on a copy of the network (its hooks cannot be removed): the copy follows the network's
+    current weights, and the network itself never carries a hook."""
+    model = PassThroughClassifier(2)
+    images, _ = _disk_images(2)
+    cam = get_cam_method(method, model, "features")
+    first = cam(images, 1)
+    with torch.no_grad():  # class 1 now looks at the inverted image: the map must follow
+        model.features.weight.mul_(-1.0)
+    second = cam(images, 1)
+    fresh = get_cam_method(method, model, "features")(images, 1)
+    assert torch.allclose(second, fresh, atol=1e-6)
+    assert not torch.allclose(first, second, atol=1e-3)
+    assert _hook_count(model) == 0
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -157,3 +175,81 @@ def test_cam_dice_handler_in_an_ignite_evaluation(tmp_path):
     records = {r["id"]: r for r in json.loads((tmp_path / "localisation.json").read_text())["images"]}
     assert records["c"]["mask_voxels"] == 0 and records["a"]["mask_voxels"] > 0
     assert records["a"]["dice"] > 0.95 and records["c"]["dice"] is None
+
+
+def test_cam_dice_handler_hands_every_heatmap_it_computed_to_the_evaluator_output():
+    """With ``output_key`` every image's heatmap (negatives too) joins its output item, as scored: the PDF report
+    draws that CAM instead of computing another."""
+    from ignite.engine import Engine
+
+    from medcnn.handlers.cam import CAMDiceHandler
+
+    model = PassThroughClassifier(2)
+    images, masks = _disk_images(2)
+    batch = [{"image": images[0], "mask": masks[0], "label": torch.tensor(1)},
+             {"image": images[1], "mask": masks[1] * 0, "label": torch.tensor(0)}]
+    engine = Engine(lambda e, b: [{"pred": torch.tensor([0.1, 0.9])}, {"pred": torch.tensor([0.9, 0.1])}])
+    handler = CAMDiceHandler(model, method="gradcam", target_layer="features", threshold=0.5, output_key="cam")
+    handler.attach(engine)
+    engine.run([batch], max_epochs=1)
+    expected = localise(model, images, method="gradcam", target_layer="features", class_idx=1)
+    for item, heat in zip(engine.state.output, expected, strict=True):
+        assert item["cam"].shape == (1, 32, 32)
+        torch.testing.assert_close(item["cam"], heat)
+    assert engine.state.metrics["cam_n_images"] == 1  # only the positive image is scored
+    collated = Engine(lambda e, b: {"pred": torch.tensor([[0.1, 0.9], [0.9, 0.1]])})
+    handler.attach(collated)
+    with pytest.raises(ValueError, match="output_key needs the evaluator's decollated output"):
+        collated.run([batch], max_epochs=1)
+
+
+def test_cam_dice_handler_scores_on_the_native_mask_grid():
+    """With native_mask_key the heatmap (network grid, 32 x 32) is resized to the native mask (64 x 64) and scored
+    there: the network-grid mask (here deliberately empty) is not used."""
+    from ignite.engine import Engine
+
+    from medcnn.handlers.cam import CAMDiceHandler
+
+    images, masks = _disk_images(2)
+    native = torch.nn.functional.interpolate(masks.float(), scale_factor=2, mode="nearest").to(torch.uint8)
+    batch = {"image": images, "mask": masks * 0, "mask_native": native, "label": torch.tensor([1, 1]),
+             "patient": ["p1", "p2"]}
+    engine = Engine(lambda e, b: [{"pred": torch.tensor([0.1, 0.9])}] * 2)
+    handler = CAMDiceHandler(PassThroughClassifier(2), method="gradcam", target_layer="features", threshold=0.5,
+                             native_mask_key="mask_native", group_key="patient")
+    handler.attach(engine)
+    engine.run([batch], max_epochs=1)
+    m = engine.state.metrics
+    assert m["cam_n_images"] == 2 and m["cam_dice"] > 0.9, m["cam_dice"]
+    assert set(m["cam_dice_per_patient"]) == {"p1", "p2"}
+
+
+def test_localise_items_resizes_heatmaps_to_a_native_mask():
+    from medcnn.localisation import calibrate_cam, localise_items
+
+    images, masks = _disk_images(2)
+    native = torch.nn.functional.interpolate(masks.float(), scale_factor=2, mode="nearest").to(torch.uint8)
+    data = [{"image": images[i], "mask_native": native[i], "label": 1} for i in range(2)]
+    res = localise_items(PassThroughClassifier(2), data, "gradcam", "features", keys=("image", "label", "mask_native"))
+    assert tuple(res["heatmaps"].shape) == tuple(res["masks"].shape) == (2, 1, 64, 64)
+    rule = calibrate_cam(PassThroughClassifier(2), data, "gradcam", "features", keys=("image", "label", "mask_native"))
+    assert rule["dice"] > 0.9
+
+
+def test_smoothing_before_the_threshold_recovers_a_region_under_a_speckle_peak():
+    """A one-pixel spike dominates the max: without smoothing 0.5 x max keeps the spike only; a Gaussian of 2 px
+    spreads the spike and keeps the broad disk, and select_threshold finds that rule."""
+    from medcnn.localisation import select_threshold
+
+    images, masks = _disk_images(2, 1)
+    heat = images.clone() * 0.4
+    heat[0, 0, 28, 28] = 1.0  # speckle far from the disk
+    plain = cam_to_mask(heat, 0.5, "fraction", True)
+    smoothed = cam_to_mask(heat, 0.5, "fraction", True, smooth_sigma=2.0)
+    assert float(cam_dice(plain, masks)[0]) < 0.1
+    assert float(cam_dice(smoothed, masks)[0]) > 0.8
+    rule = select_threshold(heat, masks, modes=("fraction",), fractions=(0.5,), largest_component=True,
+                            smooth_sigmas=(0.0, 2.0))
+    assert rule["smooth_sigma"] == 2.0 and rule["dice"] > 0.8
+    with pytest.raises(ValueError, match="smooth_sigma"):
+        cam_to_mask(heat, 0.5, smooth_sigma=-1.0)

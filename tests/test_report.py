@@ -182,39 +182,36 @@ def test_handler_for_a_classifier_with_cam(tmp_path):
     batch = [{"image": MetaTensor(image2d, meta={"filename_or_obj": "/data/slice_012.png"}), "mask": mask2d,
               "label": torch.tensor([1])}]
 
-    def step(engine, b):
-        return [{"image": b[0]["image"], "label": b[0]["label"], "pred": torch.tensor([0.08, 0.92])}]
+    cam = image2d / image2d.amax()  # bright pixels = evidence, like a CAM (1, H, W) in [0, 1]
 
-    calls = []
+    def step(engine, b):  # the CAM comes with the evaluator's output (a CAMDiceHandler with output_key="cam")
+        return [{"image": b[0]["image"], "label": b[0]["label"], "pred": torch.tensor([0.08, 0.92]), "cam": cam}]
 
-    def fake_cam(images, class_idx):  # bright pixels = evidence, like a CAM method (B, 1, H, W) in [0, 1]
-        calls.append(class_idx)
-        return images / images.amax()
-
-    handler = PDFReportHandler(tmp_path, label_key="mask", cam_method=fake_cam, cam_threshold=0.9, max_slices=1)
+    handler = PDFReportHandler(tmp_path, label_key="mask", cam_key="cam", cam_rule={"threshold": 0.9}, max_slices=1)
     engine = Engine(step)
     handler.attach(engine)
     engine.run([batch], max_epochs=1)
-    assert calls[0] == 1 and [p.name for p in handler.written] == ["slice_012_report.pdf"]
+    assert [p.name for p in handler.written] == ["slice_012_report.pdf"]
+    np.testing.assert_array_equal(handler.cases[0]["cam"], cam.numpy())  # drawn as given, not recomputed
     text = " ".join(pdf_text(handler.written[0]).split())
     assert "The classifier gives a probability of 0.92 that this image shows a tumour-like region" in text
     assert "found a tumour-like region in this image" in text
     assert "Dice score, where 1 is perfect agreement) is 1.00" in text  # CAM mask (>= 0.9 max) = bright ball
     # a classifier that says "absent" gets no predicted region, whatever the CAM shows
     def step_absent(engine, b):
-        return [{"image": b[0]["image"], "label": b[0]["label"], "pred": torch.tensor([0.8, 0.2])}]
+        return [{"image": b[0]["image"], "label": b[0]["label"], "pred": torch.tensor([0.8, 0.2]), "cam": cam}]
 
-    absent = PDFReportHandler(tmp_path / "absent", label_key="mask", cam_method=fake_cam, max_slices=1)
+    absent = PDFReportHandler(tmp_path / "absent", label_key="mask", cam_key="cam", max_slices=1)
     engine = Engine(step_absent)
     absent.attach(engine)
     engine.run([batch], max_epochs=1)
     text = " ".join(pdf_text(absent.written[0]).split())
     assert "probability of 0.20" in text and "The model found no tumour-like region in this image" in text
     # a classifier output without any CAM is refused with the case named
-    bad = PDFReportHandler(tmp_path / "bad", label_key="mask")
+    bad = PDFReportHandler(tmp_path / "bad", label_key="mask", cam_key="heatmap")
     engine = Engine(step)
     bad.attach(engine)
-    with pytest.raises(ValueError, match="slice_012.png.*no CAM"):
+    with pytest.raises(ValueError, match="slice_012.png.*no CAM under cam_key='heatmap'"):
         engine.run([batch], max_epochs=1)
 
 
@@ -229,16 +226,17 @@ def test_handler_groups_slices_and_draws_on_the_native_grid(tmp_path):
     prep = Compose([CopyItemsd(["image", "mask"], names=["image_native", "mask_native"]),
                     EnsureTyped(["image", "mask"]), CenterSpatialCropd(["image", "mask"], roi_size=(40, 32)),
                     Resized(["image", "mask"], spatial_size=(20, 16), mode=["area", "nearest"])])
-    items = [prep({"image": image[None, :, :, z], "mask": label[None, :, :, z], "case": "pat7", "slice_index": z})
-             for z in (1, 2, 3, 4)]
+    in_plane = torch.diag(torch.tensor([0.8, 0.6, 1.0], dtype=torch.float64))  # a 2D slice's affine: no z step
+    items = [prep({"image": MetaTensor(torch.from_numpy(image[None, :, :, z]), affine=in_plane),
+                   "mask": label[None, :, :, z], "case": "pat7", "slice_index": z}) for z in (1, 2, 3, 4)]
 
-    def step(engine, b):
-        return [{"image": i["image"], "pred": torch.tensor([0.1, 0.9])} for i in b]
+    def step(engine, b):  # CAM on the network input grid, as a CAMDiceHandler with output_key="cam" adds it
+        return [{"image": i["image"], "pred": torch.tensor([0.1, 0.9]), "cam": i["image"] / i["image"].amax()}
+                for i in b]
 
     handler = PDFReportHandler(tmp_path, label_key="mask", native_image_key="image_native",
                                native_label_key="mask_native", invert_transform=prep, group_key="case",
-                               name_key="case", cam_method=lambda x, c: x / x.amax(), cam_threshold=0.9,
-                               presence_threshold=0.5)
+                               name_key="case", cam_key="cam", cam_rule={"threshold": 0.9}, presence_threshold=0.5)
     engine = Engine(step)
     handler.attach(engine)
     engine.run([items[:2], items[2:]], max_epochs=1)
@@ -249,8 +247,22 @@ def test_handler_groups_slices_and_draws_on_the_native_grid(tmp_path):
     assert 2 * (pred & ball).sum() / (pred.sum() + ball.sum()) > 0.6
     text = " ".join(pdf_text(handler.written[0]).split())
     assert "medcnn case report: pat7" in text and "of 5 slices" in text
+    # the slices give their in-plane spacing, not the distance between them: no volume from an assumed 1 mm step
+    assert handler.collector.grouped()[0]["spacing"] == pytest.approx([0.8, 0.6])
+    voxels = int(sum(c["pred"].sum() for c in handler.cases))
+    assert " mL" not in text and " cm²" in text and f"measures {voxels} voxels" in text
     with pytest.raises(ValueError, match="native_image_key"):
         PDFReportHandler(tmp_path, invert_transform=prep)
+
+
+@pytest.mark.parametrize("spacing", [(0.5, 0.7, 3.0), (0.9, 0.9, 1.5)])
+def test_volume_uses_the_image_spacing(tmp_path, spacing):
+    """The volume in the report comes from the image's own voxel size (a MetaTensor's affine), slice step too."""
+    image, label, pred, _ = phantom((32, 28, 5))
+    affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
+    out = write_case_report(tmp_path / "case.pdf", MetaTensor(torch.from_numpy(image)[None], affine=affine), pred)
+    volume = pred.sum() * np.prod(spacing) / 1000.0
+    assert f"measures {volume:.1f} mL" in " ".join(pdf_text(out).split())
 
 
 def test_pdf_report_with_an_undefined_curve(tmp_path):

@@ -42,6 +42,17 @@ def test_load_image_reads_multipage_tiff_as_stack_keeping_dtype(tmp_path, dtype)
     assert img.meta["n_slices"] == 4 and img.meta["filename_or_obj"] == str(path)
 
 
+def test_several_stacks_load_as_channels_and_different_shapes_name_both_files(tmp_path, stack16):
+    a = write_tiff_stack(stack16, tmp_path / "a.tif")
+    b = write_tiff_stack(stack16[::-1].copy(), tmp_path / "b.tif")
+    img = LoadImage(reader=TiffStackReader(), dtype=None, image_only=True)([a, b])
+    assert tuple(img.shape) == (2, 5, 12, 9) and img.meta["original_channel_dim"] == 0
+    assert np.array_equal(img[1].numpy(), stack16[::-1])
+    short = write_tiff_stack(stack16[:3], tmp_path / "short.tif")
+    with pytest.raises(StackReadError, match=r"a\.tif: \(5, 12, 9\).*short\.tif: \(3, 12, 9\)"):
+        LoadImage(reader=TiffStackReader(), dtype=None, image_only=True)([a, short])
+
+
 def test_png_folder_is_a_stack_in_natural_order(tmp_path):
     for i in range(12):  # 10.png and 11.png must come after 2.png
         Image.fromarray(np.full((3, 4), i, np.uint8)).save(tmp_path / f"{i}.png")

@@ -290,6 +290,13 @@ class DicomSeriesReader(PydicomReader):
                 raise DicomSeriesError(f"series of different shapes cannot be stacked as channels: {shapes}")
         return super().get_data(data)
 
+    # The one private hook kept: MONAI's PydicomReader.get_data stacks a series in its private _combine_dicom_series,
+    # which re-sorts the slices by InstanceNumber (dropping slices without one) and measures the slice step on the z
+    # coordinate only, wrong for sagittal / coronal / oblique series. The public API has no way to hand it a
+    # validated geometric order, so this method replaces it, using PydicomReader's _get_array_data (rescale,
+    # swap_ij) and _get_meta_dict (tags) so that pixel values and metadata stay MONAI's.
+    # tests/test_dicom.py::test_monai_pydicom_reader_still_stacks_series_through_the_overridden_hook fails if
+    # MONAI renames or re-signs any of the three.
     def _combine_dicom_series(self, data, filenames):
         """Stack slices in the given (geometric) order; slice step = distance between first and last / (N - 1)."""
         arrays = []

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 from monai.data import ImageReader
-from monai.data.image_reader import _copy_compatible_dict, _stack_images
 from monai.transforms import LoadImaged
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
@@ -341,30 +340,34 @@ class TiffStackReader(ImageReader):
         them reads a colour TIFF as ``(H, W, 3)`` or a truncated stack as its first page; raised from ``get_data``,
         the error reaches the user instead.
         """
+        files = ensure_tuple(data)
         try:
-            arrays = [read_stack(f) for f in ensure_tuple(data)]
+            arrays = [read_stack(f) for f in files]
         except StackReadError as exc:
             return _FailedRead(exc)
+        if len({a.shape for a in arrays}) > 1:
+            detail = ", ".join(f"{f}: {a.shape}" for f, a in zip(files, arrays, strict=True))
+            return _FailedRead(StackReadError(f"stacks of different shapes cannot be channels of one image ({detail})"))
         return arrays if len(arrays) > 1 else arrays[0]
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         """``(array, meta)`` for one ``(N, H, W)`` stack, or ``(K, N, H, W)`` for K stacks of one shape."""
         if isinstance(img, _FailedRead):
             raise img.error
-        arrays: list[np.ndarray] = []
-        meta: dict = {}
-        for arr in img if isinstance(img, list) else [img]:
-            header = {
-                MetaKeys.SPATIAL_SHAPE: np.asarray(arr.shape),
-                MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
-                MetaKeys.AFFINE: np.eye(arr.ndim + 1),
-                MetaKeys.ORIGINAL_AFFINE: np.eye(arr.ndim + 1),
-                MetaKeys.SPACE: SpaceKeys.RAS,
-                "n_slices": int(arr.shape[0]),
-            }
-            arrays.append(arr)
-            _copy_compatible_dict(header, meta)
-        return _stack_images(arrays, meta), meta
+        arrays = img if isinstance(img, list) else [img]
+        first = arrays[0]
+        meta = {
+            MetaKeys.SPATIAL_SHAPE: np.asarray(first.shape),
+            MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+            MetaKeys.AFFINE: np.eye(first.ndim + 1),
+            MetaKeys.ORIGINAL_AFFINE: np.eye(first.ndim + 1),
+            MetaKeys.SPACE: SpaceKeys.RAS,
+            "n_slices": int(first.shape[0]),
+        }
+        if len(arrays) == 1:
+            return first, meta
+        meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0  # several stacks: channels along a new first dimension, as MONAI
+        return np.stack(arrays, axis=0), meta
 
 
 class LoadStackd(LoadImaged):

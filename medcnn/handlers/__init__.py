@@ -7,7 +7,7 @@ from medcnn.handlers.checkpoint import (
     TrainingCheckpoint,
     TrainingCheckpointError,
 )
-from medcnn.handlers.classification import ClassificationReportHandler
+from medcnn.handlers.classification import ClassificationReport
 from medcnn.handlers.curves import TrainingCurvesHandler
 from medcnn.handlers.metrics_json import MetricsJSONWriter, write_metrics_json
 from medcnn.handlers.report import PDFReportHandler
@@ -24,7 +24,7 @@ __all__ = [
     "CAMDiceHandler",
     "CheckpointLoader",
     "CheckpointSaver",
-    "ClassificationReportHandler",
+    "ClassificationReport",
     "EmptyReferenceCount",
     "HausdorffDistance",
     "MeanDice",

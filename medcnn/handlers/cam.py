@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from medcnn.localisation.masks import cam_dice
+from medcnn.localisation.masks import cam_dice, resize_heatmaps
 from medcnn.localisation.pipeline import calibrate_cam
 from medcnn.localisation.rule import CAMRule, CAMToMask
 
@@ -67,6 +67,15 @@ class CAMDiceHandler:
             ``target_layer``, ``threshold``, ``mode``, ``largest_component``, ``class_idx`` and ``min_probability``.
         group_key: batch key grouping the images (e.g. ``"patient"``); when given, ``state.metrics`` also gets
             ``<prefix>dice_per_<group_key>``: ``{group: mean Dice of its positive images}``.
+        output_key: when given, every image's heatmap ``(1, *S)`` (all images, not only the scored ones) is added to
+            its item of the evaluator's output under this key, so later handlers (the PDF report) show the CAM the
+            figures were computed from instead of computing it again.
+        native_mask_key: batch key of the reference mask on the image's native grid (e.g. a ``CopyItemsd`` copy
+            made before ``Resized``); when given, Dice is scored there: each heatmap ``(1, h, w)`` is resized
+            (bilinear) to the native mask's ``(1, H, W)`` before the rule thresholds it. The network-grid
+            ``keys[2]`` mask is then unused for Dice. Only for pipelines whose spatial change is a pure resize.
+        smooth_sigma: the rule's Gaussian smoothing of the heatmap before thresholding, in pixels of the grid
+            Dice is scored on (0 = none).
     """
 
     def __init__(
@@ -86,12 +95,17 @@ class CAMDiceHandler:
         min_probability: float = 0.5,
         rule: CAMRule | dict | None = None,
         group_key: str | None = None,
+        output_key: str | None = None,
+        native_mask_key: str | None = None,
+        smooth_sigma: float = 0.0,
     ) -> None:
         self.network = network
+        self.output_key = output_key
+        self.native_mask_key = native_mask_key
         if rule is None:
             rule = CAMRule(method=str(method), target_layer=target_layer, class_idx=int(class_idx),
                            threshold=float(threshold), mode=str(mode), largest_component=bool(largest_component),
-                           decision_threshold=float(min_probability))
+                           decision_threshold=float(min_probability), smooth_sigma=float(smooth_sigma))
         rule = CAMRule.from_dict(rule)
         self.cam = rule.cam(network)
         self.rule = CAMRule.from_dict(rule, target_layer=self.cam.target_layer)
@@ -128,7 +142,8 @@ class CAMDiceHandler:
         rule = calibrate_cam(self.network, self.calibration_data, self.method, self.target_layer,
                              class_idx=self.class_idx, keys=self.keys)
         self.rule = CAMRule.from_dict(self.rule, threshold=0.5 if rule["threshold"] is None else rule["threshold"],
-                                      mode=rule["mode"], largest_component=bool(rule["largest_component"]))
+                                      mode=rule["mode"], largest_component=bool(rule["largest_component"]),
+                                      smooth_sigma=float(rule.get("smooth_sigma", 0.0)))
         self.calibration = {k: v for k, v in rule.items() if k != "table"}
         logger.info("CAM rule chosen on %d validation images: %s", rule["n_images"], self.calibration)
 
@@ -143,12 +158,17 @@ class CAMDiceHandler:
         if labels is None:  # unlabelled images (localisation only)
             labels = torch.full((images.shape[0],), -1, dtype=torch.long)
         labels = torch.as_tensor(np.asarray([int(torch.as_tensor(v).reshape(-1)[0]) for v in labels]))
-        masks = _batch_field(batch, mask_key)
+        masks = _batch_field(batch, mask_key if self.native_mask_key is None else self.native_mask_key)
         save = self.output_dir is not None
-        select = torch.ones_like(labels, dtype=torch.bool) if save else labels == self.positive_label
+        every = save or self.output_key is not None
+        select = torch.ones_like(labels, dtype=torch.bool) if every else labels == self.positive_label
         if not bool(select.any()):
             return
         heatmaps = self.cam(images[select], self.class_idx).cpu()
+        if self.output_key is not None:
+            self._publish_heatmaps(engine, heatmaps)
+        if self.native_mask_key is not None and masks is not None:
+            heatmaps = resize_heatmaps(heatmaps, torch.as_tensor(masks).shape[2:])
         pred = CAMToMask(self.rule)(heatmaps)  # Dice scores the CAM region itself, whatever the classifier says
         sel_labels = labels[select]
         dice = torch.full((len(sel_labels),), float("nan"))
@@ -164,9 +184,22 @@ class CAMDiceHandler:
                     self._groups += [str(groups[i]) for i in sel]
         if save:
             true_sel = None if masks is None else torch.as_tensor(masks)[select]
-            self._save(engine, images[select], heatmaps, pred, true_sel, torch.nonzero(select).reshape(-1).tolist(),
+            shown = images[select].cpu()
+            if tuple(shown.shape[2:]) != tuple(heatmaps.shape[2:]):  # native-grid Dice: show the image there too
+                shown = torch.nn.functional.interpolate(shown.float(), size=tuple(heatmaps.shape[2:]),
+                                                        mode="bilinear" if heatmaps.ndim == 4 else "trilinear")
+            self._save(engine, shown, heatmaps, pred, true_sel, torch.nonzero(select).reshape(-1).tolist(),
                        sel_labels, dice)
         self._count += int(select.sum())
+
+    def _publish_heatmaps(self, engine: Engine, heatmaps: torch.Tensor) -> None:
+        """Add each item's heatmap ``(1, *S)`` to the evaluator's decollated output under ``output_key``."""
+        output = engine.state.output
+        if not (isinstance(output, list) and len(output) == len(heatmaps) and all(isinstance(o, dict) for o in output)):
+            raise ValueError(f"CAMDiceHandler: output_key needs the evaluator's decollated output (a list of one dict "
+                             f"per image, {len(heatmaps)} here), got {type(output).__name__}")
+        for item, heat in zip(output, heatmaps, strict=True):
+            item[self.output_key] = heat
 
     def _save(self, engine, images, heatmaps, pred, true, index, labels, dice) -> None:
         from medcnn.localisation.io import save_localisation
@@ -212,6 +245,7 @@ class CAMDiceHandler:
             p + "largest_component": self.largest_component,
             p + "method": self.method,
             p + "layer": self.target_layer,
+            p + "smooth_sigma": self.rule.smooth_sigma,
         })
         if self.group_key is not None:
             groups = np.asarray(self._groups)

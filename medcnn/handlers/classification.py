@@ -1,17 +1,18 @@
-"""Collect class probabilities over an evaluation and publish the clinical classification report."""
+"""The clinical classification report as an Ignite metric of an evaluator (MONAI's confusion-matrix and ROC AUC
+computations, all-gathered across ``torchrun`` ranks)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
+from ignite.metrics import Metric
+from ignite.metrics.metric import EpochWise, MetricUsage
 from monai.handlers.utils import from_engine
 
-from medcnn.distributed import gather_lists
-from medcnn.metrics.classification import binary_classification_report
+from medcnn.metrics.classification import BinaryClassificationMetric
 
-__all__ = ["ClassificationReportHandler", "youden_threshold"]
+__all__ = ["ClassificationReport", "youden_threshold"]
 
 
 def youden_threshold(y_true, y_score) -> float:
@@ -30,13 +31,18 @@ def youden_threshold(y_true, y_score) -> float:
     return float(np.median(candidates[best])) if best.size % 2 else float(candidates[best[best.size // 2]])
 
 
-class ClassificationReportHandler:
-    """Add accuracy, AUC, sensitivity, specificity, PPV, NPV, F1 and the confusion matrix to ``state.metrics``.
+class ClassificationReport(Metric):
+    """Accuracy, AUC, sensitivity, specificity, PPV, NPV, F1 and the confusion matrix of an evaluation, as one
+    Ignite metric whose figures land flat in ``engine.state.metrics`` under ``prefix + name``.
 
-    ``output_transform`` maps ``engine.state.output`` to ``(preds, labels)``: lists of per-item tensors, where a
-    prediction is the class-probability vector ``(C,)`` (C = 2, positive class index 1) or a single positive
-    probability ``(1,)``, and a label is the class index (or a one-hot vector). Figures are stored under
-    ``prefix + name`` so several reports can share one engine.
+    ``output_transform`` maps ``engine.state.output`` to ``(preds, labels)``: per-item tensors (MONAI's decollated
+    output) where a prediction is the class-probability vector ``(C,)`` (C = 2, positive class index 1) or a single
+    positive probability ``(1,)``, and a label is the class index (or a one-hot vector). The items are accumulated
+    by :class:`medcnn.metrics.classification.BinaryClassificationMetric` (a MONAI cumulative metric), so under
+    ``torchrun`` the report spans every rank's share of the data; every rank must therefore run it.
+
+    Attach it as an evaluator's ``additional_metrics`` entry or list it among the evaluator's handlers
+    (``attach(engine)`` then uses the name ``classification_report``).
     """
 
     def __init__(
@@ -44,71 +50,42 @@ class ClassificationReportHandler:
         output_transform: Callable = from_engine(["pred", "label"]),
         threshold: float = 0.5,
         prefix: str = "",
-        calibration_data=None,
-        network: torch.nn.Module | None = None,
-        batch_size: int = 32,
-        keys: tuple[str, str] = ("image", "label"),
     ) -> None:
-        self.output_transform = output_transform
-        self.threshold = threshold
+        self.metric_fn = BinaryClassificationMetric(threshold)
         self.prefix = prefix
-        self.calibration_data = calibration_data
-        self.network = network
-        self.batch_size = batch_size
-        self.keys = keys
         self._scores: list[float] = []
         self._labels: list[int] = []
+        super().__init__(output_transform=output_transform, metrics_result_mode="flatten")
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on the positive-class probability."""
+        return self.metric_fn.threshold
 
     @property
     def labels(self) -> list[int]:
-        """True class of every item seen in the last (or current) epoch, in order."""
+        """True class of every item of the last computed epoch (all ranks), in order."""
         return list(self._labels)
 
     @property
     def scores(self) -> list[float]:
-        """Positive-class probability of every item seen in the last (or current) epoch, in order."""
+        """Positive-class probability of every item of the last computed epoch (all ranks), in order."""
         return list(self._scores)
 
-    def attach(self, engine: Engine) -> None:
-        if self.calibration_data is not None:
-            if self.network is None:
-                raise ValueError("ClassificationReportHandler: calibration_data needs the network")
-            engine.add_event_handler(Events.STARTED, self._calibrate)
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
+    def reset(self) -> None:
+        self.metric_fn.reset()
 
-    def _calibrate(self, engine: Engine) -> None:
-        """Optional: choose the decision threshold on ``calibration_data`` (validation items, never the test set)
-        as the one maximising Youden's J (sensitivity + specificity - 1) of the network's positive probability."""
-        from monai.data import DataLoader
+    def update(self, output) -> None:
+        preds, labels = output
+        self.metric_fn(y_pred=preds, y=labels)
 
-        image_key, label_key = self.keys
-        device = next(self.network.parameters()).device
-        mode = self.network.training
-        self.network.eval()
-        scores, labels = [], []
-        with torch.no_grad():
-            for batch in DataLoader(self.calibration_data, batch_size=self.batch_size, shuffle=False, num_workers=0):
-                prob = torch.softmax(self.network(torch.as_tensor(batch[image_key]).to(device)), dim=1)[:, 1]
-                scores += prob.cpu().tolist()
-                labels += torch.as_tensor(batch[label_key]).reshape(-1).tolist()
-        self.network.train(mode)
-        self.threshold = youden_threshold(labels, scores)
+    def compute(self) -> dict:
+        self._scores, self._labels = self.metric_fn.scores_and_labels()
+        report = self.metric_fn.aggregate()
+        return {self.prefix + k: v for k, v in report.items()}
 
-    def _reset(self, engine: Engine) -> None:
-        self._scores, self._labels = [], []
-
-    def _collect(self, engine: Engine) -> None:
-        preds, labels = self.output_transform(engine.state.output)
-        for p, y in zip(preds, labels, strict=True):
-            p = torch.as_tensor(p).detach().float().flatten().cpu()
-            y = torch.as_tensor(y).detach().flatten().cpu()
-            self._scores.append(float(p[1] if p.numel() == 2 else p[0]))
-            self._labels.append(int(y.argmax()) if y.numel() > 1 else int(y.item()))
-
-    def _publish(self, engine: Engine) -> None:
-        # under torchrun every rank saw its share of the data: the report spans all of it
-        labels, scores = gather_lists(self._labels, self._scores)
-        report = binary_classification_report([int(y) for y in labels], scores, self.threshold)
-        engine.state.metrics.update({self.prefix + k: v for k, v in report.items()})
+    def attach(  # type: ignore[override]
+        self, engine: Engine, name: str = "classification_report", usage: str | MetricUsage = EpochWise()
+    ) -> None:
+        """Attach like any Ignite metric; the default ``name`` lets MONAI workflows attach it from a handler list."""
+        super().attach(engine, name, usage)

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.metrics import DiceMetric
-from monai.transforms import KeepLargestConnectedComponent
+from monai.transforms import GaussianSmooth, KeepLargestConnectedComponent
 
-__all__ = ["THRESHOLD_MODES", "cam_to_mask", "cam_dice", "select_threshold"]
+__all__ = ["THRESHOLD_MODES", "cam_to_mask", "cam_dice", "resize_heatmaps", "select_threshold"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +43,25 @@ def _otsu(values: np.ndarray) -> float:
     return float(threshold_otsu(values))
 
 
+def resize_heatmaps(heatmaps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Heatmaps ``(B, 1, *S)`` resized (bilinear in 2D, trilinear in 3D; values kept in [0, 1]) to ``size``.
+
+    Maps a CAM computed at the network's input size back to the grid of the reference mask (e.g. the native
+    256 x 256 slice when the network sees 128 x 128), so Dice is scored on the mask as annotated.
+    """
+    if tuple(heatmaps.shape[2:]) == tuple(int(v) for v in size):
+        return heatmaps
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    return torch.nn.functional.interpolate(torch.as_tensor(heatmaps).float(), size=tuple(int(v) for v in size),
+                                           mode=mode, align_corners=False).clamp_(0.0, 1.0)
+
+
 def cam_to_mask(
     heatmap: torch.Tensor | np.ndarray,
     threshold: float = 0.5,
     mode: str = "fraction",
     largest_component: bool = False,
+    smooth_sigma: float = 0.0,
 ) -> torch.Tensor:
     """Binary masks (uint8, same shape) from heatmaps ``(B, 1, *S)`` or ``(1, *S)``.
 
@@ -56,12 +70,19 @@ def cam_to_mask(
         threshold: fraction of each map's maximum, in (0, 1]; ignored for ``"otsu"``.
         mode: ``"fraction"`` or ``"otsu"``.
         largest_component: keep only the largest connected component of each mask.
+        smooth_sigma: Gaussian smoothing of each map before thresholding (MONAI ``GaussianSmooth``), in pixels
+            of the map's grid; 0 = none. Suppresses the checkerboard / speckle of fine-layer CAMs.
     """
     if mode not in THRESHOLD_MODES:
         raise ValueError(f"unknown threshold mode {mode!r}; choose one of {THRESHOLD_MODES}")
     if mode == "fraction" and not 0.0 < float(threshold) <= 1.0:
         raise ValueError(f"threshold must be a fraction of the maximum in (0, 1], got {threshold!r}")
+    if float(smooth_sigma) < 0:
+        raise ValueError(f"smooth_sigma must be >= 0 pixels, got {smooth_sigma!r}")
     maps, unbatched = _as_batch(heatmap, "heatmap")
+    if float(smooth_sigma) > 0:
+        smooth = GaussianSmooth(float(smooth_sigma))
+        maps = torch.stack([torch.as_tensor(smooth(m.float())) for m in maps])
     masks = torch.zeros_like(maps, dtype=torch.uint8)
     for i, m in enumerate(maps):
         if mode == "fraction":
@@ -95,13 +116,15 @@ def select_threshold(
     modes: Sequence[str] = THRESHOLD_MODES,
     fractions: Sequence[float] = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2)),
     largest_component: bool | Sequence[bool] = (False, True),
+    smooth_sigmas: Sequence[float] = (0.0,),
 ) -> dict:
     """Choose the mask rule with the best mean Dice on validation heatmaps / masks ``(B, 1, *S)``.
 
     Tries every ``mode`` (fractions of the max for ``"fraction"``, the per-map Otsu threshold for ``"otsu"``)
     with and without the largest connected component, and returns
     ``{"mode", "threshold", "largest_component", "dice", "dice_std", "table"}`` where ``table`` lists the mean
-    Dice of every candidate. Use images that contain the object (positives) only, and never the test set.
+    Dice of every candidate (and ``smooth_sigma``, tried from ``smooth_sigmas``). Use images that contain the
+    object (positives) only, and never the test set.
     """
     maps, _ = _as_batch(heatmaps, "heatmaps")
     true, _ = _as_batch(masks, "masks")
@@ -118,13 +141,18 @@ def select_threshold(
                 candidates.append((mode, t, bool(lcc)))
     table = []
     best = None
-    for mode, t, lcc in candidates:
-        dice = cam_dice(cam_to_mask(maps, 0.5 if t is None else t, mode, lcc), true)
-        row = {"mode": mode, "threshold": t, "largest_component": lcc,
-               "dice": float(dice.mean()), "dice_std": float(dice.std(unbiased=False))}
-        table.append(row)
-        if best is None or row["dice"] > best["dice"] + 1e-9:
-            best = row
+    for sigma in smooth_sigmas:
+        smoothed = maps
+        if float(sigma) > 0:
+            smooth = GaussianSmooth(float(sigma))
+            smoothed = torch.stack([torch.as_tensor(smooth(m.float())) for m in maps])
+        for mode, t, lcc in candidates:
+            dice = cam_dice(cam_to_mask(smoothed, 0.5 if t is None else t, mode, lcc), true)
+            row = {"mode": mode, "threshold": t, "largest_component": lcc, "smooth_sigma": float(sigma),
+                   "dice": float(dice.mean()), "dice_std": float(dice.std(unbiased=False))}
+            table.append(row)
+            if best is None or row["dice"] > best["dice"] + 1e-9:
+                best = row
     assert best is not None
     logger.info("select_threshold: %s threshold %s lcc %s -> validation Dice %.3f",
                 best["mode"], best["threshold"], best["largest_component"], best["dice"])

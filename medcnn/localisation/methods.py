@@ -13,9 +13,9 @@ which work for a dimensionality.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -58,30 +58,6 @@ def resolve_target_layer(model: nn.Module, target_layer: str | None) -> str:
             choices = [n for n in names if n][:30]
         raise ValueError(f"unknown CAM target_layer {target_layer!r}; choose a module name such as {choices}")
     return target_layer
-
-
-@contextmanager
-def _released_hooks(model: nn.Module):
-    """Remove every forward / backward hook added to ``model``'s modules inside the block (backends leak some)."""
-    attrs = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    before = {(id(m), a): set(getattr(m, a, {}).keys()) for m in model.modules() for a in attrs}
-    try:
-        yield
-    finally:
-        for m in model.modules():
-            for a in attrs:
-                hooks = getattr(m, a, None)
-                if hooks is None:
-                    continue
-                for key in list(hooks.keys()):
-                    if key not in before.get((id(m), a), set()):
-                        del hooks[key]
-                        for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-                                      "_forward_pre_hooks_with_kwargs"):
-                            getattr(m, extra, {}).pop(key, None)
-            # full backward hooks also flip this flag; keep it consistent with what is left
-            if hasattr(m, "_is_full_backward_hook") and not m._backward_hooks:
-                m._is_full_backward_hook = None
 
 
 def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
@@ -139,7 +115,7 @@ class CAMMethod:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.enable_grad(), torch.inference_mode(False), _released_hooks(self.model):
+            with torch.enable_grad(), torch.inference_mode(False):
                 if class_idx is None:
                     with torch.no_grad():
                         class_idx = self.model(images).argmax(dim=1).tolist()
@@ -169,10 +145,20 @@ class MonaiCAM(CAMMethod):
         import monai.visualize
 
         self.cam_class = getattr(monai.visualize, variant)
+        self._hooked: nn.Module | None = None
+        self._cam = None
         self.name = {"GradCAM": "monai_gradcam", "GradCAMpp": "monai_gradcampp"}.get(variant, variant)
 
     def raw_maps(self, images: torch.Tensor, class_idx: list[int]) -> torch.Tensor:
-        cam = self.cam_class(nn_module=self.model, target_layers=self.target_layer)
+        # MONAI's CAM registers forward / backward hooks on the target layer and drops the RemovableHandle objects,
+        # so they cannot be removed: it runs on a private copy of the network (the caller's network stays free of
+        # hooks), refreshed with the current weights on every call
+        if self._hooked is None:
+            self._hooked = copy.deepcopy(self.model)
+            self._cam = self.cam_class(nn_module=self._hooked, target_layers=self.target_layer)
+        self._hooked.load_state_dict(self.model.state_dict())
+        self._hooked.to(images.device).eval()
+        cam = self._cam
         # MONAI scores one class index per call: group the batch by class
         maps: list[torch.Tensor | None] = [None] * images.shape[0]
         # MONAI's GradCAMpp broadcasts the class score against the gradient wrongly for batches > 1: one by one

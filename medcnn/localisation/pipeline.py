@@ -19,7 +19,7 @@ import torch
 from monai.data import DataLoader, list_data_collate
 from torch import nn
 
-from medcnn.localisation.masks import THRESHOLD_MODES, cam_dice, cam_to_mask, select_threshold
+from medcnn.localisation.masks import THRESHOLD_MODES, cam_dice, cam_to_mask, resize_heatmaps, select_threshold
 from medcnn.localisation.methods import get_cam_method
 
 __all__ = ["localise", "localise_items", "calibrate_cam", "evaluate_cam", "mask_rule"]
@@ -63,7 +63,9 @@ def localise_items(
 
     ``data`` is a sequence of sample dicts (e.g. :func:`medcnn.data.synthetic.synthetic_datalist`), a
     dataset of them, or a ``DataLoader`` yielding batched dicts. With ``positives_only`` only images with
-    label 1 are kept (the Dice of a CAM is defined on images that contain the object).
+    label 1 are kept (the Dice of a CAM is defined on images that contain the object). When the masks are on
+    another grid than the images (e.g. a native-resolution copy, ``keys[2] = "mask_native"``), the heatmaps are
+    resized to it (:func:`medcnn.localisation.masks.resize_heatmaps`).
     """
     image_key, label_key, mask_key = keys
     device = next(model.parameters()).device
@@ -76,9 +78,11 @@ def localise_items(
         if not bool(keep.any()):
             continue
         images = images[keep].to(device)
-        heatmaps.append(cam(images, class_idx).cpu())
+        maps = cam(images, class_idx).cpu()
         if mask_key in batch:
             masks.append(torch.as_tensor(batch[mask_key])[keep].cpu())
+            maps = resize_heatmaps(maps, masks[-1].shape[2:])
+        heatmaps.append(maps)
         labels.append(lab[keep])
     if not heatmaps:
         raise ValueError(f"localise_items: no {'positive ' if positives_only else ''}images in the data")
@@ -99,8 +103,9 @@ def calibrate_cam(
     largest_component: bool | Sequence[bool] = (False, True),
     batch_size: int = 16,
     keys: Sequence[str] = ("image", "label", "mask"),
+    smooth_sigmas: Sequence[float] = (0.0,),
 ) -> dict:
-    """Choose the threshold rule (mode, fraction, largest component) with the best mean Dice on ``data``.
+    """Choose the threshold rule (mode, fraction, largest component, smoothing) with the best mean Dice on ``data``.
 
     ``data`` must be validation data (positives are used), never the test set. Returns the dict of
     :func:`medcnn.localisation.select_threshold` plus ``method``, ``target_layer`` and ``n_images``.
@@ -109,7 +114,8 @@ def calibrate_cam(
     if "masks" not in res:
         raise ValueError(f"calibrate_cam: the validation data has no {keys[2]!r} masks")
     kwargs = {} if fractions is None else {"fractions": fractions}
-    rule = select_threshold(res["heatmaps"], res["masks"], modes=modes, largest_component=largest_component, **kwargs)
+    rule = select_threshold(res["heatmaps"], res["masks"], modes=modes, largest_component=largest_component,
+                            smooth_sigmas=smooth_sigmas, **kwargs)
     rule.update(method=str(method), target_layer=target_layer or getattr(model, "cam_target_layer_name", None),
                 n_images=int(res["heatmaps"].shape[0]))
     return rule
@@ -118,7 +124,8 @@ def calibrate_cam(
 def mask_rule(rule: dict) -> dict:
     """The ``threshold`` / ``mode`` / ``largest_component`` arguments of :func:`cam_to_mask` from a rule dict."""
     return {"threshold": 0.5 if rule.get("threshold") is None else float(rule["threshold"]),
-            "mode": rule.get("mode", "fraction"), "largest_component": bool(rule.get("largest_component", False))}
+            "mode": rule.get("mode", "fraction"), "largest_component": bool(rule.get("largest_component", False)),
+            "smooth_sigma": float(rule.get("smooth_sigma", 0.0))}
 
 
 def evaluate_cam(
@@ -132,11 +139,12 @@ def evaluate_cam(
     class_idx: int | None = 1,
     batch_size: int = 16,
     keys: Sequence[str] = ("image", "label", "mask"),
+    smooth_sigma: float = 0.0,
 ) -> dict:
     """CAM Dice on the positive images of ``data``: ``{"dice", "dice_std", "n_images", "per_image"}``."""
     res = localise_items(model, data, method, target_layer, class_idx, True, batch_size, keys)
     if "masks" not in res:
         raise ValueError(f"evaluate_cam: the data has no {keys[2]!r} masks")
-    dice = cam_dice(cam_to_mask(res["heatmaps"], threshold, mode, largest_component), res["masks"])
+    dice = cam_dice(cam_to_mask(res["heatmaps"], threshold, mode, largest_component, smooth_sigma), res["masks"])
     return {"dice": float(dice.mean()), "dice_std": float(dice.std(unbiased=False)),
             "n_images": int(dice.numel()), "per_image": np.asarray(dice).tolist()}

@@ -34,7 +34,7 @@ __all__ = ["CAMRule", "CAMToMask", "CAMToMaskd", "RESULT_KEYS", "class_present"]
 RESULT_KEYS = {"cam_method": "method", "cam_layer": "target_layer", "cam_target_layer": "target_layer",
                "cam_threshold": "threshold", "cam_threshold_mode": "mode", "cam_mode": "mode",
                "cam_largest_component": "largest_component", "cam_class_idx": "class_idx",
-               "cam_decision_threshold": "decision_threshold"}
+               "cam_decision_threshold": "decision_threshold", "cam_smooth_sigma": "smooth_sigma"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +48,8 @@ class CAMRule:
         threshold: fraction of each heatmap's maximum in (0, 1] (``mode="fraction"``); ignored for ``"otsu"``.
         mode: ``"fraction"`` or ``"otsu"``.
         largest_component: keep only the largest connected component of the mask.
+        smooth_sigma: Gaussian smoothing of the heatmap before thresholding, in pixels of the grid the rule is
+            applied on (0 = none).
         decision_threshold: probability of ``class_idx`` at or above which the image is called positive; below
             it the mask is empty. ``None``: the arg-max class of a probability vector decides (a lone
             probability is then compared with 0.5).
@@ -60,6 +62,7 @@ class CAMRule:
     mode: str = "fraction"
     largest_component: bool = False
     decision_threshold: float | None = 0.5
+    smooth_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in THRESHOLD_MODES:
@@ -69,6 +72,9 @@ class CAMRule:
         if self.decision_threshold is not None and not 0.0 <= float(self.decision_threshold) <= 1.0:
             raise ValueError(f"CAMRule: decision_threshold must be a probability in [0, 1], "
                              f"got {self.decision_threshold!r}")
+        if float(self.smooth_sigma) < 0:
+            raise ValueError(f"CAMRule: smooth_sigma must be >= 0 pixels, got {self.smooth_sigma!r}")
+        object.__setattr__(self, "smooth_sigma", float(self.smooth_sigma))
         if int(self.class_idx) < 0:
             raise ValueError(f"CAMRule: class_idx must be >= 0, got {self.class_idx!r}")
         object.__setattr__(self, "method", str(self.method).lower())
@@ -125,7 +131,8 @@ class CAMRule:
 
     def mask_kwargs(self) -> dict[str, Any]:
         """``threshold`` / ``mode`` / ``largest_component`` arguments of :func:`medcnn.localisation.cam_to_mask`."""
-        return {"threshold": self.threshold, "mode": self.mode, "largest_component": self.largest_component}
+        return {"threshold": self.threshold, "mode": self.mode, "largest_component": self.largest_component,
+                "smooth_sigma": self.smooth_sigma}
 
     def cam(self, network: nn.Module):
         """The :class:`medcnn.localisation.CAMMethod` of this rule on ``network`` (checks the target layer)."""

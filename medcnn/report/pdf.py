@@ -35,7 +35,8 @@ from medcnn.report.plots import plot_confusion_matrix, plot_curves  # noqa: E402
 from medcnn.report.summary import case_facts, render_summary  # noqa: E402
 
 __all__ = [
-    "write_case_report", "load_json_or_none", "select_slices", "load_report_volume", "on_image_grid", "run_report",
+    "write_case_report", "write_case_reports", "load_json_or_none", "select_slices", "load_report_volume",
+    "on_image_grid", "run_report",
     "add_parser",
 ]
 
@@ -205,116 +206,153 @@ def write_case_report(
         meta = {"Title": f"medcnn case report {case_id}", "Author": "medcnn", "Subject": summary[:200],
                 "Creator": f"medcnn {__version__}"}
         with PdfPages(output_path, metadata=meta) as pdf:
-            # ---- page 1: header, summary, metrics, confusion matrix
-            fig = plt.figure(figsize=A4)
-            fig.text(0.06, 0.965, f"medcnn case report: {case_id}", fontsize=16, weight="bold", va="top")
-            stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-            header = [f"generated {stamp} by medcnn {__version__}"]
-            header += [f"{k}: {v}" for k, v in (sources or {}).items() if v]
-            _text_block(fig, 0.06, 0.935, " | ".join(header[:1]), 110, fontsize=8, color="dimgray")
-            for i, line in enumerate(header[1:6]):
-                fig.text(0.06, 0.918 - 0.013 * i, textwrap.shorten(line, 120), fontsize=7.5, color="dimgray",
-                         va="top")
-            fig.text(0.06, 0.84, "Summary", fontsize=12, weight="bold", va="top")
-            _text_block(fig, 0.06, 0.815, summary, 95, fontsize=10, linespacing=1.5)
-            ax_t = fig.add_axes((0.06, 0.08, 0.42, 0.50))
-            ax_t.axis("off")
-            rows = [[k, v if isinstance(v, str) else f"{v:.4f}"] for k, v in case_metrics.items()]
-            section = len(rows)
-            rows += _scalar_rows(metrics_d)
-            if rows:
-                table = ax_t.table(cellText=rows, colLabels=["metric", "value"], loc="upper left",
-                                   colWidths=[0.68, 0.32])
-                table.auto_set_font_size(False)
-                table.set_fontsize(8)
-                table.scale(1, 1.25)
-                for (r, _c), cell in table.get_celld().items():
-                    if r == 0:
-                        cell.set_facecolor("#dde6f0")
-                    elif r <= section:
-                        cell.set_facecolor("#f3f7ee")
-            ax_t.set_title("metrics (green: this case; white: evaluation set, metrics.json)", fontsize=8.5,
-                           loc="left")
-            height = 0.52 / max(len(matrices), 1)
-            for i, (cm, title) in enumerate(matrices):
-                names = list(class_names) if len(class_names) == cm.shape[0] else [str(c) for c in range(len(cm))]
-                png = tmp / f"cm{i}.png"
-                plot_confusion_matrix(cm, names, png, normalise=True, title=title)
-                ax_cm = fig.add_axes((0.52, 0.58 - (i + 1) * height, 0.44, height - 0.01))
-                ax_cm.set_anchor("N")
-                _embed_png(ax_cm, png)
-            pdf.savefig(fig)
-            plt.close(fig)
-
-            # ---- page 2: slices with the predicted mask (green), reference (yellow) and CAM
-            idx = select_slices(mask, ref, heat, max_slices)
-            ncol = 2 if len(idx) > 1 else 1
-            nrow = int(np.ceil(len(idx) / ncol))
-            fig, axes = plt.subplots(nrow, ncol, figsize=A4, squeeze=False)
-            if len(idx) == 1:  # one image: centred, not the full page width
-                axes[0, 0].set_position((0.15, 0.35, 0.7, 0.5))
-            lo, hi = _window(img)
-            for ax, k in zip(axes.ravel(), idx, strict=False):
-                def view(a, k=k):
-                    s = a[:, :, k]
-                    return s.T if transpose else s
-
-                ax.imshow(view(img), cmap="gray", vmin=lo, vmax=hi)
-                if heat is not None:
-                    h_lo, h_hi = float(heat.min()), max(float(heat.max()), float(heat.min()) + 1e-8)
-                    shown = np.ma.masked_less(view(heat), h_lo + 0.2 * (h_hi - h_lo))  # hide weak attention
-                    ax.imshow(shown, cmap="jet", alpha=0.4, vmin=h_lo, vmax=h_hi)
-                if (view(mask) > 0).any():
-                    ax.contour(view(mask) > 0, levels=[0.5], colors="lime", linewidths=1.2)
-                if ref is not None and (view(ref) > 0).any():
-                    ax.contour(view(ref) > 0, levels=[0.5], colors="yellow", linewidths=1.0, linestyles="--")
-                area = int((mask[:, :, k] > 0).sum())
-                where = f"slice {k + 1} of {img.shape[-1]}: " if img.shape[-1] > 1 else ""
-                ax.set_title(f"{where}predicted region {area} px", fontsize=9)
-                ax.axis("off")
-            for ax in axes.ravel()[len(idx):]:
-                ax.axis("off")
-            legend = "green outline: predicted region"
-            legend += "; yellow dashed: reference" if ref is not None else ""
-            legend += "; colour overlay: Grad-CAM attention (red = strongest)" if heat is not None else ""
-            what = ("slices from the first to the last with a predicted region, and its largest" if img.shape[-1] > 1
-                    else "image and predicted region")
-            fig.suptitle(f"{case_id}: {what}\n{legend}", fontsize=10)
-            if len(idx) > 1:
-                fig.tight_layout(rect=(0, 0, 1, 0.95))
-            pdf.savefig(fig)
-            plt.close(fig)
-
-            # ---- page 3: training curves
+            _summary_page(pdf, tmp, case_id, summary, case_metrics, metrics_d, matrices, class_names, sources)
+            _slices_page(pdf, case_id, img, mask, ref, heat, max_slices, transpose)
             if curves_d:
-                history = {k: v for k, v in curves_d.items() if not k.endswith("_time_s") and k != "time_s"
-                           and isinstance(v, list)}
-                fig = plt.figure(figsize=A4)
-                fig.text(0.06, 0.965, "Training curves", fontsize=14, weight="bold", va="top")
-                notes = []
-                if curves_d.get("time_s"):
-                    notes.append(f"{len(curves_d['time_s'])} epochs in {float(curves_d['time_s'][-1]):.0f} s")
-                for key, val in history.items():
-                    if key not in ("epoch", "loss") and not key.endswith("_x") and val:
-                        values = np.asarray([np.nan if v is None else v for v in val], dtype=float)
-                        if not np.isfinite(values).any():  # e.g. PPV while no image was called positive
-                            continue
-                        best = int(np.nanargmax(values))
-                        at = curves_d.get(f"{key}_x", list(range(1, len(val) + 1)))[best]
-                        notes.append(f"best {key} {float(val[best]):.4f} at epoch {at}")
-                _text_block(fig, 0.06, 0.93, "; ".join(notes) or "training history", 100, fontsize=9)
-                try:
-                    png = tmp / "curves.png"
-                    plot_curves(history, png, x_key="epoch")
-                    ax_c = fig.add_axes((0.04, 0.45, 0.92, 0.44))
-                    ax_c.set_anchor("N")
-                    _embed_png(ax_c, png)
-                except ValueError as exc:
-                    fig.text(0.06, 0.8, f"curves could not be plotted: {exc}", fontsize=9)
-                pdf.savefig(fig)
-                plt.close(fig)
+                _curves_page(pdf, tmp, curves_d)
     logger.info("report written to %s", output_path)
     return output_path
+
+
+def write_case_reports(
+    cases: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    metrics: Mapping[str, Any] | None = None,
+    curves: Mapping[str, Any] | None = None,
+    **report_kwargs: Any,
+) -> list[Path]:
+    """Write ``<output_dir>/<name>_report.pdf`` for every case of :class:`medcnn.report.cases.ReportCases` (a
+    repeated name gets ``_2``, ``_3`` ...) with the evaluation's ``metrics`` and ``curves``; returns the paths."""
+    names: dict[str, int] = {}
+    written = []
+    for case in cases:
+        name = case["name"]
+        names[name] = names.get(name, 0) + 1
+        if names[name] > 1:
+            name = f"{name}_{names[name]}"
+        written.append(write_case_report(
+            Path(output_dir) / f"{name}_report.pdf", case["image"], case["pred"], cam=case.get("cam"),
+            label=case.get("label"), metrics=metrics, curves=curves, case_id=name, spacing=case["spacing"],
+            sources={"image": case["source"]}, probability=case.get("probability"), **report_kwargs,
+        ))
+    return written
+
+
+def _summary_page(pdf: PdfPages, tmp: Path, case_id: str, summary: str, case_metrics: Mapping[str, Any],
+                  metrics_d: Mapping[str, Any], matrices: list, class_names: Sequence[str],
+                  sources: Mapping[str, str] | None) -> None:
+    """Page 1: header, summary, metrics table (this case, evaluation set), confusion matrices."""
+    fig = plt.figure(figsize=A4)
+    fig.text(0.06, 0.965, f"medcnn case report: {case_id}", fontsize=16, weight="bold", va="top")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    header = [f"generated {stamp} by medcnn {__version__}"]
+    header += [f"{k}: {v}" for k, v in (sources or {}).items() if v]
+    _text_block(fig, 0.06, 0.935, " | ".join(header[:1]), 110, fontsize=8, color="dimgray")
+    for i, line in enumerate(header[1:6]):
+        fig.text(0.06, 0.918 - 0.013 * i, textwrap.shorten(line, 120), fontsize=7.5, color="dimgray",
+                 va="top")
+    fig.text(0.06, 0.84, "Summary", fontsize=12, weight="bold", va="top")
+    _text_block(fig, 0.06, 0.815, summary, 95, fontsize=10, linespacing=1.5)
+    ax_t = fig.add_axes((0.06, 0.08, 0.42, 0.50))
+    ax_t.axis("off")
+    rows = [[k, v if isinstance(v, str) else f"{v:.4f}"] for k, v in case_metrics.items()]
+    section = len(rows)
+    rows += _scalar_rows(metrics_d)
+    if rows:
+        table = ax_t.table(cellText=rows, colLabels=["metric", "value"], loc="upper left",
+                           colWidths=[0.68, 0.32])
+        table.auto_set_font_size(False)
+        table.set_fontsize(8)
+        table.scale(1, 1.25)
+        for (r, _c), cell in table.get_celld().items():
+            if r == 0:
+                cell.set_facecolor("#dde6f0")
+            elif r <= section:
+                cell.set_facecolor("#f3f7ee")
+    ax_t.set_title("metrics (green: this case; white: evaluation set, metrics.json)", fontsize=8.5,
+                   loc="left")
+    height = 0.52 / max(len(matrices), 1)
+    for i, (cm, title) in enumerate(matrices):
+        names = list(class_names) if len(class_names) == cm.shape[0] else [str(c) for c in range(len(cm))]
+        png = tmp / f"cm{i}.png"
+        plot_confusion_matrix(cm, names, png, normalise=True, title=title)
+        ax_cm = fig.add_axes((0.52, 0.58 - (i + 1) * height, 0.44, height - 0.01))
+        ax_cm.set_anchor("N")
+        _embed_png(ax_cm, png)
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def _slices_page(pdf: PdfPages, case_id: str, img: np.ndarray, mask: np.ndarray, ref: np.ndarray | None,
+                 heat: np.ndarray | None, max_slices: int, transpose: bool) -> None:
+    """Page 2: slices ``(X, Y, Z)`` with the predicted mask (green), reference (yellow dashed) and CAM overlay."""
+    idx = select_slices(mask, ref, heat, max_slices)
+    ncol = 2 if len(idx) > 1 else 1
+    nrow = int(np.ceil(len(idx) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=A4, squeeze=False)
+    if len(idx) == 1:  # one image: centred, not the full page width
+        axes[0, 0].set_position((0.15, 0.35, 0.7, 0.5))
+    lo, hi = _window(img)
+    for ax, k in zip(axes.ravel(), idx, strict=False):
+        def view(a, k=k):
+            s = a[:, :, k]
+            return s.T if transpose else s
+
+        ax.imshow(view(img), cmap="gray", vmin=lo, vmax=hi)
+        if heat is not None:
+            h_lo, h_hi = float(heat.min()), max(float(heat.max()), float(heat.min()) + 1e-8)
+            shown = np.ma.masked_less(view(heat), h_lo + 0.2 * (h_hi - h_lo))  # hide weak attention
+            ax.imshow(shown, cmap="jet", alpha=0.4, vmin=h_lo, vmax=h_hi)
+        if (view(mask) > 0).any():
+            ax.contour(view(mask) > 0, levels=[0.5], colors="lime", linewidths=1.2)
+        if ref is not None and (view(ref) > 0).any():
+            ax.contour(view(ref) > 0, levels=[0.5], colors="yellow", linewidths=1.0, linestyles="--")
+        area = int((mask[:, :, k] > 0).sum())
+        where = f"slice {k + 1} of {img.shape[-1]}: " if img.shape[-1] > 1 else ""
+        ax.set_title(f"{where}predicted region {area} px", fontsize=9)
+        ax.axis("off")
+    for ax in axes.ravel()[len(idx):]:
+        ax.axis("off")
+    legend = "green outline: predicted region"
+    legend += "; yellow dashed: reference" if ref is not None else ""
+    legend += "; colour overlay: Grad-CAM attention (red = strongest)" if heat is not None else ""
+    what = ("slices from the first to the last with a predicted region, and its largest" if img.shape[-1] > 1
+            else "image and predicted region")
+    fig.suptitle(f"{case_id}: {what}\n{legend}", fontsize=10)
+    if len(idx) > 1:
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def _curves_page(pdf: PdfPages, tmp: Path, curves_d: Mapping[str, Any]) -> None:
+    """Page 3: training curves and the best value of every validation figure."""
+    history = {k: v for k, v in curves_d.items() if not k.endswith("_time_s") and k != "time_s"
+               and isinstance(v, list)}
+    fig = plt.figure(figsize=A4)
+    fig.text(0.06, 0.965, "Training curves", fontsize=14, weight="bold", va="top")
+    notes = []
+    if curves_d.get("time_s"):
+        notes.append(f"{len(curves_d['time_s'])} epochs in {float(curves_d['time_s'][-1]):.0f} s")
+    for key, val in history.items():
+        if key not in ("epoch", "loss") and not key.endswith("_x") and val:
+            values = np.asarray([np.nan if v is None else v for v in val], dtype=float)
+            if not np.isfinite(values).any():  # e.g. PPV while no image was called positive
+                continue
+            best = int(np.nanargmax(values))
+            at = curves_d.get(f"{key}_x", list(range(1, len(val) + 1)))[best]
+            notes.append(f"best {key} {float(val[best]):.4f} at epoch {at}")
+    _text_block(fig, 0.06, 0.93, "; ".join(notes) or "training history", 100, fontsize=9)
+    try:
+        png = tmp / "curves.png"
+        plot_curves(history, png, x_key="epoch")
+        ax_c = fig.add_axes((0.04, 0.45, 0.92, 0.44))
+        ax_c.set_anchor("N")
+        _embed_png(ax_c, png)
+    except ValueError as exc:
+        fig.text(0.06, 0.8, f"curves could not be plotted: {exc}", fontsize=9)
+    pdf.savefig(fig)
+    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------ `medcnn report` CLI

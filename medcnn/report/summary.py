@@ -98,6 +98,8 @@ def case_facts(
             facts["largest_area"] = f"{area:.1f} cm²"
             if len(sp) >= 3 and n_slices > 1:
                 facts["volume"] = f"{m.sum() * sp[0] * sp[1] * sp[2] / 1000.0:.1f} mL"
+            elif n_slices > 1:  # in-plane spacing only (slices without their distance): no volume in mL
+                facts["volume"] = f"{int(m.sum())} voxels"
             else:
                 facts["volume"] = f"{area:.1f} cm²"
         else:

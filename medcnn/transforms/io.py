@@ -8,6 +8,8 @@ re-raise any reader failure as ``InvalidInputError("<file>: cannot read image (<
 
 from __future__ import annotations
 
+import inspect
+
 from monai.transforms import LoadImage, LoadImaged
 
 from medcnn.transforms.validation import InvalidInputError
@@ -34,10 +36,33 @@ class LoadImageChecked(LoadImage):
             raise InvalidInputError(f"{_describe(filename)}: cannot read image ({reason})") from exc
 
 
-class LoadImageCheckedd(LoadImaged):
-    """Dictionary version of :class:`LoadImageChecked` (same arguments as ``monai.transforms.LoadImaged``)."""
+#: arguments of ``LoadImaged`` that it hands on to its ``LoadImage`` (MONAI's signature; see the class below)
+_LOAD_IMAGE_ARGS = ("reader", "image_only", "dtype", "ensure_channel_first", "simple_keys", "prune_meta_pattern",
+                    "prune_meta_sep", "expanduser")
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        # LoadImaged delegates every file to its array loader; give it the checked behaviour, same state.
-        self._loader.__class__ = LoadImageChecked
+
+class LoadImageCheckedd(LoadImaged):
+    """Dictionary version of :class:`LoadImageChecked` (same arguments as ``monai.transforms.LoadImaged``).
+
+    MONAI loads every key with its own ``LoadImage``; when that fails, each key's file is read again with a
+    :class:`LoadImageChecked` of the same arguments, so the error names the file that cannot be read.
+    """
+
+    def __init__(self, keys, *args, **kwargs) -> None:
+        super().__init__(keys, *args, **kwargs)
+        bound = inspect.signature(LoadImaged.__init__).bind(self, keys, *args, **kwargs)
+        bound.apply_defaults()
+        given = bound.arguments
+        self.checked_loader = LoadImageChecked(*given.get("args", ()), **{k: given[k] for k in _LOAD_IMAGE_ARGS},
+                                               **given.get("kwargs", {}))
+
+    def __call__(self, data, reader=None):
+        try:
+            return super().__call__(data, reader)
+        except InvalidInputError:
+            raise
+        except Exception:
+            d = dict(data)
+            for key in self.key_iterator(d):
+                self.checked_loader(d[key], reader)  # raises InvalidInputError naming the unreadable file
+            raise  # every file reads on its own: not a reader failure
