@@ -8,7 +8,9 @@ its ``input_spatial_dims`` id says what the input is when it is not the network'
 The MONAI Label app serves the same ``predict.json`` when the bundle has no other override for it.
 What predict does around those pieces, in one place:
 
-- **loading**: medcnn reads the input itself, with the reader for its kind (a DICOM series folder validated by
+- **loading**: a multi-channel input from DICOM is several series folders of one grid joined by ``+``
+  (:func:`split_channels`; channels in the bundle's ``channel_def`` order), stacked like a 4D NIfTI.
+  medcnn reads the input itself, with the reader for its kind (a DICOM series folder validated by
   :class:`medcnn.data.DicomSeriesReader`, NIfTI, a TIFF stack or PNG slice by :class:`medcnn.data.TiffStackReader`)
   and hands it to the bundle's preprocessing in place of the bundle's loader (its first transform when that is a
   ``LoadImaged``); a bundle whose preprocessing has no loader (in-memory classifiers) gets the image channel-first.
@@ -19,6 +21,12 @@ What predict does around those pieces, in one place:
   input folder, existing outputs.
 - **classifiers** (output ``type`` ``probabilities``): the class probabilities, and the CAM region of the positive
   class thresholded with the bundle's CAM rule (:func:`bundle_cam_rule`), empty when the image is predicted negative.
+  A ``score_network`` id (a callable, ``"_mode_": "callable"``, applied to the network) scores the images, as in
+  MONAI Label; the CAM is taken on the network itself.
+- **2D networks over volumes** (``slice_by_slice: true`` in ``predict.json``): the whole volume is normalised once
+  by the ``volume_normalisation`` transform (channel first, e.g. :class:`medcnn.transforms.BrainZScore`), then
+  every slice along the last spatial axis runs through the pipeline above; the per-slice masks are stacked on the
+  input grid and a classifier's per-slice probabilities summarised by :func:`summarise_slices`.
 - **outputs** per input in ``<output>/<case>/``: ``<case>_seg.nii.gz`` (label map with the input's affine),
   ``<case>_seg.dcm`` (DICOM SEG for DICOM input, segment codes from the bundle's ``dicom_seg`` metadata),
   ``<case>_report.pdf`` (:func:`medcnn.report.write_case_report`) and ``<case>_summary.json`` (probabilities,
@@ -54,8 +62,8 @@ from medcnn.localisation.rule import RESULT_KEYS
 from medcnn.networks.export import BACKENDS, backend_network
 from medcnn.transforms.validation import InvalidInputError
 
-__all__ = ["BundlePredictor", "PredictInput", "load_input", "bundle_cam_rule", "classify_with_cam", "predict",
-           "add_parser"]
+__all__ = ["BundlePredictor", "PredictInput", "load_input", "bundle_cam_rule", "classify_with_cam", "normalise_volume",
+           "summarise_slices", "predict", "add_parser"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +84,45 @@ class PredictInput:
     modality: str | None = None
     channels: int = 1
     case_id: str = ""
+    channel_paths: list[Path] = field(default_factory=list)  # DICOM series stacked as channels, in order
+
+
+CHANNEL_SEPARATOR = "+"
+
+
+def split_channels(path: str | os.PathLike) -> list[Path]:
+    """The DICOM series folders of one multi-channel input ``a+b`` (channels in the bundle's order), else ``[path]``.
+
+    A path that exists as written is never split.
+    """
+    text = os.fspath(path)
+    if CHANNEL_SEPARATOR not in text or Path(text).expanduser().exists():
+        return [Path(text).expanduser()]
+    return [Path(part).expanduser() for part in text.split(CHANNEL_SEPARATOR)]
+
+
+def _load_channels(paths: Sequence[Path]) -> PredictInput:
+    """Several DICOM series of one grid stacked as channels, ``(W, H, N, C)`` like a 4D NIfTI (SEG references the
+    first series); :class:`InvalidInputError` naming the series that is not a DICOM series or not on the grid."""
+    items = [load_input(p) for p in paths]
+    first = items[0]
+    for item in items:
+        if item.kind != "dicom":
+            raise InvalidInputError(f"{item.path}: channels joined by '{CHANNEL_SEPARATOR}' must be DICOM series "
+                                    f"folders (a NIfTI input holds its channels as a 4th axis)")
+        if tuple(item.image.shape) != tuple(first.image.shape) or not np.allclose(
+                np.asarray(item.image.affine), np.asarray(first.image.affine), atol=1e-3):
+            raise InvalidInputError(
+                f"{item.path}: series grid {tuple(item.image.shape)} / affine differs from {first.path} "
+                f"{tuple(first.image.shape)}; the channels of one input must be on one grid (resample it first)")
+    modalities = {i.modality for i in items if i.modality}
+    if len(modalities) > 1:
+        raise InvalidInputError(f"{first.path}: channels of several modalities {sorted(modalities)}")
+    image = MetaTensor(torch.stack([torch.as_tensor(i.image) for i in items], -1), meta=copy.deepcopy(
+        first.image.meta))
+    parents = {p.resolve().parent for p in paths}
+    case_id = parents.pop().name if len(parents) == 1 else first.case_id
+    return PredictInput(first.path, "dicom", image, first.modality, len(items), case_id, list(paths))
 
 
 def _kind(path: Path) -> str:
@@ -99,7 +146,10 @@ def load_input(path: str | os.PathLike) -> PredictInput:
     from medcnn.data.dicom import LoadDicomSeries
     from medcnn.data.tiff import TiffStackReader
 
-    path = Path(path).expanduser()
+    parts = split_channels(path)
+    if len(parts) > 1:
+        return _load_channels(parts)
+    path = parts[0]
     if not path.exists():
         raise InvalidInputError(f"{path}: input not found")
     if path.is_dir():
@@ -115,6 +165,16 @@ def load_input(path: str | os.PathLike) -> PredictInput:
         image = LoadDicomSeries()(str(path))
         return PredictInput(path, kind, image, str(image.meta.get("Modality", "")) or None, 1, case_id)
     if kind == "stack":
+        if path.is_file() and path.suffix.lower() in (".tif", ".tiff"):  # colour pages (e.g. the 3-channel LGG
+            from medcnn.data.tiff_pages import TiffPagesReader  # slices): (N, H, W, C), channels last
+
+            try:
+                pages = LoadImage(reader=TiffPagesReader(), image_only=True, dtype=None)(str(path))
+            except Exception as exc:  # MONAI wraps reader errors in RuntimeError
+                cause = exc.__cause__ or exc
+                raise InvalidInputError(f"{path}: cannot read TIFF ({str(cause).splitlines()[0]})") from exc
+            if pages.ndim == 4:
+                return PredictInput(path, kind, pages, None, int(pages.shape[-1]), case_id)
         image = LoadImage(reader=TiffStackReader(), image_only=True, dtype=None)(str(path))  # dtype kept, as LoadStackd
         return PredictInput(path, kind, image, None, 1, case_id)
     try:  # the file's own dtype: a bundle with a loader gets its loader's dtype (_network_input), one without the
@@ -210,6 +270,40 @@ def classify_with_cam(network: torch.nn.Module, x: torch.Tensor, logits: Any, ru
     return mask.to(torch.uint8), heat, result
 
 
+def summarise_slices(results: list[dict], positive: str | None = None) -> dict:
+    """One result JSON for a stack run slice by slice by a 2D classifier (unchanged for a single slice).
+
+    ``predicted_class`` / ``class_probabilities`` are those of the slice most likely positive; ``positive_slices``
+    lists the slices (index along the last spatial axis) predicted positive; ``empty_cam_slices`` those predicted
+    positive whose CAM region is empty; ``slices`` has every slice's result.
+    """
+    if len(results) == 1 or not all("class_probabilities" in r for r in results):
+        return dict(results[-1]) if results else {}
+    positive = positive or list(results[0]["class_probabilities"])[-1]
+    best = max(range(len(results)), key=lambda k: results[k]["class_probabilities"][positive])
+    out = {k: v for k, v in results[best].items() if k != "class_probabilities"}
+    out["class_probabilities"] = results[best]["class_probabilities"]
+    out["most_positive_slice"] = best
+    out["positive_slices"] = [k for k, r in enumerate(results) if r.get("predicted_class") == positive]
+    out["empty_cam_slices"] = [k for k, r in enumerate(results) if r.get("cam_region_empty")]
+    out["slices"] = [{"slice": k, "predicted_class": r.get("predicted_class"),
+                      "class_probabilities": r["class_probabilities"]} for k, r in enumerate(results)]
+    return out
+
+
+def normalise_volume(volume: Any, normaliser: Any) -> np.ndarray:
+    """``volume`` ``(H, W, D)`` or channels last ``(H, W, D, C)`` normalised as a whole by ``normaliser`` (a
+    channel-first transform such as :class:`medcnn.transforms.BrainZScore`); float32, same layout.
+
+    A 2D network run slice by slice must see slices normalised with the statistics of the whole volume, as in
+    training (the bundle's ``volume_normalisation`` id); ``medcnn predict`` and the MONAI Label app both call this.
+    """
+    arr = np.asarray(volume.detach().cpu() if isinstance(volume, torch.Tensor) else volume)
+    first = np.moveaxis(arr, -1, 0) if arr.ndim == 4 else arr[None]
+    first = np.asarray(torch.as_tensor(normaliser(np.ascontiguousarray(first, dtype=np.float32))))
+    return np.ascontiguousarray(np.moveaxis(first, 0, -1) if arr.ndim == 4 else first[0], dtype=np.float32)
+
+
 @dataclass
 class BundlePredictor:
     """A bundle ready for prediction: its inference pieces, metadata and the network on the chosen backend."""
@@ -218,7 +312,7 @@ class BundlePredictor:
     parser: ConfigParser
     meta: dict
     network: torch.nn.Module  # eager network with the committed weights
-    model: torch.nn.Module  # the network on the chosen backend
+    model: torch.nn.Module  # the network on the chosen backend (a classifier: wrapped by its score_network id)
     preprocessing: Compose
     inferer: Any
     postprocessing: Compose | None
@@ -229,6 +323,8 @@ class BundlePredictor:
     cam_rule: dict | None = None
     input_spec: dict = field(default_factory=dict)
     loader_dtype: Any = None  # dtype of the bundle's own loader (None: the file's), applied to NIfTI inputs
+    slice_by_slice: bool = False  # a 2D network run by medcnn over the last spatial axis of a volume
+    volume_normalisation: Any = None  # channel-first transform applied to the whole volume before slicing
 
     @classmethod
     def from_bundle(
@@ -283,11 +379,18 @@ class BundlePredictor:
         inp = next(iter(meta["network_data_format"]["inputs"].values()))
         out = next(iter(meta["network_data_format"]["outputs"].values()))
         classifier = str(out.get("type", "image")).lower() in CLASSIFIER_TYPES
+        model = backend_network(network, backend)
+        if classifier and parser.get("score_network") is not None:  # e.g. a gate around the classifier; the CAM
+            model = parser.get_parsed_content("score_network", instantiate=True)(model)  # stays on the network
         predictor = cls(
             bundle_dir=bundle_dir, parser=parser, meta=meta, network=network,
-            model=backend_network(network, backend), preprocessing=preprocessing,
+            model=model, preprocessing=preprocessing,
             inferer=parser.get_parsed_content("inferer", instantiate=True), postprocessing=post, device=dev,
             backend=backend, has_loader=has_loader, loader_dtype=loader_dtype, slice_key=slice_key,
+            slice_by_slice=bool(parser.get_parsed_content("slice_by_slice")) if parser.get("slice_by_slice")
+            is not None else False,
+            volume_normalisation=parser.get_parsed_content("volume_normalisation", instantiate=True)
+            if parser.get("volume_normalisation") is not None else None,
             cam_rule=bundle_cam_rule(bundle_dir, parser) if classifier else None,
             input_spec={"modality": inp.get("modality"), "num_channels": int(inp.get("num_channels", 1)),
                         # a 2D network run over a volume by its inferer (SliceInferer) takes volumes
@@ -348,6 +451,11 @@ class BundlePredictor:
                 f"{want['num_channels']}"
             )
         dims = want.get("spatial_dims")
+        if self.slice_by_slice:  # a 2D network run over the slices of a volume: a 2D image or a volume
+            if len(spatial) not in (2, 3):
+                raise InvalidInputError(f"{item.path}: a {len(spatial)}D image of shape {shape}; bundle {self.name} "
+                                        "takes a 2D slice or a volume of slices (H, W, D), channels last")
+            return
         if self.slice_key is not None:  # a 2D network run slice by slice over a stack: 2D images or stacks
             if item.kind != "stack" and len(spatial) != 3:
                 raise InvalidInputError(f"{item.path}: shape {shape}; bundle {self.name} takes a 2D image or stack")
@@ -430,16 +538,29 @@ class BundlePredictor:
     def predict_item(self, item: PredictInput, progress: bool = False) -> dict:
         """Run the bundle on one loaded input: ``{"mask": (1, *S) uint8, "cam": (1, *S) | None, "result": {...}}``
         on the input's grid (``*S`` = the input's spatial shape)."""
+        if self.slice_by_slice:
+            return self._predict_slices(item, progress)
         base = self._network_input(item)
         spatial = tuple(base["image"].shape[1:]) if not self.has_loader else None
         if self.slice_key is not None:
             n = int(item.image.shape[0]) if item.kind == "stack" else int(item.image.shape[-1])
-            masks, results = [], []
+            spatial = _input_spatial(item)
+            hw = spatial[1:] if item.kind == "stack" else spatial[:-1]  # one slice's (H, W)
+            masks, heats, results = [], [], []
             for k in tqdm(range(n), desc=f"{item.case_id} slices", disable=not progress or n < 2, leave=False):
-                data = dict(base, **{self.slice_key: k})
-                masks.append(self._segment(self._run(data))[0])
-            mask = torch.stack(masks, 0 if item.kind == "stack" else -1)[None]
-            return {"mask": mask, "cam": None, "result": {}, "results": results}
+                d = self._run(dict(base, **{self.slice_key: k}))
+                if self.is_classifier:  # the slice's decision and CAM region, back on the slice grid
+                    m, heat, result = self._classify(d)
+                    masks.append(torch.as_tensor(m).reshape(hw).to(torch.uint8))
+                    heats.append(torch.as_tensor(heat).reshape(hw).float())
+                    results.append(result)
+                else:
+                    masks.append(self._segment(d)[0])
+            axis = 0 if item.kind == "stack" else -1
+            mask = torch.stack(masks, axis)[None]
+            heat = torch.stack(heats, axis)[None] if heats else None
+            positive = self.label_names.get(1) if self.is_classifier else None
+            return {"mask": mask, "cam": heat, "result": summarise_slices(results, positive)}
         d = self._run(base)
         if self.is_classifier:
             mask, heat, result = self._classify(d)
@@ -454,6 +575,53 @@ class BundlePredictor:
         shape = (1, *_input_spatial(item))  # e.g. a (1, H, W) PNG "stack" run as an (H, W) image
         heat = None if heat is None else torch.as_tensor(heat).reshape(shape)
         return {"mask": torch.as_tensor(mask).reshape(shape), "cam": heat, "result": result}
+
+
+    def _predict_slices(self, item: PredictInput, progress: bool = False) -> dict:
+        """A 2D network over the last spatial axis of a volume (``slice_by_slice``): the whole volume normalised
+        once (``volume_normalisation``), then every slice through the bundle's preprocessing, network and, for a
+        classifier, its CAM rule; the slice results stacked on the input grid, the per-slice results summarised
+        by :func:`summarise_slices` (a 2D input is one slice)."""
+        spatial = _input_spatial(item)
+        hw = spatial[1:] if item.kind == "stack" and len(spatial) == 3 else spatial[:2]  # one slice's (H, W)
+        volume = item.image
+        if item.kind == "stack":  # (N, H, W) pages -> (H, W, N), the slice axis last as for NIfTI / DICOM
+            volume = volume.permute(1, 2, 0) if volume.ndim == 3 else volume
+        volume = np.asarray(torch.as_tensor(volume).cpu())
+        if len(spatial) == 2:  # one slice: (H, W[, C]) -> (H, W, 1[, C])
+            volume = volume[:, :, None]
+        if self.volume_normalisation is not None:
+            try:
+                volume = normalise_volume(volume, self.volume_normalisation)
+            except ValueError as exc:
+                raise InvalidInputError(f"{item.path}: cannot normalise the volume ({exc})") from exc
+        n = volume.shape[2]
+        masks, heats, results = [], [], []
+        for k in tqdm(range(n), desc=f"{item.case_id} slices", disable=not progress or n < 2, leave=False):
+            sl = volume[:, :, k].astype(np.float32) if self.volume_normalisation is not None else volume[:, :, k]
+            data = {"image": MetaTensor(torch.as_tensor(np.ascontiguousarray(sl)))}
+            if not self.has_loader:  # a bundle without a loader gets the image channel first
+                data["image"] = EnsureChannelFirst(channel_dim=-1 if item.channels > 1 else "no_channel")(
+                    data["image"])
+            try:
+                d = self._run(data)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{item.path} (slice {k} of {n}): {exc}") from exc
+            if self.is_classifier:
+                mask, heat, result = self._classify(d)
+                heats.append(torch.as_tensor(heat).reshape(hw).float())
+                results.append(result)
+            else:
+                mask = self._segment(d)
+            masks.append(torch.as_tensor(mask).reshape(hw))
+        mask = torch.stack(masks, -1)[None].to(torch.uint8)
+        heat = torch.stack(heats, -1)[None] if heats else None
+        if len(spatial) == 2:
+            mask, heat = mask[..., 0], None if heat is None else heat[..., 0]
+        elif item.kind == "stack":  # back to the stack's (1, N, H, W)
+            mask, heat = mask.permute(0, 3, 1, 2), None if heat is None else heat.permute(0, 3, 1, 2)
+        positive = self.label_names.get(1) if self.is_classifier else None
+        return {"mask": mask, "cam": heat, "result": summarise_slices(results, positive)}
 
 
 def _input_spatial(item: PredictInput) -> tuple[int, ...]:
@@ -528,7 +696,8 @@ def write_case(predictor: BundlePredictor, item: PredictInput, pred: dict, outpu
                             algorithm_name=predictor.name, algorithm_version=str(predictor.meta.get("version", "")))
         spacing = [float(v) for v in ref.pixdim] if hasattr(ref, "pixdim") else [1.0] * (ref.ndim - 1)
         summary = {
-            "input": str(item.path),
+            "input": CHANNEL_SEPARATOR.join(map(str, item.channel_paths)) if item.channel_paths else str(item.path),
+            **({"channel_series": [str(c) for c in item.channel_paths]} if item.channel_paths else {}),
             "input_kind": item.kind,
             "modality": item.modality,
             "shape": [int(s) for s in ref.shape[1:]],
@@ -592,10 +761,11 @@ def predict(
         raise ValueError("no input given")
     output = Path(output).expanduser()
     paths = [Path(p).expanduser() for p in inputs]
-    for p in paths:
+    folders = [c for i in inputs for c in split_channels(i)]
+    for p in folders:
         if not p.exists():
             raise InvalidInputError(f"{p}: input not found")
-    _check_outputs(paths, output)
+    _check_outputs(folders, output)
     predictor = BundlePredictor.from_bundle(bundle, backend=backend, device=device)
     items = []
     for p in paths:
@@ -635,7 +805,9 @@ def add_parser(parser) -> object:
                           "write a NIfTI mask, a DICOM SEG (DICOM input), a PDF report and a summary JSON per input.")
     parser.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/hippocampus_segmentation")
     parser.add_argument("--input", "-i", required=True, nargs="+",
-                        help="one or more inputs: DICOM series folder, .nii/.nii.gz, .tif/.tiff stack, .png")
+                        help="one or more inputs: DICOM series folder, .nii/.nii.gz, .tif/.tiff stack, .png; the "
+                        "channels of a multi-channel bundle given as DICOM series folders joined by '+' in the "
+                        "bundle's channel order (e.g. study/FLAIR+study/T1post)")
     parser.add_argument("--output", "-o", required=True, help="output folder (results in <output>/<case>/)")
     parser.add_argument("--backend", choices=BACKENDS,
                         help="how the network runs (default: the bundle's 'backend' id, else torch)")

@@ -325,3 +325,185 @@ def test_predict_brats_4d_nifti_on_the_input_grid_with_the_card_dice(data_dir, t
                  "--quiet"]) == 1
     err = capsys.readouterr().err
     assert str(flair_only) in err and "1 channel(s)" in err and not (tmp_path / "o2").exists()
+
+
+BRATS_LOC = REPO / "bundles" / "brats_tumour_localisation"
+
+
+def test_predict_brats_localisation_runs_the_2d_classifier_over_a_4d_nifti(data_dir, tmp_path, capsys):
+    """configs/predict.json of the slice classifier: one FLAIR+T1c 4D NIfTI of the card's held-out case -> a
+    probability per axial slice and the CAM region of every positive slice, stacked on the input grid (its affine).
+
+    Held to docs/metrics_test.json on the card's slices (the 119 slices of evaluate.json): accuracy within 0.03 of
+    the card, and the per-slice CAM Dice on its 69 tumour slices within 0.05 of the card (the card scores the CAM
+    at the network's 96 x 96, here it is inverted to the 240 x 240 input grid, and the brain used for the
+    normalisation is "above the channel minimum" instead of the case's brain mask file). A FLAIR-only volume is
+    refused by name and nothing is written.
+    """
+    from medcnn.data import brats_case_datalist, brats_slices
+
+    root = data_dir("brats2015_deepmedic_subset")
+    case = root / "brats_2013_pat0004_1"
+    flair, t1c = nib.load(case / "Flair_subtrMeanDivStd.nii.gz"), nib.load(case / "T1c_subtrMeanDivStd.nii.gz")
+    volume = np.stack([np.asarray(flair.dataobj), np.asarray(t1c.dataobj)], axis=-1).astype(np.float32)
+    affine = flair.affine.copy()
+    affine[:3, 3] += [12.0, -4.5, 30.25]  # an origin of its own: the result must carry the input's affine
+    affine[2, 2] = 1.5  # and its own slice spacing: the volume in mL follows it
+    src = tmp_path / "input" / "pat0004.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(volume, affine), src)
+    before = snapshot(src.parent)
+    out = tmp_path / "out"
+    assert main(["predict", "--bundle", str(BRATS_LOC), "--input", str(src), "--output", str(out), "--quiet",
+                 "--no-report"]) == 0
+    assert snapshot(src.parent) == before
+    result = nib.load(out / "pat0004" / "pat0004_seg.nii.gz")
+    assert result.shape == volume.shape[:3]
+    np.testing.assert_allclose(result.affine, affine, atol=1e-4)
+    mask = np.asarray(result.dataobj) > 0
+    summary = json.loads((out / "pat0004" / "pat0004_summary.json").read_text())
+    probs = np.array([s["class_probabilities"]["tumour present"] for s in summary["slices"]])
+    assert [s["slice"] for s in summary["slices"]] == list(range(volume.shape[2]))
+    positive = probs >= 0.5
+    assert summary["positive_slices"] == np.flatnonzero(positive).tolist()
+    assert not mask[:, :, ~positive].any()  # a region only on slices called tumour
+    tumour = summary["labels"]["tumour present"]
+    assert tumour["voxels"] == int(mask.sum()) and tumour["volume_ml"] == pytest.approx(mask.sum() * 1.5e-3, abs=1e-3)
+
+    card = json.loads((BRATS_LOC / "docs" / "metrics_test.json").read_text())
+    items = brats_slices(brats_case_datalist(root, card["test_cases"]), min_brain_fraction=0.1,
+                         drop_ambiguous=True, normalise="brain_zscore")
+    index = np.array([i["slice_index"] for i in items])
+    label = np.array([int(i["label"]) for i in items])
+    assert len(index) == card["n_images"] and label.sum() == card["n_positive"]
+    accuracy = float(np.mean(positive[index] == (label == 1)))
+    assert accuracy >= card["accuracy"] - 0.03, f"slice accuracy {accuracy:.4f}, card {card['accuracy']:.4f}"
+    truth = np.asarray(nib.load(case / "OTMultiClass.nii.gz").dataobj) > 0
+    dice = [2 * np.sum(mask[:, :, k] & truth[:, :, k]) / (mask[:, :, k].sum() + truth[:, :, k].sum())
+            for k in index[label == 1]]
+    assert np.mean(dice) >= card["cam_dice"] - 0.05, f"CAM Dice {np.mean(dice):.4f}, card {card['cam_dice']:.4f}"
+
+    flair_only = tmp_path / "input" / "flair_only.nii.gz"
+    nib.save(nib.Nifti1Image(volume[..., 0], affine), flair_only)
+    assert main(["predict", "--bundle", str(BRATS_LOC), "--input", str(flair_only), "--output",
+                 str(tmp_path / "o2"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert str(flair_only) in err and "1 channel(s)" in err and not (tmp_path / "o2").exists()
+
+
+def test_predict_brats_localisation_on_a_flair_t1post_dicom_study(data_dir, hippocrop, tmp_path, capsys):
+    """The PGBM-001 study's FLAIRreg and T1post series joined by '+' as the bundle's two channels -> a probability per
+    slice, a mask on the FLAIR series' grid and a valid DICOM SEG that reads back voxel for voxel on that series.
+
+    No accuracy is asserted here: these series are not skull-stripped and have 0.69 mm pixels, unlike the BraTS
+    volumes the classifier was trained on (see the model card). Series on different grids are refused by name.
+    """
+    study = data_dir("tcia_brain_tumor_progression_dicom") / "PGBM-001" / "1992-04-02"
+    flair, t1post = study / "FLAIRreg", study / "T1post"
+    before = snapshot(study)
+    out = tmp_path / "out"
+    assert main(["predict", "--bundle", str(BRATS_LOC), "--input", f"{flair}+{t1post}", "--output", str(out),
+                 "--quiet", "--no-report"]) == 0
+    assert snapshot(study) == before
+    case = out / "1992-04-02"
+    image = load_dicom_series(flair)
+    nifti = nib.load(case / "1992-04-02_seg.nii.gz")
+    mask = np.asarray(nifti.dataobj)
+    assert mask.shape == tuple(image.shape[1:]) == (260, 320, 24)
+    np.testing.assert_allclose(nifti.affine, image.affine.numpy(), atol=1e-4)
+    summary = json.loads((case / "1992-04-02_summary.json").read_text())
+    assert summary["channel_series"] == [str(flair), str(t1post)] and len(summary["slices"]) == 24
+    positive = [s["slice"] for s in summary["slices"] if s["class_probabilities"]["tumour present"] >= 0.5]
+    assert summary["positive_slices"] == positive and positive  # something to write into the SEG
+    assert not mask[:, :, [k for k in range(24) if k not in positive]].any()
+    seg_path = case / "1992-04-02_seg.dcm"
+    source = pydicom.dcmread(sorted(flair.iterdir())[0], stop_before_pixels=True)
+    # no errors; the two warnings are the study's own attributes, which a SEG must copy unchanged: an empty Study ID
+    # and the one-component Patient's Name of the TCIA export
+    assert source.StudyID == "" and str(source.PatientName) == "PGBM-001"
+    warnings = dciodvfy(seg_path)
+    assert len(warnings) == 2 and all(w.startswith("Warning") for w in warnings), warnings
+    assert "Study ID" in warnings[0] + warnings[1] and "Patient's Name" in warnings[0] + warnings[1], warnings
+    np.testing.assert_array_equal(read_dicom_seg(seg_path, flair)[0].numpy(), mask)
+    seg = pydicom.dcmread(seg_path)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["tumour"]
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.PatientID == source.PatientID
+
+    other = hippocrop / "PGBM-002"  # a series on another grid as the second channel
+    assert main(["predict", "--bundle", str(BRATS_LOC), "--input", f"{flair}+{other}", "--output",
+                 str(tmp_path / "o2"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert str(other) in err and "one grid" in err and not (tmp_path / "o2").exists()
+    assert main(["predict", "--bundle", str(BRATS_LOC), "--input", str(flair), "--output", str(tmp_path / "o3"),
+                 "--quiet"]) == 1  # one series for a two-channel bundle
+    err = capsys.readouterr().err
+    assert str(flair) in err and "1 channel(s)" in err and not (tmp_path / "o3").exists()
+
+
+LGG_LOC = REPO / "bundles" / "lgg_tumour_localisation"
+
+
+def test_predict_lgg_localisation_on_multipage_tiff_volumes_of_the_test_patients(data_dir, tmp_path, capsys):
+    """The LGG slice classifier on each test patient's slices as one multi-page 3-channel TIFF (one call, six inputs):
+    a decision and CAM region per page on the page grid, held to docs/metrics_test.json over the 175 test slices
+    (accuracy within 0.03; CAM Dice on the tumour slices within 0.05 of the card's Dice times its sensitivity: the
+    card scores the CAM of every tumour slice at the network's 128 x 128, predict draws a region only on the slices
+    it calls tumour, on the 256 x 256 pages). A grey (1-channel) TIFF is refused by name and nothing is written."""
+    from medcnn.data.lgg import lgg_datalist, load_split
+    from medcnn.data.tiff_pages import read_tiff_pages, write_tiff_pages
+
+    root = data_dir("lgg_flair_tiff")
+    card = json.loads((LGG_LOC / "docs" / "metrics_test.json").read_text())
+    patients = load_split(LGG_LOC / "configs" / "split.json")["test"]
+    inputs, truths = [], {}
+    for patient in patients:
+        items = lgg_datalist(root, [patient])
+        volume = np.concatenate([read_tiff_pages(i["image"]) for i in items])  # (N, 256, 256, 3)
+        truths[patient] = np.concatenate([read_tiff_pages(i["mask"]) for i in items]) > 0  # (N, 256, 256)
+        inputs.append(write_tiff_pages(volume, tmp_path / "input" / f"{patient}.tif"))
+    out = tmp_path / "out"
+    assert main(["predict", "--bundle", str(LGG_LOC), "--input", *map(str, inputs), "--output", str(out),
+                 "--quiet", "--no-report"]) == 0
+    correct, dice = [], []
+    for patient, truth in truths.items():
+        mask = np.asarray(nib.load(out / patient / f"{patient}_seg.nii.gz").dataobj) > 0
+        assert mask.shape == truth.shape
+        summary = json.loads((out / patient / f"{patient}_summary.json").read_text())
+        probs = np.array([s["class_probabilities"]["tumour present"] for s in summary["slices"]])
+        assert summary["positive_slices"] == np.flatnonzero(probs >= 0.5).tolist()
+        assert not mask[probs < 0.5].any()
+        has_tumour = truth.any(axis=(1, 2))
+        correct += list((probs >= 0.5) == has_tumour)
+        dice += [2 * np.sum(mask[k] & truth[k]) / (mask[k].sum() + truth[k].sum()) for k in np.flatnonzero(has_tumour)]
+    assert len(correct) == card["n_images"] and len(dice) == card["cam_n_images"]
+    assert np.mean(correct) >= card["accuracy"] - 0.03, f"accuracy {np.mean(correct):.4f}, card {card['accuracy']:.4f}"
+    # the card scores the CAM of every tumour slice; predict draws none on a slice it calls negative (Dice 0 here),
+    # so the card's figure is scaled by the card's sensitivity (the fraction of tumour slices called positive)
+    floor = card["cam_dice"] * card["sensitivity"] - 0.05
+    assert np.mean(dice) >= floor, f"CAM Dice {np.mean(dice):.4f}, floor {floor:.4f}"
+
+    grey = tmp_path / "input" / "grey.tif"
+    write_tiff_pages(read_tiff_pages(inputs[0])[..., 1], grey)
+    assert main(["predict", "--bundle", str(LGG_LOC), "--input", str(grey), "--output", str(tmp_path / "o2"),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert str(grey) in err and "1 channel(s)" in err and not (tmp_path / "o2").exists()
+
+
+def test_score_network_decides_and_the_cam_stays_on_the_network(tmp_path):
+    """A bundle's ``score_network`` id (here a wrapper that calls every image negative) scores the images, as in
+    MONAI Label: the positive image is then called 'no object' with an empty region, though its CAM is not empty."""
+    items = synthetic_datalist(1, 2, spatial_size=[64, 64], radius_range=[10.0, 14.0], contrast=1.5, noise=1.0,
+                               object_noise=0.5, positive_fraction=1.0)
+    from medcnn.predict import BundlePredictor, load_input
+
+    path = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(items[0]["image"])[0].astype(np.float32), np.eye(4)), path)
+    plain = BundlePredictor.from_bundle(SYNTHETIC, device="cpu").predict_item(load_input(path))
+    assert plain["result"]["predicted_class"] == "object present" and plain["mask"].any()
+    negative = "$lambda net: (lambda x: torch.stack([net(x)[:, 0] * 0 + 9.0, net(x)[:, 1] * 0], 1))"
+    gated = BundlePredictor.from_bundle(SYNTHETIC, device="cpu", overrides={"score_network": negative})
+    out = gated.predict_item(load_input(path))
+    assert out["result"]["predicted_class"] == "no object" and not out["mask"].any()
+    assert out["cam"] is not None and torch.equal(out["cam"], plain["cam"])  # CAM on the network itself

@@ -31,7 +31,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Resize
 
 from medcnn.errors import user_error
-from medcnn.predict import CLASSIFIER_TYPES, bundle_cam_rule
+from medcnn.predict import CLASSIFIER_TYPES, bundle_cam_rule, summarise_slices
 from medcnn.transforms.validation import InvalidInputError
 
 __all__ = [
@@ -193,27 +193,6 @@ class RestoreToInputd(MapTransform):
                 pred = Resize(spatial_size=shape, mode="nearest")(pred)
             d[key] = pred
         return d
-
-
-def summarise_slices(results: list[dict], positive: str | None = None) -> dict:
-    """One result JSON for a stack run slice by slice by a 2D classifier (unchanged for a single slice).
-
-    ``predicted_class`` / ``class_probabilities`` are those of the slice most likely positive; ``positive_slices``
-    lists the slices (index along the last spatial axis) predicted positive; ``empty_cam_slices`` those predicted
-    positive whose CAM region is empty; ``slices`` has every slice's result.
-    """
-    if len(results) == 1 or not all("class_probabilities" in r for r in results):
-        return dict(results[-1]) if results else {}
-    positive = positive or list(results[0]["class_probabilities"])[-1]
-    best = max(range(len(results)), key=lambda k: results[k]["class_probabilities"][positive])
-    out = {k: v for k, v in results[best].items() if k != "class_probabilities"}
-    out["class_probabilities"] = results[best]["class_probabilities"]
-    out["most_positive_slice"] = best
-    out["positive_slices"] = [k for k, r in enumerate(results) if r.get("predicted_class") == positive]
-    out["empty_cam_slices"] = [k for k, r in enumerate(results) if r.get("cam_region_empty")]
-    out["slices"] = [{"slice": k, "predicted_class": r.get("predicted_class"),
-                      "class_probabilities": r["class_probabilities"]} for k, r in enumerate(results)]
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ requests

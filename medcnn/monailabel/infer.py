@@ -72,7 +72,7 @@ from medcnn.monailabel.adapter import (
     served_labels,
     summarise_slices,
 )
-from medcnn.predict import classify_with_cam
+from medcnn.predict import classify_with_cam, normalise_volume
 from medcnn.transforms.validation import InvalidInputError
 
 __all__ = ["make_infer_task", "MedcnnSegmentationTask", "MedcnnCAMTask", "MedcnnCAMGridTask"]
@@ -177,9 +177,7 @@ class _NiftiGridMixin:
                 volume = np.asanyarray(ref.dataobj)
                 if self.bundle_config.get("volume_normalisation") is not None:  # per-volume statistics, then slices
                     norm = self.bundle_config.get_parsed_content("volume_normalisation", instantiate=True)
-                    chan_first = np.moveaxis(volume, -1, 0) if volume.ndim == 4 else volume[None]
-                    chan_first = np.asarray(norm(np.ascontiguousarray(chan_first, dtype=np.float32)))
-                    volume = np.moveaxis(chan_first, 0, -1) if volume.ndim == 4 else chan_first[0]
+                    volume = normalise_volume(volume, norm)  # as medcnn predict does
                 for k in range(shape[2]):  # slice k: (H, W) or, with channels last, (H, W, C)
                     f = os.path.join(tmp, f"slice_{k:04d}.nii.gz")
                     nib.save(nib.Nifti1Image(np.ascontiguousarray(volume[:, :, k]), ref.affine), f)
