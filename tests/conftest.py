@@ -44,6 +44,18 @@ def _few_threads():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True)
+def _metatensor_tracking_restored():
+    """MONAI's MetaTensor tracking is process-wide: a test (or the training it runs) that leaves it off would make
+    every later test's transforms drop their metadata (affines, file names). Fail the test that did it."""
+    from monai.data import get_track_meta, set_track_meta
+
+    yield
+    if not get_track_meta():
+        set_track_meta(True)
+        pytest.fail("the test left MONAI's MetaTensor tracking off (monai.data.set_track_meta(False) without restore)")
+
+
 @pytest.fixture
 def weights(request) -> Path:
     """The committed ``models/model.pt`` named by the test module's ``WEIGHTS``; missing weights fail the test."""
