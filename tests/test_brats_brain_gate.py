@@ -8,17 +8,16 @@ import json
 import pytest
 import torch
 from bundle_helpers import bundle_root, make_workflow
-from monai.bundle import ConfigParser
 from monai.transforms import CenterSpatialCrop, Resize
 
 from medcnn.data.brats import brats_case_datalist, load_brats_case
+from medcnn.monailabel.adapter import read_served_config
 from medcnn.networks import BrainFractionGate, brain_fraction, slice_classifier
 from medcnn.transforms import BrainZScore
 
 NAME = "brats_tumour_localisation"
 ROOT = bundle_root(NAME)
 WEIGHTS = ROOT / "models" / "model.pt"
-APP_OVERRIDE = ROOT.parents[1] / "scripts" / "monailabel_app" / "overrides" / f"{NAME}.json"
 
 
 class _ConstantClassifier(torch.nn.Module):
@@ -70,9 +69,7 @@ def test_empty_slices_of_a_real_brats_volume_are_no_tumour(data_dir, weights):
     keep = empty | every_4th_tumour  # a few dozen slices keep the test fast
     x, empty, tumour = x[keep], empty[keep], every_4th_tumour[keep]
 
-    app = ConfigParser()
-    app.read_config([str(ROOT / "configs" / "inference.json"), str(APP_OVERRIDE)])
-    app["bundle_root"] = str(ROOT)
+    app = read_served_config(ROOT)  # what MONAI Label (and medcnn predict) serve: inference.json + predict.json
     score_net = app.get_parsed_content("score_network", instantiate=True)(net)
     evaluate_net = parser.get_parsed_content("slice_network")
     with torch.no_grad():

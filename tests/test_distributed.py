@@ -29,7 +29,13 @@ def test_every_training_bundle_has_a_multi_gpu_config_in_step_with_train_json(na
     assert multi["initialize"][1:] == train["initialize"]
     assert multi["finalize"][:-1] == train.get("finalize", [])
     assert multi["finalize"][-1] == "$medcnn.distributed.destroy_process_group()"
-    assert multi["train#dataloader#sampler"] == "@train#sampler" and multi["train#dataloader#shuffle"] is False
+    # each rank sees its own share of the training data: a DistributedSampler, or (volume pipelines that sample
+    # slices from cached cases) its partition of the cases
+    if "train#dataloader#sampler" in multi:
+        assert multi["train#dataloader#sampler"] == "@train#sampler" and multi["train#dataloader#shuffle"] is False
+    else:
+        partitioned = [k for k, v in multi.items() if k.startswith("train#") and "partition_dataset" in str(v)]
+        assert partitioned and all("torch.distributed.get_rank()" in multi[k] for k in partitioned), name
 
 
 def test_outside_torchrun_everything_is_a_no_op():
