@@ -18,7 +18,7 @@ from medcnn.transforms import BrainZScore
 NAME = "brats_tumour_localisation"
 ROOT = bundle_root(NAME)
 WEIGHTS = ROOT / "models" / "model.pt"
-APP_OVERRIDE = ROOT.parents[1] / "scripts" / "monailabel_app" / "overrides" / f"{NAME}.json"
+APP_OVERRIDE = ROOT.parents[1] / "medcnn" / "monailabel" / "overrides" / f"{NAME}.json"
 
 
 class _ConstantClassifier(torch.nn.Module):
