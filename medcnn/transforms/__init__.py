@@ -2,6 +2,7 @@
 
 from medcnn.transforms.coco import CocoAnnotationError, CocoToMask, CocoToMaskd, MaskToBoxes, MaskToBoxesd
 from medcnn.transforms.colour import ToGrey, ToGreyd
+from medcnn.transforms.compose import PlainTailCompose
 from medcnn.transforms.instances import MembraneToInstances, MembraneToInstancesd, membrane_to_instances
 from medcnn.transforms.intensity import BrainZScore, BrainZScored
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
@@ -35,6 +36,7 @@ __all__ = [
     "MembraneToInstances",
     "MembraneToInstancesd",
     "membrane_to_instances",
+    "PlainTailCompose",
     "SelectSlice",
     "SelectSliced",
     "SliceBlocks",
