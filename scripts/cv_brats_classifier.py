@@ -96,26 +96,19 @@ def scoring_rules(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return rules
 
 
-def run_fold(recipe: dict, train_case: str, heldout_case: str, out_dir: Path, dataset_dir: str | None,
-             cam: bool) -> dict:
+def train_fold(bundle: Path, dataset_dir: str | None, out_dir: Path, overrides: dict):
+    """Run the bundle's ``train.json`` with ``overrides`` writing into ``out_dir``; return the parsed config, the
+    best-checkpoint network (eval mode), the training seconds and the training curves."""
     import torch
     from monai.bundle import ConfigParser
-    from monai.transforms import Compose
-
-    import medcnn.data as md
-    from medcnn.handlers.classification import youden_threshold
-    from medcnn.localisation import calibrate_cam, evaluate_cam
-    from medcnn.localisation.pipeline import mask_rule
-    from medcnn.metrics import binary_classification_report
 
     config = ConfigParser()
-    config.read_config(str(BUNDLE / "configs" / "train.json"))
-    config["bundle_root"] = str(BUNDLE)
+    config.read_config(str(bundle / "configs" / "train.json"))
+    config["bundle_root"] = str(bundle)
     if dataset_dir:
         config["dataset_dir"] = dataset_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    config.update({"train_cases": [train_case], "output_dir": str(out_dir), "ckpt_dir": str(out_dir),
-                   "test_cases": [heldout_case], **recipe})
+    config.update({"output_dir": str(out_dir), "ckpt_dir": str(out_dir), **overrides})
     start = time.perf_counter()
     config.get_parsed_content("initialize")
     config.get_parsed_content("run")
@@ -124,6 +117,21 @@ def run_fold(recipe: dict, train_case: str, heldout_case: str, out_dir: Path, da
     net = config.get_parsed_content("network")
     net.load_state_dict(torch.load(out_dir / "model.pt", weights_only=True, map_location="cpu"))
     net.eval()
+    return config, net, train_s, curves
+
+
+def run_fold(recipe: dict, train_case: str, heldout_case: str, out_dir: Path, dataset_dir: str | None,
+             cam: bool) -> dict:
+    from monai.transforms import Compose
+
+    import medcnn.data as md
+    from medcnn.handlers.classification import youden_threshold
+    from medcnn.localisation import calibrate_cam, evaluate_cam
+    from medcnn.localisation.pipeline import mask_rule
+    from medcnn.metrics import binary_classification_report
+
+    config, net, train_s, curves = train_fold(BUNDLE, dataset_dir, out_dir, {
+        "train_cases": [train_case], "test_cases": [heldout_case], **recipe})
     transforms = Compose(config.get_parsed_content("slice_transforms"))
     kwargs = {"min_brain_fraction": config["min_brain_fraction"], "min_tumour_pixels": config["min_tumour_pixels"],
               "drop_ambiguous": True, "normalise": config["intensity_normalisation"],
@@ -248,28 +256,12 @@ def run_patient_fold(bundle: Path, recipe: dict, train: list[str], heldout: list
     """Train the bundle's ``train.json`` (+ ``recipe``) on ``train``, early stopping / checkpoint on ``heldout``;
     store the held-out slice scores and, for its tumour slices, the CAM heatmaps of :data:`CV_CAMS` at the network
     input size with the masks at that size and at the native grid (``<out_dir>/heldout.npz``)."""
-    import torch
-    from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
     from medcnn.localisation import localise_items
 
-    config = ConfigParser()
-    config.read_config(str(bundle / "configs" / "train.json"))
-    config["bundle_root"] = str(bundle)
-    if dataset_dir:
-        config["dataset_dir"] = dataset_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config.update({"train_patients": train, "validation_patients": heldout, "output_dir": str(out_dir),
-                   "ckpt_dir": str(out_dir), **recipe})
-    start = time.perf_counter()
-    config.get_parsed_content("initialize")
-    config.get_parsed_content("run")
-    train_s = time.perf_counter() - start
-    curves = json.loads((out_dir / "curves.json").read_text()) if (out_dir / "curves.json").is_file() else {}
-    net = config.get_parsed_content("network")
-    net.load_state_dict(torch.load(out_dir / "model.pt", weights_only=True, map_location="cpu"))
-    net.eval()
+    config, net, train_s, curves = train_fold(bundle, dataset_dir, out_dir, {
+        "train_patients": train, "validation_patients": heldout, **recipe})
     held = config.get_parsed_content("validate#dataset")
     scores = slice_scores(net, held)
     arrays = {k: v for k, v in scores.items()}
