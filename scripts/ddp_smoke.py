@@ -34,6 +34,12 @@ EXTRA: dict[str, dict] = {
     "pneumonia_classification": {"train_limit": 32, "val_limit": 16, "num_workers": 0, "num_threads": 1},
 }
 
+#: bundles that sample slices from cached volumes partitioned per rank (no ``train#sampler``, ``train#dataset`` a
+#: ``PatchDataset``): their own small-run ids replace the ``Subset`` overrides of :func:`tiny_overrides`
+VOLUME_PIPELINES: dict[str, dict] = {
+    "brats_tumour_segmentation": {"slices_per_case": 8, "batch_size": 4},
+}
+
 
 def tiny_overrides(n_train: int, n_val: int, epochs: int) -> dict:
     """Config overrides that train on the first ``n_train`` / validate on the first ``n_val`` items, uncached."""
@@ -95,7 +101,9 @@ def main() -> int:
         if out.exists() and any(out.iterdir()):
             raise SystemExit(f"{out}: exists and is not empty; give another --out")
         out.mkdir(parents=True, exist_ok=True)
-        overrides = {**tiny_overrides(args.n_train, args.n_val, args.epochs), **EXTRA.get(name, {})}
+        base = ({"train#trainer#max_epochs": args.epochs, "val_interval": 1, **VOLUME_PIPELINES[name]}
+                if name in VOLUME_PIPELINES else tiny_overrides(args.n_train, args.n_val, args.epochs))
+        overrides = {**base, **EXTRA.get(name, {})}
         cmd = command(BUNDLES / name, out, overrides)
         start = time.perf_counter()
         with open(out / "run.log", "w") as log:
