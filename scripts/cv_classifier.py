@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Case-level cross-validation of bundles/brats_tumour_localisation recipes on the TRAINING cases only.
+"""Cross-validation of slice-classifier recipes: BraTS case-level, or patient-level k-fold with ``--bundle``.
 
-Each recipe (a set of config overrides of the bundle's ``train.json``) is trained twice with the bundle's own
-training workflow: on one training case (its own block validation drives early stopping and the best checkpoint,
+BraTS (default, bundles/brats_tumour_localisation, TRAINING cases only): each recipe (a set of config overrides
+of the bundle's ``train.json``) is trained twice with the bundle's own training workflow: on one training case
+(its own block validation drives early stopping and the best checkpoint,
 exactly as the default training does) and scored on every brain slice of the OTHER training case. The test case of
 the bundle is never loaded. Per fold and per slice-scoring rule it records the held-out case's AUC, the accuracy /
 sensitivity / specificity at (a) the Youden threshold of the training case's validation blocks and (b) the Youden
@@ -10,7 +11,7 @@ threshold of the other fold's held-out case (a threshold chosen on one new case 
 the transfer the bundle needs), and the Grad-CAM++ Dice on the held-out case's tumour slices. Scores are the
 positive-class log-odds (logit difference; a monotone function of the probability that does not saturate)::
 
-    OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py --out /tmp/brats_cv \\
+    OMP_NUM_THREADS=1 python scripts/cv_classifier.py --out /tmp/brats_cv \\
         --recipe baseline='{}' --recipe zscore='{"intensity_normalisation": "brain_zscore"}'
 
 Slice-scoring rules (no retraining): ``whole`` (whole slice), ``half_max`` (the more tumour-like half, the bundle's
@@ -25,9 +26,9 @@ whole-slice log-odds, of its mean with the mirrored slice (``flip_mean``) and of
 slices (``*_z3``), accuracy at p = 0.5 and at the Youden threshold of the OTHER folds, and CAM Dice of the tumour
 slices with the mask rule chosen on the other folds, at the network grid and at the masks' native grid::
 
-    OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py --bundle lgg_tumour_localisation --folds 4 \
+    OMP_NUM_THREADS=1 python scripts/cv_classifier.py --bundle lgg_tumour_localisation --folds 4 \
         --out /tmp/lgg_cv --recipe e15='{"train#trainer#max_epochs": 15}'
-    python scripts/cv_brats_classifier.py --bundle lgg_tumour_localisation --out /tmp/lgg_cv --summarise e15
+    python scripts/cv_classifier.py --bundle lgg_tumour_localisation --out /tmp/lgg_cv --summarise e15
 """
 
 from __future__ import annotations
@@ -397,7 +398,7 @@ def main_patient_cv(args: argparse.Namespace) -> int:
         recipe = json.loads(value)
         run_dir = args.out / name
         meta = {"bundle": args.bundle, "recipe": name, "overrides": recipe, "folds": [],
-                "command": f"OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py --bundle {args.bundle} "
+                "command": f"OMP_NUM_THREADS=1 python scripts/cv_classifier.py --bundle {args.bundle} "
                            f"--folds {args.folds} --recipe {name}='{value}'"}
         if args.only_folds and (run_dir / "cv.json").is_file():  # add folds to an earlier run of the recipe
             meta = json.loads((run_dir / "cv.json").read_text())
@@ -470,14 +471,14 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(f"{k} AUC {v['auc']:.3f}" for k, v in fold["rules"].items())
                   + (f"; CAM Dice {fold['cam']['heldout_dice']:.3f}" if "cam" in fold else ""), flush=True)
         result = {"recipe": name, "overrides": recipe, "folds": folds, "summary": transfer(folds),
-                  "command": "OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py --recipe " + item}
+                  "command": "OMP_NUM_THREADS=1 python scripts/cv_classifier.py --recipe " + item}
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
         for rule, row in result["summary"].items():
             print(f"  {name:14s} {rule:18s} " + " ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
     if args.summary:
         table = summarise(args.out)
         args.summary.parent.mkdir(parents=True, exist_ok=True)
-        args.summary.write_text(json.dumps({"command": "OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py "
+        args.summary.write_text(json.dumps({"command": "OMP_NUM_THREADS=1 python scripts/cv_classifier.py "
                                             "--out <dir> --summary <file>", "note": args.note, "rows": table},
                                            indent=1) + "\n")
         for row in table:
