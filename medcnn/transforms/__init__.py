@@ -8,7 +8,7 @@ from medcnn.transforms.intensity import BrainZScore, BrainZScored
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
 from medcnn.transforms.mask import BinaryMask, BinaryMaskd, MaskPresence, MaskPresenced
 from medcnn.transforms.slices import SliceBlocks, SliceBlocksd, slice_block_indices
-from medcnn.transforms.stack import SelectSlice, SelectSliced
+from medcnn.transforms.stack import LoadNeighbourSlicesd, SelectSlice, SelectSliced, StackSlices
 from medcnn.transforms.validation import CheckImage, CheckImaged, CheckImageLabeld, InvalidInputError
 from medcnn.transforms.weights import BorderWeightMap, BorderWeightMapd, border_weight_map
 
@@ -37,8 +37,10 @@ __all__ = [
     "MembraneToInstancesd",
     "membrane_to_instances",
     "PlainTailCompose",
+    "LoadNeighbourSlicesd",
     "SelectSlice",
     "SelectSliced",
+    "StackSlices",
     "SliceBlocks",
     "SliceBlocksd",
     "slice_block_indices",
