@@ -305,7 +305,10 @@ def _native_dice(heatmaps: np.ndarray, native: np.ndarray, rule: dict, sigma: fl
     return cam_dice(cam_to_mask(maps, **rule), torch.as_tensor(native)).numpy()
 
 
-def summarise_patient_cv(run_dir: Path, cams: tuple[str, ...] = ("hirescam:blocks.0", "layercam:blocks.0"),
+CV_CAM_NAMES = ("hirescam:blocks.0", "layercam:blocks.0")  # the CAMs whose LOFO mask rule is summarised
+
+
+def summarise_patient_cv(run_dir: Path, cams: tuple[str, ...] = CV_CAM_NAMES,
                          sigmas: tuple[float, ...] = (0.0, 2.0)) -> dict:
     """Per scoring rule: held-out AUC per fold (mean, std) and pooled, accuracy / sensitivity / specificity at
     p = 0.5 and at the Youden threshold of the OTHER folds' held-out slices; per CAM (method, layer): the mask
@@ -410,18 +413,34 @@ def main_patient_cv(args: argparse.Namespace) -> int:
             fold = run_patient_fold(bundle, recipe, train, heldout, run_dir / f"fold{i}", args.dataset_dir)
             fold["load_average_at_start"] = load
             fold["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-            meta["folds"] = [f for f in meta["folds"] if f["heldout_patients"] != heldout] + [fold]
+            # one file per fold, so runs of different --only_folds into one --out (two at a time) do not race
+            (run_dir / f"fold{i}" / "fold.json").write_text(json.dumps(fold, indent=1, default=float) + "\n")
+            meta["folds"] = gather_folds(run_dir, meta["folds"])
             (run_dir / "cv.json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
             print(f"{name} fold {i}: {fold['epochs']} epochs ({fold['train_s']} s, load {load}), best epoch "
                   f"{fold['best_epoch']}", flush=True)
         summary = summarise_patient_cv(run_dir)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
         print_patient_cv(name, summary)
+    record: dict = {"bundle": args.bundle, "n_folds": args.folds, "note": args.note, "recipes": {}}
     for name in args.summarise:
-        summary = summarise_patient_cv(args.out / name)
-        (args.out / name / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+        run_dir = args.out / name
+        summary = summarise_patient_cv(run_dir, cams=() if args.no_cam else CV_CAM_NAMES)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
         print_patient_cv(name, summary)
+        meta = json.loads((run_dir / "cv.json").read_text()) if (run_dir / "cv.json").is_file() else {}
+        record["recipes"][name] = {"overrides": meta.get("overrides"), "command": meta.get("command"),
+                                   "folds": gather_folds(run_dir, meta.get("folds", [])), "summary": summary}
+    if args.record:
+        args.record.write_text(json.dumps(record, indent=1, default=float) + "\n")
     return 0
+
+
+def gather_folds(run_dir: Path, earlier: list[dict]) -> list[dict]:
+    """The fold records of a recipe run: every ``fold<i>/fold.json``, then earlier records of other folds."""
+    folds = [json.loads(p.read_text()) for p in sorted(run_dir.glob("fold*/fold.json"))]
+    done = [f["heldout_patients"] for f in folds]
+    return folds + [f for f in earlier if f["heldout_patients"] not in done]
 
 
 def print_patient_cv(name: str, summary: dict) -> None:
@@ -444,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="free text stored in the summary (e.g. the base config)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/brats_cv"))
     parser.add_argument("--dataset_dir", default=None)
-    parser.add_argument("--no_cam", action="store_true", help="skip the Grad-CAM++ Dice of each fold")
+    parser.add_argument("--no_cam", action="store_true", help="skip the Grad-CAM++ Dice of each fold "
+                             "(--bundle --summarise: the CAM rule summary)")
     parser.add_argument("--bundle", default=None,
                         help="patient-level k-fold CV of this slice-labelled bundle (lgg_tumour_localisation) "
                              "on its train + validation patients instead of the BraTS case CV")
@@ -453,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="--bundle: run only these fold indices (added to an earlier run of the recipe in --out)")
     parser.add_argument("--summarise", nargs="*", default=[], metavar="RECIPE",
                         help="--bundle: re-summarise finished recipe runs in --out")
+    parser.add_argument("--record", type=Path, default=None,
+                        help="--bundle --summarise: write the folds and summaries of those recipes to this JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.bundle:
