@@ -419,7 +419,7 @@ def main_patient_cv(args: argparse.Namespace) -> int:
             (run_dir / "cv.json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
             print(f"{name} fold {i}: {fold['epochs']} epochs ({fold['train_s']} s, load {load}), best epoch "
                   f"{fold['best_epoch']}", flush=True)
-        summary = summarise_patient_cv(run_dir)
+        summary = summarise_patient_cv(run_dir, cams=() if args.no_cam else CV_CAM_NAMES)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
         print_patient_cv(name, summary)
     record: dict = {"bundle": args.bundle, "n_folds": args.folds, "note": args.note, "recipes": {}}
