@@ -438,7 +438,8 @@ def main_patient_cv(args: argparse.Namespace) -> int:
 
 def gather_folds(run_dir: Path, earlier: list[dict]) -> list[dict]:
     """The fold records of a recipe run: every ``fold<i>/fold.json``, then earlier records of other folds."""
-    folds = [json.loads(p.read_text()) for p in sorted(run_dir.glob("fold*/fold.json"))]
+    folds = [{"fold": int(p.parent.name[4:]), **json.loads(p.read_text())}
+             for p in sorted(run_dir.glob("fold*/fold.json"))]
     done = [f["heldout_patients"] for f in folds]
     return folds + [f for f in earlier if f["heldout_patients"] not in done]
 
