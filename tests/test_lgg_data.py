@@ -247,6 +247,10 @@ def test_neighbours_repeat_the_edge_slices_and_stack_as_channels(tmp_path, prepr
     with pytest.raises(Exception) as info:
         preprocessing_2p5d(items[1])
     assert "P2_3.tif" in str(_invalid(info.value)) and "neighbouring slice" in str(_invalid(info.value))
+    (folder / "P2_1.tif").unlink()  # a neighbour named by the datalist but gone: its file is named
+    with pytest.raises(Exception) as info:
+        preprocessing_2p5d(items[1])
+    assert "P2_1.tif" in str(_invalid(info.value))
 
 
 def test_volume_and_slice_files_give_the_same_2p5d_samples(tmp_path, preprocessing_2p5d):
