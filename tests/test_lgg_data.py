@@ -242,6 +242,12 @@ def test_neighbours_repeat_the_edge_slices_and_stack_as_channels(tmp_path, prepr
     torch.testing.assert_close(out["image"][3:6].as_tensor(), flat(items_2d[0])["image"].as_tensor())
     torch.testing.assert_close(out["image"][6:].as_tensor(), flat(items_2d[2])["image"].as_tensor())
     assert int(out["label"]) == 1 and tuple(out["mask"].shape) == (1, 16, 16)
+    # FLAIR-only neighbours (neighbour_channels [1]): the slice's 3 sequences + FLAIR of z-1 and z+1
+    parser["context"], parser["neighbour_channels"] = 1, [1]
+    assert parser.get_parsed_content("in_channels") == 5
+    flair = parser.get_parsed_content("validate#preprocessing")(items[1])["image"]
+    assert tuple(flair.shape) == (5, 16, 16)
+    torch.testing.assert_close(flair[3:].as_tensor(), out["image"][[4, 7]].as_tensor())
     # a neighbour of another size is refused with its file named
     tifffile.imwrite(folder / "P2_3.tif", np.zeros((24, 24, 3), np.uint8), photometric="rgb")
     with pytest.raises(Exception) as info:

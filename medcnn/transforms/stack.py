@@ -107,12 +107,16 @@ class SelectSliced(MapTransform):
 class StackSlices(Transform):
     """Append neighbouring slices to a slice as channels: ``(C, H, W)`` + n x ``(C, H, W)`` -> ``(C * (1 + n), H, W)``.
 
-    The slice's own channels come first, then each neighbour's in the given order; a MetaTensor keeps the
-    slice's metadata. A neighbour of another shape (size or number of channels) raises
+    The slice's own channels come first, then each neighbour's in the given order (only ``channels`` of each
+    neighbour when given, e.g. ``[1]`` for the FLAIR of an LGG slice: ``(C + n * len(channels), H, W)``); a
+    MetaTensor keeps the slice's metadata. A neighbour of another shape (size or number of channels) raises
     :class:`InvalidInputError` naming the neighbour's file and the slice's file.
     """
 
     backend = [torch.Tensor.__name__]
+
+    def __init__(self, channels: Sequence[int] | None = None) -> None:
+        self.channels = None if channels is None else [int(c) for c in channels]
 
     def __call__(self, img, neighbours: Sequence) -> torch.Tensor:
         img = convert_to_tensor(img, track_meta=isinstance(img, MetaTensor))
@@ -124,6 +128,8 @@ class StackSlices(Transform):
                     f"{source_name(nb)}: neighbouring slice has shape {tuple(t.shape)} (channel-first) but the "
                     f"slice {source_name(img)} has {tuple(img.shape)}; neighbours must match the slice"
                 )
+            if self.channels is not None:
+                t = t[self.channels]
             parts.append(t.to(dtype=parts[0].dtype, device=parts[0].device))
         out = torch.cat(parts, dim=0)
         if isinstance(img, MetaTensor):
@@ -136,15 +142,15 @@ class LoadNeighbourSlicesd(MapTransform):
 
     ``data[neighbours_key]`` is a list of ``[file, page]`` pairs (a slice file has page 0, a page of a multi-page
     volume its index), read with :class:`medcnn.data.TiffPagesReader` (channel-first, ``SelectSlice`` of the page)
-    and stacked by :class:`StackSlices`; the entry is then removed. Items without the entry pass unchanged, so a
-    2D pipeline (``context`` 0) and a 2.5D one share this list. A missing, corrupt or mismatched neighbour raises
-    an error naming its file.
+    and stacked by :class:`StackSlices` (``channels``: the neighbours' channels kept); the entry is then removed.
+    Items without the entry pass unchanged, so a 2D pipeline (``context`` 0) and a 2.5D one share this list. A
+    missing, corrupt or mismatched neighbour raises an error naming its file.
     """
 
     backend = StackSlices.backend
 
     def __init__(self, keys: KeysCollection = "image", neighbours_key: str = "image_neighbours",
-                 allow_missing_keys: bool = False) -> None:
+                 channels: Sequence[int] | None = None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         from medcnn.data.tiff_pages import TiffPagesReader  # medcnn.data imports this module
 
@@ -152,7 +158,7 @@ class LoadNeighbourSlicesd(MapTransform):
         self.reader = TiffPagesReader()
         self.loader = LoadImage(image_only=True, ensure_channel_first=True)
         self.select = SelectSlice()
-        self.stack = StackSlices()
+        self.stack = StackSlices(channels)
 
     def _load(self, file: str, page: int):
         return self.select(self.loader(str(file), reader=self.reader), int(page))
