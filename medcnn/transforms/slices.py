@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import convert_to_tensor
 
@@ -288,6 +289,13 @@ class HemisphereStackd(MapTransform):
 _VOLUME_META = ("slice_indices", "hemisphere")
 
 
+def _slice_spacing(volume, axis: int) -> float | None:
+    """Spacing (mm) along tensor axis ``axis`` of a MetaTensor volume whose affine maps all its spatial axes."""
+    if not isinstance(volume, MetaTensor) or volume.affine.shape[-1] - 1 != volume.ndim - 1:
+        return None
+    return float(affine_to_spacing(volume.affine, r=volume.ndim - 1)[axis - 1])
+
+
 def _slice_item(d: Mapping, keys: Sequence[str], axis: int, position: int, original: Sequence[int]) -> dict:
     """One 2D item: ``keys`` sliced at ``position`` (slice axis removed), other keys shared, ``slice_index``."""
     item = {k: v for k, v in d.items() if k not in keys}  # shared, not copied: names, paths, scalars
@@ -295,6 +303,9 @@ def _slice_item(d: Mapping, keys: Sequence[str], axis: int, position: int, origi
         item[key] = d[key].select(axis, position)
         if isinstance(item[key], MetaTensor):  # per-volume lists do not collate across cases of different depth
             item[key].meta = {k: v for k, v in item[key].meta.items() if k not in _VOLUME_META}
+            spacing = _slice_spacing(d[key], axis)
+            if spacing is not None:  # the distance between slices, for volumes in mL in reports (medcnn.report)
+                item[key].meta["slice_spacing"] = spacing
     item["slice_index"] = int(original[position])
     return item
 
