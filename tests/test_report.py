@@ -273,3 +273,39 @@ def test_pdf_report_with_an_undefined_curve(tmp_path):
                             case_id="nan-curve")
     text = pdf_text(out)
     assert len(pypdf.PdfReader(str(out)).pages) == 3 and "best val_ppv" not in text and "best dice" in text
+
+
+def test_slices_cut_from_a_volume_report_the_volume_in_ml(tmp_path):
+    """Slices from medcnn.transforms.SliceIterd carry the distance between slices from the NIfTI affine: the grouped
+    report gives the region's volume in mL (in-plane 0.8 x 0.6 mm, 2.0 mm between slices)."""
+    from ignite.engine import Engine
+    from monai.data import DataLoader, GridPatchDataset, decollate_batch
+    from monai.transforms import CenterSpatialCropd, Compose, CopyItemsd, Resized
+
+    from medcnn.handlers.report import PDFReportHandler
+    from medcnn.transforms import SliceIterd
+
+    image, label, _, _ = phantom((48, 40, 6))
+    affine = torch.diag(torch.tensor([0.8, 0.6, 2.0, 1.0], dtype=torch.float64))
+    volume = {"image": MetaTensor(torch.from_numpy(image[None]), affine=affine),
+              "mask": MetaTensor(torch.from_numpy(label[None]).float(), affine=affine), "case": "pat8"}
+    prep = Compose([CopyItemsd(["image", "mask"], names=["image_native", "mask_native"]),
+                    CenterSpatialCropd(["image", "mask"], roi_size=(40, 32)),
+                    Resized(["image", "mask"], spatial_size=(20, 16), mode=["area", "nearest"])])
+    ds = GridPatchDataset([volume], patch_iter=SliceIterd(["image", "mask"]), transform=prep, with_coordinates=False)
+
+    def step(engine, b):
+        return [{"image": i["image"], "pred": torch.tensor([0.1, 0.9]), "cam": i["image"] / i["image"].amax()}
+                for i in decollate_batch(b)]
+
+    handler = PDFReportHandler(tmp_path, label_key="mask", native_image_key="image_native",
+                               native_label_key="mask_native", invert_transform=prep, group_key="case",
+                               name_key="case", cam_key="cam", cam_rule={"threshold": 0.9}, presence_threshold=0.5)
+    engine = Engine(step)
+    handler.attach(engine)
+    engine.run(DataLoader(ds, batch_size=3), max_epochs=1)
+    assert handler.collector.grouped()[0]["spacing"] == pytest.approx([0.8, 0.6, 2.0])
+    voxels = int(sum(c["pred"].sum() for c in handler.cases))
+    assert voxels > 0
+    text = " ".join(pdf_text(handler.written[0]).split())
+    assert f"measures {voxels * 0.8 * 0.6 * 2.0 / 1000.0:.1f} mL" in text

@@ -130,6 +130,8 @@ class ReportCases:
                 "source": str(getattr(shown, "meta", {}).get("filename_or_obj", "")),
                 "group": group,
                 "order": int(scalar_of(item.get(self.order_key, 0))) if self.group_key else 0,
+                # distance between slices, in mm, when the slice came from a volume (medcnn.transforms.SliceIterd)
+                "slice_spacing": scalar_of(getattr(shown, "meta", {}).get("slice_spacing")),
             }
             pred = torch.as_tensor(item[self.pred_key]).detach().cpu().float()
             if pred.ndim > spatial:  # a (C, *spatial) segmentation output
@@ -195,8 +197,11 @@ class ReportCases:
             if probs:
                 merged["probability"] = float(max(probs))
             if parts[0]["spacing"]:
-                # 2D slices carry their in-plane spacing only, not the distance between slices: areas are reported
-                # in cm², the volume in voxels (never an assumed slice spacing)
+                # 2D slices carry their in-plane spacing; the distance between slices only when they were cut from a
+                # volume that recorded it (``slice_spacing``): then the volume is in mL, else in voxels (never an
+                # assumed slice spacing)
                 merged["spacing"] = list(parts[0]["spacing"][:2])
+                if parts[0].get("slice_spacing"):
+                    merged["spacing"].append(float(parts[0]["slice_spacing"]))
             out.append(merged)
         return out
