@@ -121,3 +121,25 @@ def test_worker_counts_are_config_ids(name):
         for key in ("num_workers", "cache_num_workers"):
             if f'"@{key}"' in (bundle_root(name) / "configs" / standalone).read_text():
                 assert isinstance(parser.get_parsed_content(key), int), f"{name}/{standalone}: {key}"
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_BUNDLES
+                                  if _targets(json.loads((bundle_root(n) / "configs" / "evaluate.json").read_text()),
+                                              "PDFReportHandler")])
+def test_report_handler_block_gives_each_argument_once(name):
+    """The PDF report block: handler arguments, a nested ReportCases collection, page options of the writer."""
+    import inspect
+
+    from medcnn.handlers.report import PAGE_OPTIONS, PDFReportHandler
+    from medcnn.report.cases import ReportCases
+    from medcnn.report.pdf import write_case_report
+
+    assert set(PAGE_OPTIONS) <= set(inspect.signature(write_case_report).parameters)
+    for block in _targets(json.loads((bundle_root(name) / "configs" / "evaluate.json").read_text()),
+                          "PDFReportHandler"):
+        handler_args = set(inspect.signature(PDFReportHandler).parameters)
+        assert set(block) - {"_target_"} <= handler_args, f"{name}: {sorted(set(block) - handler_args)}"
+        cases = block["cases"]
+        assert cases["_target_"] == "medcnn.report.cases.ReportCases", name
+        assert set(cases) - {"_target_"} <= set(inspect.signature(ReportCases).parameters), name
+        assert set(block.get("page_options", {})) <= set(PAGE_OPTIONS), name
