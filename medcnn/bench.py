@@ -43,7 +43,8 @@ rates in samples/s, load averages are ``/proc/loadavg``'s 1, 5 and 15 minute fig
         "plain_samples_per_s": float,               # plain PyTorch loop, same net / batch / loss / optimiser
                                                     # (median of 3 timed blocks: plain_samples_per_s_blocks)
         "ratio": float,                             # bundle / plain
-        "plain_same_data_samples_per_s": float,     # plain loop over the bundle's own DataLoader
+        "plain_same_data_samples_per_s": float,     # plain loop over the bundle's own DataLoader (median of
+                                                    # 3 blocks of plain_iterations: ..._blocks)
         "plain_same_data_iterations": int,          # its timed iterations (after one warm-up batch)
         "ratio_same_data": float,                   # bundle / plain_same_data
         "breakdown_s": {"data": float, "step": float, "handlers": {"<handler> (<EVENT>)": float, ...}}
@@ -375,25 +376,27 @@ def plain_loader_loop(
     loss_function: Callable,
     optimizer: torch.optim.Optimizer,
     loader: Any,
-    iterations: int = 20,
+    iterations: int = 10,
     device: torch.device | str = "cpu",
     input_key: str = "image",
     target_key: str = "label",
-) -> float:
-    """Samples/s of a plain PyTorch loop over ``loader``: next batch, ``batch[input_key]`` ``(B, C, *S)`` and
-    ``batch[target_key]`` to ``device`` as plain tensors, ``zero_grad``, ``loss.backward()``, ``step``.
+    blocks: int = 3,
+) -> list[float]:
+    """Samples/s of a plain PyTorch loop over ``loader`` in ``blocks`` timed blocks of ``iterations`` batches: next
+    batch, ``batch[input_key]`` ``(B, C, *S)`` and ``batch[target_key]`` to ``device`` as plain tensors,
+    ``zero_grad``, ``loss.backward()``, ``step``.
 
     The loader (a bundle's own ``DataLoader``: its dataset, transforms, batch size and workers) is iterated again
-    from its start when exhausted; the first batch is an untimed warm-up (worker start, first allocations).
+    from its start when exhausted; the first batch is an untimed warm-up (worker start, first allocations). The
+    blocks follow each other on the same iterator; take their median on a shared machine.
     """
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if iterations < 1 or blocks < 1:
+        raise ValueError(f"iterations and blocks must be >= 1, got {iterations} and {blocks}")
     network.train()
     batches = iter(loader)
-    samples, start = 0, 0.0
-    for i in range(iterations + 1):
-        if i == 1:
-            start = time.perf_counter()
+
+    def train_step() -> int:
+        nonlocal batches
         try:
             batch = next(batches)
         except StopIteration:
@@ -407,9 +410,16 @@ def plain_loader_loop(
         optimizer.zero_grad(set_to_none=True)
         loss_function(network(x), y).backward()
         optimizer.step()
-        if i >= 1:
-            samples += int(x.shape[0])
-    return samples / (time.perf_counter() - start)
+        return int(x.shape[0])
+
+    train_step()  # warm-up
+    rates: list[float] = []
+    for _ in range(blocks):
+        samples, start = 0, time.perf_counter()
+        for _ in range(iterations):
+            samples += train_step()
+        rates.append(samples / (time.perf_counter() - start))
+    return rates
 
 
 def forward_latency(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
@@ -595,10 +605,10 @@ def run_bundle_benchmark(
                                       iterations=spec.plain_iterations, warmup=2 if i == 0 else 0) for i in range(3)]
         plain = statistics.median(blocks)
         # the same loop over the bundle's own loader: augmentation paid on both sides of ratio_same_data
-        same_iterations = max(spec.plain_iterations, min(timer.timed_iterations, 3 * spec.plain_iterations))
         network, optimizer = copy.deepcopy((trainer.network, trainer.optimizer))
-        plain_same = plain_loader_loop(network, trainer.loss_function, optimizer, trainer.data_loader,
-                                       iterations=same_iterations, device=trainer.state.device)
+        same_blocks = plain_loader_loop(network, trainer.loss_function, optimizer, trainer.data_loader,
+                                        iterations=spec.plain_iterations, device=trainer.state.device, blocks=3)
+        plain_same = statistics.median(same_blocks)
         bundle_sps = timer.samples / timer.train_time_s if timer.train_time_s > 0 else None
         result["network"] = {"class": type(trainer.network).__name__,
                              "parameters": sum(p.numel() for p in trainer.network.parameters())}
@@ -615,7 +625,8 @@ def run_bundle_benchmark(
             "plain_samples_per_s_blocks": [round(b, 3) for b in blocks],
             "ratio": None,
             "plain_same_data_samples_per_s": round(plain_same, 3),
-            "plain_same_data_iterations": same_iterations,
+            "plain_same_data_samples_per_s_blocks": [round(b, 3) for b in same_blocks],
+            "plain_same_data_iterations": 3 * spec.plain_iterations,
             "ratio_same_data": None,
             "breakdown_s": timer.breakdown(),
         }

@@ -132,8 +132,9 @@ def test_plain_loader_loop_iterates_the_loader_and_trains():
     loss_fn = torch.nn.CrossEntropyLoss()
     x, y = torch.stack([d["image"] for d in data]), torch.stack([d["label"] for d in data])
     start_loss = loss_fn(net(x), y).item()
-    rate = plain_loader_loop(net, loss_fn, torch.optim.Adam(net.parameters(), 1e-2), loader, iterations=20)
-    assert rate > 0 and len(seen) == 21 * 2  # warm-up batch + 20 timed ones, through 7 passes over 3 batches
+    rates = plain_loader_loop(net, loss_fn, torch.optim.Adam(net.parameters(), 1e-2), loader, iterations=5, blocks=4)
+    assert len(rates) == 4 and min(rates) > 0
+    assert len(seen) == 21 * 2  # warm-up batch + 4 blocks of 5 timed ones, through 7 passes over 3 batches
     assert loss_fn(net(x), y).item() < start_loss
     with pytest.raises(KeyError, match="no 'label'"):
         plain_loader_loop(net, loss_fn, torch.optim.Adam(net.parameters()), [{"image": x}], iterations=1)
@@ -186,7 +187,7 @@ def test_tiny_real_run_on_the_synthetic_bundle(tmp_path):
     assert training["timed_iterations"] == 3  # the first iteration is the warm-up
     assert training["timed_samples"] == 3 * result["batch"]["input_shape"][0]
     assert training["validation_time_s"] > 0
-    assert training["plain_same_data_iterations"] == 3  # timed iterations of the run, at least plain_iterations
+    assert training["plain_same_data_iterations"] == 6 and len(training["plain_same_data_samples_per_s_blocks"]) == 3
     assert training["ratio_same_data"] == pytest.approx(
         training["bundle_samples_per_s"] / training["plain_same_data_samples_per_s"], rel=1e-2)
     assert any(k.startswith("ValidationHandler") for k in training["breakdown_s"]["handlers"])
