@@ -121,9 +121,27 @@ def train_fold(bundle: Path, dataset_dir: str | None, out_dir: Path, overrides: 
     return config, net, train_s, curves
 
 
+def whole_slices(config, cases: list[dict], validation: bool | None = None) -> list[dict]:
+    """Whole slices ``{"image", "mask", "label", "case", "slice_index"}`` of ``cases`` on the classifier's grid,
+    read through the bundle's volume pipeline (``volume_transforms``; with ``validation`` only the training or
+    validation blocks), the slice label = whole-tumour mask not empty."""
+    from monai.data import Dataset, GridPatchDataset
+    from monai.transforms import CenterSpatialCropd, Compose, CopyItemsd, Resized
+
+    from medcnn.transforms import MaskPresenced, SliceBlocksd, SliceIterd
+
+    volume = list(config.get_parsed_content("volume_transforms"))
+    if validation is not None:
+        volume.append(SliceBlocksd(["image", "label"], **config["validation_blocks"], validation=validation))
+    to_grid = Compose([CopyItemsd("label", names="mask"), MaskPresenced("mask", label_key="label"),
+                       CenterSpatialCropd(["image", "mask"], roi_size=config["crop_size"]),
+                       Resized(["image", "mask"], spatial_size=config["spatial_size"], mode=["area", "nearest"])])
+    return list(GridPatchDataset(Dataset(cases, Compose(volume)), patch_iter=SliceIterd(["image", "label"]),
+                                 transform=to_grid, with_coordinates=False))
+
+
 def run_fold(recipe: dict, train_case: str, heldout_case: str, out_dir: Path, dataset_dir: str | None,
              cam: bool) -> dict:
-    from monai.transforms import Compose
 
     import medcnn.data as md
     from medcnn.handlers.classification import youden_threshold
@@ -133,15 +151,9 @@ def run_fold(recipe: dict, train_case: str, heldout_case: str, out_dir: Path, da
 
     config, net, train_s, curves = train_fold(BUNDLE, dataset_dir, out_dir, {
         "train_cases": [train_case], "test_cases": [heldout_case], **recipe})
-    transforms = Compose(config.get_parsed_content("slice_transforms"))
-    kwargs = {"min_brain_fraction": config["min_brain_fraction"], "min_tumour_pixels": config["min_tumour_pixels"],
-              "drop_ambiguous": True, "normalise": config["intensity_normalisation"],
-              "context": config["slice_context"]}
-    pool = config.get_parsed_content("train_pool")
-    val = md.split_slices_by_block(pool, **config["validation_blocks"], validation=True)
-    val_data = [transforms(dict(i)) for i in val]
+    val_data = whole_slices(config, config.get_parsed_content("train_datalist"), validation=True)
     ds = config.get_parsed_content("dataset_dir")
-    held = [transforms(dict(i)) for i in md.brats_slices(md.brats_case_datalist(ds, [heldout_case]), **kwargs)]
+    held = whole_slices(config, md.brats_case_datalist(ds, [heldout_case], file_names=config["file_names"]))
     p_val, p_held = half_probabilities(net, val_data), half_probabilities(net, held)
     r_val, r_held = scoring_rules(p_val), scoring_rules(p_held)
     rules = {}
