@@ -411,3 +411,44 @@ def test_handler_refuses_unknown_page_options_and_a_non_collection(tmp_path):
         PDFReportHandler(tmp_path, page_options={"finding": "x"})
     with pytest.raises(TypeError, match="cases must be a medcnn.report.cases.ReportCases"):
         PDFReportHandler(tmp_path, cases={"label_key": "mask"})
+
+
+def test_report_applies_a_native_grid_rule_where_it_was_scored(tmp_path):
+    """A CAM rule scored on the native grid (CAMDiceHandler native_mask_key, sigma in native pixels) draws the
+    region the Dice was computed on, not the rule applied on the 2x coarser network grid (twice as wide)."""
+    from types import SimpleNamespace
+
+    from ignite.engine import Engine
+    from monai.transforms import Compose, CopyItemsd, EnsureTyped, Resized
+
+    from medcnn.handlers.report import PDFReportHandler
+    from medcnn.localisation.masks import resize_heatmaps
+    from medcnn.localisation.rule import CAMRule, CAMToMask
+    from medcnn.report.cases import ReportCases
+
+    prep = Compose([CopyItemsd("image", names="image_native"), EnsureTyped("image"),
+                    Resized("image", spatial_size=(32, 32), mode="area")])
+    native = torch.zeros(1, 64, 64)
+    native[:, 28:36, 28:36] = 1.0
+    item = prep({"image": MetaTensor(native, meta={"filename_or_obj": "/data/p1_7.tif"}), "patient": "p1",
+                 "slice_index": 0})
+    cam = torch.zeros(1, 32, 32)
+    cam[:, 15:17, 15:17] = 1.0  # a sharp CAM on the network grid
+    rule = CAMRule(method="layercam", threshold=0.2, largest_component=True, smooth_sigma=4.0)
+    scored = CAMToMask(rule)(resize_heatmaps(cam[None], (64, 64))[0])  # what CAMDiceHandler scores natively
+    coarse = CAMToMask(rule)(cam).repeat_interleave(2, 1).repeat_interleave(2, 2)  # rule on the 32 grid, mapped back
+
+    def step(engine, b):
+        return [{"image": b[0]["image"], "pred": torch.tensor([0.1, 0.9]), "cam": cam}]
+
+    cam_handler = SimpleNamespace(rule=rule, native_mask_key="mask_native")
+    cases = ReportCases(native_image_key="image_native", invert_transform=prep, group_key="patient",
+                        name_key="patient", order_key="slice_index", cam_key="cam")
+    handler = PDFReportHandler(tmp_path, cases=cases, cam_handler=cam_handler)
+    engine = Engine(step)
+    handler.attach(engine)
+    engine.run([[item]], max_epochs=1)
+    drawn = handler.cases[0]["pred"]
+    assert drawn.shape == (1, 64, 64)
+    np.testing.assert_array_equal(drawn, scored.numpy())
+    assert coarse.sum() > 1.5 * scored.sum()  # the old drawing: smoothed with 2x the sigma, a wider region

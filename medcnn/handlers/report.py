@@ -121,7 +121,8 @@ class PDFReportHandler:
             batch_items = []
         if len(batch_items) == len(items):  # keys missing from the output (e.g. the reference "mask"): the batch's
             items = [{**b, **o} for b, o in zip(batch_items, items, strict=True)]
-        self.collector.add(items, self._rule())
+        native = getattr(self.cam_handler, "native_mask_key", None) is not None  # its Dice was scored natively
+        self.collector.add(items, self._rule(), rule_on_native_grid=native)
 
     def _write(self, engine: Engine) -> None:
         metrics: dict[str, Any] = {}

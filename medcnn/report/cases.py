@@ -118,9 +118,12 @@ class ReportCases:
         """Forget every case (start of an evaluation)."""
         self.cases, self.skipped = [], 0
 
-    def add(self, items: list[Mapping], cam_rule: Any) -> None:
+    def add(self, items: list[Mapping], cam_rule: Any, rule_on_native_grid: bool = False) -> None:
         """Gather the cases of ``items``; ``cam_rule`` (a :class:`medcnn.localisation.CAMRule`) turns a classifier's
-        CAM into the predicted region."""
+        CAM into the predicted region. ``rule_on_native_grid``: the rule's figures were scored on the native grid
+        (its ``smooth_sigma`` is in native pixels), so the CAM is first resized (bilinear, as the scoring does) to
+        the native image and the rule applied there; otherwise the rule is applied on the network input grid and
+        the region mapped back by ``invert_transform``."""
         from medcnn.localisation.rule import CAMToMask
 
         cam_cls = cam_rule.class_idx
@@ -174,9 +177,16 @@ class ReportCases:
                         "(give the CAMDiceHandler listed before this handler output_key=cam_key)"
                     )
                 # classifier says absent: the CAM is still drawn, the region is empty
-                case["pred"] = to_mask(case["cam"], case["probability"])
-                if self.invert_transform is not None:
-                    self._to_native(case, image)
+                if rule_on_native_grid and self.native_image_key:  # the grid the rule was scored on
+                    from medcnn.localisation.masks import resize_heatmaps
+
+                    cam = resize_heatmaps(torch.as_tensor(case["cam"])[None], case["image"].shape[1:])[0]
+                    case["cam"] = cam.numpy()
+                    case["pred"] = np.asarray(to_mask(cam, case["probability"])).astype(np.uint8)
+                else:
+                    case["pred"] = to_mask(case["cam"], case["probability"])
+                    if self.invert_transform is not None:
+                        self._to_native(case, image)
             self.cases.append(case)
 
     def _to_native(self, case: dict, image: Any) -> None:

@@ -20,7 +20,7 @@ from medcnn.transforms.slices import (
     slice_block_indices,
     unambiguous_slice_indices,
 )
-from medcnn.transforms.stack import SelectSlice, SelectSliced
+from medcnn.transforms.stack import LoadNeighbourSlicesd, SelectSlice, SelectSliced, StackSlices
 from medcnn.transforms.validation import CheckImage, CheckImaged, CheckImageLabeld, InvalidInputError
 from medcnn.transforms.weights import BorderWeightMap, BorderWeightMapd, border_weight_map
 
@@ -49,8 +49,10 @@ __all__ = [
     "MembraneToInstancesd",
     "membrane_to_instances",
     "PlainTailCompose",
+    "LoadNeighbourSlicesd",
     "SelectSlice",
     "SelectSliced",
+    "StackSlices",
     "HemisphereStack",
     "HemisphereStackd",
     "KeepSlices",
