@@ -18,6 +18,8 @@ TRAIN_IDS = ["bundle_root", "dataset_dir", "output_dir", "ckpt_dir", "device", "
              "train#trainer", "train#trainer#max_epochs", "train#dataset#data", "train#handlers",
              "validate#evaluator", "validate#dataset#data", "val_interval"]
 INFERENCE_IDS = ["network_def", "preprocessing", "inferer", "postprocessing"]
+#: the required properties of MONAI's "eval" workflow type (``ConfigWorkflow(workflow_type="eval")``)
+EVAL_IDS = ["dataset", "evaluator", "inferer"]
 
 
 def _parser(name: str, *configs: str) -> ConfigParser:
@@ -65,6 +67,7 @@ def test_top_level_config_ids_of_the_bundle_contract(name):
     assert [i for i in INFERENCE_IDS if i not in inference] == [], f"{name}/configs/inference.json"
     evaluate = _parser(name, "train.json", "evaluate.json")
     assert "validate#evaluator" in evaluate and "eval_datalist" in evaluate, f"{name}/configs/evaluate.json"
+    assert [i for i in EVAL_IDS if i not in evaluate] == [], f"{name}/configs/evaluate.json"
 
 
 @pytest.mark.parametrize("name", sorted(set(ALL_BUNDLES) - GENERATED_DATA))
