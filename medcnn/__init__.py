@@ -7,14 +7,4 @@ __version__ = "0.1.0"
 
 from medcnn import errors  # noqa: E402  (stdlib only: bundles call medcnn.errors.install_error_handler())
 
-__all__ = ["__version__", "engines", "errors"]
-
-
-def __getattr__(name: str):
-    """``medcnn.engines`` on first use (bundle configs call ``medcnn.engines.run_trainer`` after ``import medcnn``)
-    without importing MONAI for users who only need the stdlib parts."""
-    if name == "engines":
-        import importlib
-
-        return importlib.import_module("medcnn.engines")
-    raise AttributeError(f"module 'medcnn' has no attribute {name!r}")
+__all__ = ["__version__", "errors"]

@@ -6,20 +6,26 @@ short budget given as config overrides, and in the same process:
 1. times the bundle's training with Ignite's ``HandlersTimeProfiler`` attached to the trainer: data loading,
    the iteration step, every handler, and validation (the ``ValidationHandler``) separately; the bundle's
    samples/s exclude validation and the first (warm-up) iteration;
-2. times a plain PyTorch loop (``zero_grad``, ``loss_fn(net(x), y).backward()``, ``step``) on a copy of the same
-   network, with the same loss and an optimiser of the same class and hyper-parameters, on one batch the bundle's
-   own loader and ``prepare_batch`` produced, kept in memory as plain tensors; the ratio bundle / plain says how
-   much of the machine the bundle's training loop loses to everything that is not forward / backward / step;
+2. times two plain PyTorch loops (``zero_grad``, ``loss_fn(net(x), y).backward()``, ``step``) on a copy of the
+   same network, with the same loss and an optimiser of the same class and hyper-parameters:
+
+   - on one batch the bundle's own loader and ``prepare_batch`` produced, kept in memory as plain tensors:
+     ``ratio`` = bundle / this loop is what the bundle loses to everything that is not forward / backward / step,
+     its data pipeline (per-sample augmentation) included;
+   - over the bundle's own ``DataLoader`` (same dataset, transforms, batch size, workers), taking ``image`` and
+     ``label`` from each batch as plain tensors: ``ratio_same_data`` = bundle / this loop isolates what medcnn and
+     the bundle's wiring add (Ignite, handlers, ``prepare_batch``, MetaTensors reaching the network) from the
+     cost of the recipe's augmentation, which both sides pay;
 3. reads time-to-level (seconds and epochs until the validation metric first reaches each level) from the
    validation curve of that budgeted run;
 4. times inference of the same network eager vs TorchScript vs ONNX Runtime (``medcnn.networks.export``) at each
    thread count, with the maximum absolute difference of each backend's output to eager.
 
-Every result is one JSON object with this schema (``SCHEMA`` = ``"medcnn.bench/1"``; all times in seconds,
+Every result is one JSON object with this schema (``SCHEMA`` = ``"medcnn.bench/2"``; all times in seconds,
 rates in samples/s, load averages are ``/proc/loadavg``'s 1, 5 and 15 minute figures)::
 
     {
-      "schema": "medcnn.bench/1",
+      "schema": "medcnn.bench/2",
       "name": "hippocampus_segmentation",            # benchmark name (a bundle, or bundle + variant)
       "bundle": "hippocampus_segmentation",          # folder under bundles/
       "configs": ["train.json"], "overrides": {...}, # the exact budget of the run
@@ -37,6 +43,10 @@ rates in samples/s, load averages are ``/proc/loadavg``'s 1, 5 and 15 minute fig
         "plain_samples_per_s": float,               # plain PyTorch loop, same net / batch / loss / optimiser
                                                     # (median of 3 timed blocks: plain_samples_per_s_blocks)
         "ratio": float,                             # bundle / plain
+        "plain_same_data_samples_per_s": float,     # plain loop over the bundle's own DataLoader (median of
+                                                    # 3 blocks of plain_iterations: ..._blocks)
+        "plain_same_data_iterations": int,          # its timed iterations (after one warm-up batch)
+        "ratio_same_data": float,                   # bundle / plain_same_data
         "breakdown_s": {"data": float, "step": float, "handlers": {"<handler> (<EVENT>)": float, ...}}
       },
       "time_to_level": {"metric": str, "higher_is_better": bool, "best": float | null,
@@ -48,7 +58,8 @@ rates in samples/s, load averages are ``/proc/loadavg``'s 1, 5 and 15 minute fig
                               "max_abs_diff_vs_eager": float | null, "error": str | null}]}
     }
 
-``time_s`` of the curve counts from the start of training and includes validation (wall time to reach a level).
+Version 1 results (``"medcnn.bench/1"``, before the same-data loop) still validate, without the two same-data
+figures. ``time_s`` of the curve counts from the start of training and includes validation (wall time to reach a level).
 The harness builds ``train#trainer`` (and so the training dataset) before the config's ``run`` list runs, to attach
 its timers: a bundle must not rely on the order of its ``run`` list to prepare the training data (cache plain
 tensors with an explicit transform, as the bundles do, rather than by switching ``set_track_meta`` first).
@@ -82,6 +93,7 @@ __all__ = [
     "forward_latency",
     "load_average",
     "machine_info",
+    "plain_loader_loop",
     "plain_training_loop",
     "run_bundle_benchmark",
     "speed_ratio",
@@ -92,7 +104,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "medcnn.bench/1"
+SCHEMA = "medcnn.bench/2"
+#: earlier schemas :func:`validate_result` still accepts (their results lack the fields added since)
+OLD_SCHEMAS = ("medcnn.bench/1",)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO_ROOT / "bundles"
 
@@ -357,6 +371,57 @@ def plain_training_loop(
     return iterations * int(inputs.shape[0]) / (time.perf_counter() - start)
 
 
+def plain_loader_loop(
+    network: torch.nn.Module,
+    loss_function: Callable,
+    optimizer: torch.optim.Optimizer,
+    loader: Any,
+    iterations: int = 10,
+    device: torch.device | str = "cpu",
+    input_key: str = "image",
+    target_key: str = "label",
+    blocks: int = 3,
+) -> list[float]:
+    """Samples/s of a plain PyTorch loop over ``loader`` in ``blocks`` timed blocks of ``iterations`` batches: next
+    batch, ``batch[input_key]`` ``(B, C, *S)`` and ``batch[target_key]`` to ``device`` as plain tensors,
+    ``zero_grad``, ``loss.backward()``, ``step``.
+
+    The loader (a bundle's own ``DataLoader``: its dataset, transforms, batch size and workers) is iterated again
+    from its start when exhausted; the first batch is an untimed warm-up (worker start, first allocations). The
+    blocks follow each other on the same iterator; take their median on a shared machine.
+    """
+    if iterations < 1 or blocks < 1:
+        raise ValueError(f"iterations and blocks must be >= 1, got {iterations} and {blocks}")
+    network.train()
+    batches = iter(loader)
+
+    def train_step() -> int:
+        nonlocal batches
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches)
+        for key in (input_key, target_key):
+            if key not in batch:
+                raise KeyError(f"plain loader loop: batch has no {key!r} (keys: {sorted(batch)})")
+        x = _plain(batch[input_key]).to(device)
+        y = _plain(batch[target_key]).to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss_function(network(x), y).backward()
+        optimizer.step()
+        return int(x.shape[0])
+
+    train_step()  # warm-up
+    rates: list[float] = []
+    for _ in range(blocks):
+        samples, start = 0, time.perf_counter()
+        for _ in range(iterations):
+            samples += train_step()
+        rates.append(samples / (time.perf_counter() - start))
+    return rates
+
+
 def forward_latency(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
     """Median seconds of ``fn(x)`` under ``torch.no_grad`` over ``repeats`` runs after ``warmup`` untimed ones."""
     times = []
@@ -539,6 +604,11 @@ def run_bundle_benchmark(
         blocks = [plain_training_loop(network, trainer.loss_function, optimizer, inputs, targets,
                                       iterations=spec.plain_iterations, warmup=2 if i == 0 else 0) for i in range(3)]
         plain = statistics.median(blocks)
+        # the same loop over the bundle's own loader: augmentation paid on both sides of ratio_same_data
+        network, optimizer = copy.deepcopy((trainer.network, trainer.optimizer))
+        same_blocks = plain_loader_loop(network, trainer.loss_function, optimizer, trainer.data_loader,
+                                        iterations=spec.plain_iterations, device=trainer.state.device, blocks=3)
+        plain_same = statistics.median(same_blocks)
         bundle_sps = timer.samples / timer.train_time_s if timer.train_time_s > 0 else None
         result["network"] = {"class": type(trainer.network).__name__,
                              "parameters": sum(p.numel() for p in trainer.network.parameters())}
@@ -553,10 +623,17 @@ def run_bundle_benchmark(
             "bundle_samples_per_s": round(bundle_sps, 3) if bundle_sps else None,
             "plain_samples_per_s": round(plain, 3),
             "plain_samples_per_s_blocks": [round(b, 3) for b in blocks],
-            "ratio": None, "breakdown_s": timer.breakdown(),
+            "ratio": None,
+            "plain_same_data_samples_per_s": round(plain_same, 3),
+            "plain_same_data_samples_per_s_blocks": [round(b, 3) for b in same_blocks],
+            "plain_same_data_iterations": 3 * spec.plain_iterations,
+            "ratio_same_data": None,
+            "breakdown_s": timer.breakdown(),
         }
         ratio = speed_ratio(bundle_sps, plain)
         result["training"]["ratio"] = round(ratio, 3) if ratio is not None else None
+        ratio_same = speed_ratio(bundle_sps, plain_same)
+        result["training"]["ratio_same_data"] = round(ratio_same, 3) if ratio_same is not None else None
         values = [c["value"] for c in timer.curve]
         best = (max(values) if spec.higher_is_better else min(values)) if values else None
         result["time_to_level"] = {
@@ -591,7 +668,7 @@ def validate_result(result: Mapping[str, Any]) -> None:
         if not isinstance(result[key], types):
             raise ValueError(f"benchmark result: {key!r} is {type(result[key]).__name__}, expected "
                              f"{'/'.join(t.__name__ for t in types)}")
-    if result["schema"] != SCHEMA:
+    if result["schema"] != SCHEMA and result["schema"] not in OLD_SCHEMAS:
         raise ValueError(f"benchmark result: schema {result['schema']!r}, expected {SCHEMA!r}")
     for key in ("cpu_model", "cores", "torch", "monai"):
         if key not in result["machine"]:
@@ -605,9 +682,18 @@ def validate_result(result: Mapping[str, Any]) -> None:
         value = training.get(key)
         if not isinstance(value, (int, float)) or value <= 0:
             raise ValueError(f"benchmark result: training.{key} must be a positive number, got {value!r}")
-    ratio = training["bundle_samples_per_s"] / training["plain_samples_per_s"]
-    if abs(ratio - training["ratio"]) > 1e-3 * max(1.0, ratio):
-        raise ValueError(f"benchmark result: training.ratio {training['ratio']} is not bundle / plain ({ratio:.3f})")
+    pairs = [("ratio", "plain_samples_per_s")]
+    if result["schema"] == SCHEMA:
+        pairs.append(("ratio_same_data", "plain_same_data_samples_per_s"))
+        for key in ("plain_same_data_samples_per_s", "ratio_same_data"):
+            value = training.get(key)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"benchmark result: training.{key} must be a positive number, got {value!r}")
+    for key, plain_key in pairs:
+        ratio = training["bundle_samples_per_s"] / training[plain_key]
+        if abs(ratio - training[key]) > 1e-3 * max(1.0, ratio):
+            raise ValueError(f"benchmark result: training.{key} {training[key]} is not bundle / {plain_key} "
+                             f"({ratio:.3f})")
     ttl = result["time_to_level"]
     for key in ("metric", "levels", "curve"):
         if key not in ttl:

@@ -6,7 +6,8 @@
 
 Each benchmark trains the bundle's own ``train.json`` on a short budget (``medcnn.bench.BENCHMARKS``; add config
 overrides with ``--override id=value``), compares its training samples/s with a plain PyTorch loop on the same
-network and batch, reads time-to-level from the run's validation curve, and times inference eager vs TorchScript
+network and one batch (``ratio``) and with one over the bundle's own DataLoader (``ratio_same_data``), reads
+time-to-level from the run's validation curve, and times inference eager vs TorchScript
 vs ONNX Runtime at each ``--inference_threads``. Record the machine's load: the JSON does (before and after).
 """
 
@@ -42,7 +43,10 @@ def markdown_row(r: dict) -> str:
     threads = sorted({row["threads"] for row in r["inference"]["rows"]})
     ups = "; ".join(f"{n}t: TS {speedups.get(('torchscript', n)) or '-'}x, "
                     f"ORT {speedups.get(('onnxruntime', n)) or '-'}x" for n in threads)
+    same = t.get("ratio_same_data")  # absent from medcnn.bench/1 results
+    same_cells = f"{t['plain_same_data_samples_per_s']:.1f} | {same:.2f}" if same else "- | -"
     return (f"| {r['name']} | {t['bundle_samples_per_s']:.1f} | {t['plain_samples_per_s']:.1f} | {t['ratio']:.2f} | "
+            f"{same_cells} | "
             f"{ttl['metric']} {levels} | {ups} | {r['load_average']['before'][0]}-{r['load_average']['after'][0]} |")
 
 
@@ -62,8 +66,9 @@ def summarise(folder: Path) -> int:
     return 0
 
 
-HEADER = ("| benchmark | bundle samples/s | plain samples/s | ratio | time-to-level | inference speed-up vs eager | "
-          "load 1m |\n|---|---|---|---|---|---|---|")
+HEADER = ("| benchmark | bundle samples/s | plain samples/s (one batch) | ratio | plain samples/s (same data) | "
+          "ratio same data | time-to-level | inference speed-up vs eager | load 1m |\n"
+          "|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         path = args.out / f"{name}.json"
         path.write_text(json.dumps(result, indent=1) + "\n")
         rows.append(markdown_row(result))
-        logger.info("%s written: ratio %.2f", path, result["training"]["ratio"])
+        logger.info("%s written: ratio %.2f, same data %.2f", path, result["training"]["ratio"],
+                    result["training"]["ratio_same_data"])
     summary = HEADER + "\n" + "\n".join(rows) + "\n"
     if len(names) > 1:
         (args.out / "summary.md").write_text(f"`{command}`\n\n" + summary)

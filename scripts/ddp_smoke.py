@@ -38,6 +38,7 @@ EXTRA: dict[str, dict] = {
 #: ``PatchDataset``): their own small-run ids replace the ``Subset`` overrides of :func:`tiny_overrides`
 VOLUME_PIPELINES: dict[str, dict] = {
     "brats_tumour_segmentation": {"slices_per_case": 8, "batch_size": 4},
+    "brats_tumour_localisation": {"slices_per_case": 8, "batch_size": 4},
 }
 
 

@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     net.load_state_dict(torch.load(ckpt, weights_only=True, map_location="cpu"))
     net.eval()
     validation = config.get_parsed_content(args.dataset_id)
+    if not hasattr(validation, "__len__"):  # an iterable dataset (slices iterated from volumes): read it once
+        validation = list(validation)
     keys = ("image", "label", "mask")
     if args.native_mask:  # a copy of the mask taken before the resize to the network's input size
         from monai.data import CacheDataset
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                             + config.get_parsed_content("resize_transforms"))
         validation = CacheDataset(validation.data, transform, progress=False)
         keys = ("image", "label", "mask_native")
-    groups = sorted({str(d.get("patient", d.get("case", ""))) for d in validation.data})
+    groups = sorted({str(d.get("patient", d.get("case", ""))) for d in getattr(validation, "data", validation)})
     start = time.perf_counter()
 
     scores, labels = [], []

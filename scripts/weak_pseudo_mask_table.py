@@ -24,12 +24,24 @@ from monai.transforms import Compose
 from medcnn.weak import compute_pseudo_masks, load_classifier, pseudo_mask_quality, select_refinement
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
-#: per bundle: the config id of the validation items and of the transform that brings items (image + mask) to the
-#: classifier's grid (None: items are already on it)
+#: BraTS slice items of the training or validation blocks, with their whole-tumour mask (``mask``) and slice label
+#: (``label``, mask not empty) on the classifier's grid, read through the bundle's volume pipeline
+_BRATS_ITEMS = (
+    "$monai.data.GridPatchDataset(monai.data.Dataset(@train_datalist, monai.transforms.Compose(@volume_transforms + "
+    "[medcnn.transforms.SliceBlocksd(['image', 'label'], **@validation_blocks, validation={val})])), "
+    "patch_iter=medcnn.transforms.SliceIterd(['image', 'label'], id_format='{{case}}_slice{{slice_index:03d}}'), "
+    "transform=monai.transforms.Compose([monai.transforms.CopyItemsd('label', names='mask'), "
+    "medcnn.transforms.MaskPresenced('mask', label_key='label'), "
+    "monai.transforms.CenterSpatialCropd(['image', 'mask'], roi_size=@crop_size), "
+    "monai.transforms.Resized(['image', 'mask'], spatial_size=@spatial_size, mode=['area', 'nearest'])]), "
+    "with_coordinates=False)"
+)
+#: per bundle: the config id (or expression) of the validation items, of the training items with their masks
+#: (None: ``pseudo_mask_items``), and of the transform that brings items (image + mask) to the classifier's grid
+#: (None: items are already on it)
 BUNDLE_ITEMS = {
-    "synthetic_localisation": ("validate#dataset#data", None),
-    "brats_tumour_localisation": (
-        "$medcnn.data.split_slices_by_block(@train_pool, **@validation_blocks, validation=True)", "slice_transforms"),
+    "synthetic_localisation": ("validate#dataset#data", None, None),
+    "brats_tumour_localisation": (_BRATS_ITEMS.format(val=True), _BRATS_ITEMS.format(val=False), None),
 }
 
 def _crf(spatial: float, intensity: float, weight: float, image_sigma: float = 0.0) -> list[dict]:
@@ -67,8 +79,9 @@ def main() -> None:
     parser = ConfigParser()
     parser.read_config(files)
     parser["bundle_root"] = str(root)
-    val_id, transform_id = BUNDLE_ITEMS[args.bundle]
+    val_id, train_id, transform_id = BUNDLE_ITEMS[args.bundle]
     parser["weak_table_val_items"] = val_id if val_id.startswith("$") else f"@{val_id}"
+    parser["weak_table_train_items"] = train_id or "@pseudo_mask_items"
     to_grid = Compose(parser.get_parsed_content(transform_id)) if transform_id else (lambda d: d)
     parser["device"] = "$torch.device('cpu')"
     net = load_classifier(parser.get_parsed_content("network_def"), parser.get_parsed_content("classifier_path"))
@@ -82,7 +95,7 @@ def main() -> None:
     if args.select_only:
         Path(args.out).write_text(json.dumps(result, indent=2))
         return
-    train = [to_grid(d) for d in parser.get_parsed_content("pseudo_mask_items")]
+    train = [to_grid(d) for d in parser.get_parsed_content("weak_table_train_items")]
     stages = {"raw CAM": []}
     for i in range(len(chain)):
         stages[" + ".join(s["name"] for s in chain[: i + 1])] = chain[: i + 1]

@@ -15,6 +15,7 @@ from medcnn.bench import (
     BundleBenchmark,
     backend_latency,
     bundle_workflow,
+    plain_loader_loop,
     plain_training_loop,
     run_bundle_benchmark,
     speed_ratio,
@@ -68,7 +69,8 @@ def _result() -> dict:
         "threads": {"torch": 1, "OMP_NUM_THREADS": "1"},
         "load_average": {"before": [1.0, 1.0, 1.0], "after": [1.0, 1.0, 1.0]},
         "network": {"class": "Net", "parameters": 10}, "batch": {"input_shape": [4, 1, 8, 8]},
-        "training": {"bundle_samples_per_s": 45.0, "plain_samples_per_s": 60.0, "ratio": 0.75, "train_time_s": 2.0},
+        "training": {"bundle_samples_per_s": 45.0, "plain_samples_per_s": 60.0, "ratio": 0.75, "train_time_s": 2.0,
+                     "plain_same_data_samples_per_s": 50.0, "ratio_same_data": 0.9, "plain_same_data_iterations": 20},
         "time_to_level": {"metric": "m", "levels": [{"level": 0.5, "epoch": None, "time_s": None}], "curve": []},
         "inference": {"input_shape": [1, 1, 8, 8], "rows": [
             {"backend": "eager", "threads": 1, "median_s": 0.01, "error": None},
@@ -84,7 +86,9 @@ def test_validate_result_accepts_the_schema():
     "change, message",
     [
         (lambda r: r.pop("machine"), "missing field 'machine'"),
-        (lambda r: r["training"].update(ratio=0.9), "not bundle / plain"),
+        (lambda r: r["training"].update(ratio=0.9), "training.ratio 0.9 is not bundle / plain_samples_per_s"),
+        (lambda r: r["training"].update(ratio_same_data=0.75), "ratio_same_data 0.75 is not bundle / plain_same_data"),
+        (lambda r: r["training"].pop("plain_same_data_samples_per_s"), "plain_same_data_samples_per_s must be"),
         (lambda r: r["training"].update(plain_samples_per_s=0), "plain_samples_per_s must be a positive"),
         (lambda r: r["load_average"].update(after=None), "load_average.after"),
         (lambda r: r["inference"]["rows"][0].update(median_s=None), "neither a positive median_s nor an error"),
@@ -96,6 +100,44 @@ def test_validate_result_names_the_wrong_field(change, message):
     change(result)
     with pytest.raises(ValueError, match=message):
         validate_result(result)
+
+
+def test_schema_1_results_still_validate_without_the_same_data_figures():
+    """Results written before the same-data loop (docs/benchmarks until the next sweep) keep validating."""
+    result = copy.deepcopy(_result())
+    result["schema"] = "medcnn.bench/1"
+    for key in ("plain_same_data_samples_per_s", "ratio_same_data", "plain_same_data_iterations"):
+        del result["training"][key]
+    validate_result(result)
+    with pytest.raises(ValueError, match="plain_same_data_samples_per_s must be"):
+        validate_result({**result, "schema": SCHEMA})
+
+
+def test_plain_loader_loop_iterates_the_loader_and_trains():
+    """Every timed iteration takes the next batch (restarting an exhausted loader) and steps the optimiser."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 2))
+    data = [{"image": torch.randn(1, 8, 8), "label": torch.tensor(i % 2)} for i in range(6)]
+    seen = []
+
+    class Counting(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, i):
+            seen.append(i)
+            return data[i]
+
+    loader = torch.utils.data.DataLoader(Counting(), batch_size=2)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x, y = torch.stack([d["image"] for d in data]), torch.stack([d["label"] for d in data])
+    start_loss = loss_fn(net(x), y).item()
+    rates = plain_loader_loop(net, loss_fn, torch.optim.Adam(net.parameters(), 1e-2), loader, iterations=5, blocks=4)
+    assert len(rates) == 4 and min(rates) > 0
+    assert len(seen) == 21 * 2  # warm-up batch + 4 blocks of 5 timed ones, through 7 passes over 3 batches
+    assert loss_fn(net(x), y).item() < start_loss
+    with pytest.raises(KeyError, match="no 'label'"):
+        plain_loader_loop(net, loss_fn, torch.optim.Adam(net.parameters()), [{"image": x}], iterations=1)
 
 
 def test_plain_training_loop_trains_the_network():
@@ -145,6 +187,9 @@ def test_tiny_real_run_on_the_synthetic_bundle(tmp_path):
     assert training["timed_iterations"] == 3  # the first iteration is the warm-up
     assert training["timed_samples"] == 3 * result["batch"]["input_shape"][0]
     assert training["validation_time_s"] > 0
+    assert training["plain_same_data_iterations"] == 6 and len(training["plain_same_data_samples_per_s_blocks"]) == 3
+    assert training["ratio_same_data"] == pytest.approx(
+        training["bundle_samples_per_s"] / training["plain_same_data_samples_per_s"], rel=1e-2)
     assert any(k.startswith("ValidationHandler") for k in training["breakdown_s"]["handlers"])
     ttl = result["time_to_level"]
     assert [c["epoch"] for c in ttl["curve"]] == [1, 2]

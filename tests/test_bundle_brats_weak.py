@@ -24,3 +24,31 @@ def test_committed_segmenter_reproduces_model_card(tmp_path, data_dir):
     assert m["n_images"] == card["n_images"] == cam["n_images"]
     assert m["dice"] == pytest.approx(card["dice"], abs=0.01)
     assert m["dice"] >= 0.78 and m["dice"] > cam["cam_dice"]  # the issue's target, and above the CAM masks
+
+
+def test_weak_configs_read_slices_through_the_volume_pipeline(tmp_path):
+    """Pseudo-mask items: every whole slice of the training blocks with its slice label (mask not empty) and no mask;
+    the segmenter validates on every whole validation-block slice with its true mask, on the classifier's grid."""
+    from bundle_helpers import make_workflow
+    from test_brats_data import make_brats_case
+
+    from medcnn.transforms import slice_block_indices
+
+    for i, name in enumerate(("s1", "s2")):
+        make_brats_case(tmp_path, name, shape=(32, 32, 16), tumour_slices=range(3, 9), seed=i)
+    common = {"dataset_dir": str(tmp_path), "output_dir": str(tmp_path / "out"), "train_cases": ["s1", "s2"],
+              "crop_size": [32, 32], "spatial_size": [16, 16], "min_tumour_pixels": 5,
+              "validation_blocks#block": 4}
+    wf = make_workflow(NAME, ["train.json", "weak_pseudo_masks.json"], "train", **common)
+    items = list(wf.parser.get_parsed_content("pseudo_mask_items"))
+    # brain on slices 1-15 (slice 0 has none), slice 10 ambiguous (1 tumour pixel), training blocks of 4
+    kept = [z for z in slice_block_indices(16, 4, 4, 2, validation=False) if z not in (0, 10)]
+    assert [i["slice_index"] for i in items] == kept + kept
+    assert [i["id"] for i in items[:2]] == [f"s1_slice{kept[0]:03d}", f"s1_slice{kept[1]:03d}"]
+    assert [int(i["label"]) for i in items[: len(kept)]] == [int(3 <= z <= 8) for z in kept]
+    assert all(i["label"].ndim == 0 and "mask" not in i for i in items)  # the mask never reaches the pseudo-masks
+    wf = make_workflow(NAME, ["train.json", "weak_train_segmenter.json"], "train", **common)
+    val = list(wf.parser.get_parsed_content("validate#dataset"))
+    val_kept = [z for z in slice_block_indices(16, 4, 4, 2, validation=True) if z not in (0, 10)]
+    assert len(val) == 2 * len(val_kept) and tuple(val[0]["image"].shape) == (2, 16, 16)
+    assert [bool(v["label"].sum() > 0) for v in val[: len(val_kept)]] == [3 <= z <= 8 for z in val_kept]

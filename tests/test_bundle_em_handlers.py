@@ -84,3 +84,31 @@ def test_isbi_pixel_error_metric_scores_cell_probabilities_over_all_items():
     assert m["isbi_pixel_error"] == pytest.approx(0.0) and 0.1 <= m["isbi_pixel_error_threshold"] < 0.4
     with pytest.raises(ValueError, match="class probabilities"):
         MaxFPixelErrorMetric(scored_class=1).update(([torch.rand(1, 4, 4)], [torch.zeros(1, 4, 4)]))
+
+
+def test_key_figure_makes_the_report_the_evaluators_key_metric():
+    """One confusion matrix gives the key metric: the figure MONAI's ConfusionMatrix handler gave, best tracked."""
+    from monai.engines import SupervisedEvaluator
+    from monai.handlers import ConfusionMatrix, from_engine
+
+    items = _items()
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    def run(key_metric, additional=None):
+        loader = torch.utils.data.DataLoader([{"image": i["pred"], "label": i["label"]} for i in items], batch_size=1)
+        evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=Identity(),
+                                        key_val_metric={"dice": key_metric}, additional_metrics=additional)
+        evaluator.run()
+        return evaluator.state
+
+    ours = run(PixelConfusionMetric(2, ["cell", "membrane"], key_figure="membrane_dice"))
+    monai = run(ConfusionMatrix(include_background=False, metric_name="f1", reduction="sum",
+                                output_transform=from_engine(["pred", "label"])))
+    assert ours.metrics["dice"] == pytest.approx(48 / 56) and ours.metrics["dice"] == pytest.approx(
+        monai.metrics["dice"], abs=1e-7)
+    assert ours.best_metric == pytest.approx(48 / 56) and ours.metrics["confusion_matrix"] == [[480, 0], [8, 24]]
+    with pytest.raises(KeyError, match="key_figure 'tumour_dice' is not a figure of the report.*membrane_dice"):
+        run(PixelConfusionMetric(2, ["cell", "membrane"], key_figure="tumour_dice"))

@@ -83,25 +83,6 @@ def test_inference_and_localise(trained, tmp_path):
     assert len(index["images"]) == 4 and index["rule"]["method"] == DEFAULT_CAM["method"]
 
 
-def test_user_datalist_evaluation(trained, tmp_path):
-    import nibabel as nib
-    import numpy as np
-
-    from medcnn.data.synthetic import synthetic_datalist
-
-    out, ckpt, _ = trained
-    entries = []
-    for i, item in enumerate(synthetic_datalist(4, 7, spatial_size=(32, 32), radius_range=(4, 8), contrast=3.0)):
-        nib.save(nib.Nifti1Image(item["image"][0], np.eye(4)), tmp_path / f"img{i}.nii.gz")
-        nib.save(nib.Nifti1Image(item["mask"][0], np.eye(4)), tmp_path / f"msk{i}.nii.gz")
-        entries.append({"image": f"img{i}.nii.gz", "mask": f"msk{i}.nii.gz", "label": item["label"]})
-    (tmp_path / "mine.json").write_text(json.dumps(entries))
-    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", output_dir=str(tmp_path / "eval"),
-                 ckpt_path=str(ckpt / "model.pt"), eval_datalist=str(tmp_path / "mine.json"), **TINY)
-    m = read_metrics(tmp_path / "eval")
-    assert m["n_images"] == 4 and m["test_seed"] is None and m["cam_n_images"] == 2
-
-
 def test_net_in_out_and_export(trained, tmp_path):
     from monai.bundle import ckpt_export, verify_net_in_out
 

@@ -210,3 +210,67 @@ def test_volume_with_a_mask_stack_of_another_length_is_refused(tmp_path):
 def test_missing_dataset_folder_is_named(tmp_path):
     with pytest.raises(LGGDataError, match=r"nowhere: LGG dataset folder not found \(set dataset_dir"):
         lgg_datalist(tmp_path / "nowhere", ["P"])
+
+
+@pytest.fixture(scope="module")
+def preprocessing_2p5d():
+    """The bundle's deterministic transform list with 2.5D input (``context`` 1: 9 channels)."""
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser["bundle_root"] = str(ROOT)
+    parser["spatial_size"] = [16, 16]
+    parser["context"] = 1
+    return parser.get_parsed_content("validate#preprocessing")
+
+
+def test_neighbours_repeat_the_edge_slices_and_stack_as_channels(tmp_path, preprocessing_2p5d):
+    folder = make_patient(tmp_path, "P2", n_slices=4, tumour=[1])
+    items = lgg_datalist(tmp_path, context=1)
+    files = [i["image"] for i in items]
+    assert [i["image_neighbours"] for i in items] == [
+        [[files[0], 0], [files[1], 0]], [[files[0], 0], [files[2], 0]],
+        [[files[1], 0], [files[3], 0]], [[files[2], 0], [files[3], 0]]]
+    assert "image_neighbours" not in lgg_datalist(tmp_path)[0]  # 2D items unchanged
+    out = preprocessing_2p5d(items[1])
+    assert tuple(out["image"].shape) == (9, 16, 16) and "image_neighbours" not in out
+    # channels 0-2: the slice itself (the 2D input), 3-5: slice z-1, 6-8: slice z+1
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser["bundle_root"], parser["spatial_size"] = str(ROOT), [16, 16]
+    flat, items_2d = parser.get_parsed_content("validate#preprocessing"), lgg_datalist(tmp_path)
+    torch.testing.assert_close(out["image"][:3].as_tensor(), flat(items_2d[1])["image"].as_tensor())
+    torch.testing.assert_close(out["image"][3:6].as_tensor(), flat(items_2d[0])["image"].as_tensor())
+    torch.testing.assert_close(out["image"][6:].as_tensor(), flat(items_2d[2])["image"].as_tensor())
+    assert int(out["label"]) == 1 and tuple(out["mask"].shape) == (1, 16, 16)
+    # FLAIR-only neighbours (neighbour_channels [1]): the slice's 3 sequences + FLAIR of z-1 and z+1
+    parser["context"], parser["neighbour_channels"] = 1, [1]
+    assert parser.get_parsed_content("in_channels") == 5
+    flair = parser.get_parsed_content("validate#preprocessing")(items[1])["image"]
+    assert tuple(flair.shape) == (5, 16, 16)
+    torch.testing.assert_close(flair[3:].as_tensor(), out["image"][[4, 7]].as_tensor())
+    # a neighbour of another size is refused with its file named
+    tifffile.imwrite(folder / "P2_3.tif", np.zeros((24, 24, 3), np.uint8), photometric="rgb")
+    with pytest.raises(Exception) as info:
+        preprocessing_2p5d(items[1])
+    assert "P2_3.tif" in str(_invalid(info.value)) and "neighbouring slice" in str(_invalid(info.value))
+    (folder / "P2_1.tif").unlink()  # a neighbour named by the datalist but gone: its file is named
+    with pytest.raises(Exception) as info:
+        preprocessing_2p5d(items[1])
+    assert "P2_1.tif" in str(_invalid(info.value))
+
+
+def test_volume_and_slice_files_give_the_same_2p5d_samples(tmp_path, preprocessing_2p5d):
+    folder = make_patient(tmp_path / "slices", "P1", n_slices=5, tumour=[1, 2])
+    slices = lgg_patient_slices(folder)
+    write_tiff_pages(np.stack([tifffile.imread(i["image"]) for i in slices]), tmp_path / "vol" / "P1.tif")
+    write_tiff_pages(np.stack([tifffile.imread(i["mask"]) for i in slices]), tmp_path / "vol" / "P1_mask.tif")
+    (tmp_path / "vol" / "list.json").write_text(json.dumps([{"image": "P1.tif", "mask": "P1_mask.tif"}]))
+    volume = load_lgg_datalist(tmp_path / "vol" / "list.json", context=1)
+    vol = str(tmp_path / "vol" / "P1.tif")
+    assert volume[0]["image_neighbours"] == [[vol, 0], [vol, 1]]
+    assert volume[4]["image_neighbours"] == [[vol, 3], [vol, 4]]
+    for a, b in zip(lgg_datalist(tmp_path / "slices", context=1), volume, strict=True):
+        pa, pb = preprocessing_2p5d(a), preprocessing_2p5d(b)
+        assert tuple(pa["image"].shape) == (9, 16, 16)
+        torch.testing.assert_close(pa["image"].as_tensor(), pb["image"].as_tensor())
+        assert int(pa["label"]) == int(pb["label"])

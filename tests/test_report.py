@@ -12,6 +12,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from medcnn.report.cases import ReportCases
 from medcnn.report.pdf import write_case_report
 from medcnn.report.summary import case_facts, render_summary
 
@@ -151,7 +152,8 @@ def test_handler_writes_one_report_per_case(tmp_path):
     (tmp_path / "curves.json").write_text(json.dumps(CURVES))
     handler = ConfigParser({"h": {"_target_": "medcnn.handlers.report.PDFReportHandler",
                                   "output_dir": str(tmp_path / "reports"), "curves_json": str(tmp_path / "curves.json"),
-                                  "label_key": "label"}}).get_parsed_content("h")
+                                  "cases": {"_target_": "medcnn.report.cases.ReportCases", "label_key": "label"}}}
+                          ).get_parsed_content("h")
     loader = torch.utils.data.DataLoader(data, batch_size=2, collate_fn=__import__("monai").data.list_data_collate)
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"), val_data_loader=loader, network=Threshold(),
@@ -187,7 +189,8 @@ def test_handler_for_a_classifier_with_cam(tmp_path):
     def step(engine, b):  # the CAM comes with the evaluator's output (a CAMDiceHandler with output_key="cam")
         return [{"image": b[0]["image"], "label": b[0]["label"], "pred": torch.tensor([0.08, 0.92]), "cam": cam}]
 
-    handler = PDFReportHandler(tmp_path, label_key="mask", cam_key="cam", cam_rule={"threshold": 0.9}, max_slices=1)
+    handler = PDFReportHandler(tmp_path, ReportCases(label_key="mask", cam_key="cam"), {"max_slices": 1},
+                               cam_rule={"threshold": 0.9})
     engine = Engine(step)
     handler.attach(engine)
     engine.run([batch], max_epochs=1)
@@ -201,14 +204,14 @@ def test_handler_for_a_classifier_with_cam(tmp_path):
     def step_absent(engine, b):
         return [{"image": b[0]["image"], "label": b[0]["label"], "pred": torch.tensor([0.8, 0.2]), "cam": cam}]
 
-    absent = PDFReportHandler(tmp_path / "absent", label_key="mask", cam_key="cam", max_slices=1)
+    absent = PDFReportHandler(tmp_path / "absent", ReportCases(label_key="mask", cam_key="cam"), {"max_slices": 1})
     engine = Engine(step_absent)
     absent.attach(engine)
     engine.run([batch], max_epochs=1)
     text = " ".join(pdf_text(absent.written[0]).split())
     assert "probability of 0.20" in text and "The model found no tumour-like region in this image" in text
     # a classifier output without any CAM is refused with the case named
-    bad = PDFReportHandler(tmp_path / "bad", label_key="mask", cam_key="heatmap")
+    bad = PDFReportHandler(tmp_path / "bad", ReportCases(label_key="mask", cam_key="heatmap"))
     engine = Engine(step)
     bad.attach(engine)
     with pytest.raises(ValueError, match="slice_012.png.*no CAM under cam_key='heatmap'"):
@@ -234,9 +237,9 @@ def test_handler_groups_slices_and_draws_on_the_native_grid(tmp_path):
         return [{"image": i["image"], "pred": torch.tensor([0.1, 0.9]), "cam": i["image"] / i["image"].amax()}
                 for i in b]
 
-    handler = PDFReportHandler(tmp_path, label_key="mask", native_image_key="image_native",
-                               native_label_key="mask_native", invert_transform=prep, group_key="case",
-                               name_key="case", cam_key="cam", cam_rule={"threshold": 0.9}, presence_threshold=0.5)
+    cases = ReportCases(label_key="mask", native_image_key="image_native", native_label_key="mask_native",
+                        invert_transform=prep, group_key="case", name_key="case", cam_key="cam")
+    handler = PDFReportHandler(tmp_path, cases, cam_rule={"threshold": 0.9}, presence_threshold=0.5)
     engine = Engine(step)
     handler.attach(engine)
     engine.run([items[:2], items[2:]], max_epochs=1)
@@ -252,7 +255,7 @@ def test_handler_groups_slices_and_draws_on_the_native_grid(tmp_path):
     voxels = int(sum(c["pred"].sum() for c in handler.cases))
     assert " mL" not in text and " cm²" in text and f"measures {voxels} voxels" in text
     with pytest.raises(ValueError, match="native_image_key"):
-        PDFReportHandler(tmp_path, invert_transform=prep)
+        ReportCases(invert_transform=prep)
 
 
 @pytest.mark.parametrize("spacing", [(0.5, 0.7, 3.0), (0.9, 0.9, 1.5)])
@@ -273,3 +276,179 @@ def test_pdf_report_with_an_undefined_curve(tmp_path):
                             case_id="nan-curve")
     text = pdf_text(out)
     assert len(pypdf.PdfReader(str(out)).pages) == 3 and "best val_ppv" not in text and "best dice" in text
+
+
+def test_slices_cut_from_a_volume_report_the_volume_in_ml(tmp_path):
+    """Slices from medcnn.transforms.SliceIterd carry the distance between slices from the NIfTI affine: the grouped
+    report gives the region's volume in mL (in-plane 0.8 x 0.6 mm, 2.0 mm between slices)."""
+    from ignite.engine import Engine
+    from monai.data import DataLoader, GridPatchDataset, decollate_batch
+    from monai.transforms import CenterSpatialCropd, Compose, CopyItemsd, Resized
+
+    from medcnn.handlers.report import PDFReportHandler
+    from medcnn.report.cases import ReportCases
+    from medcnn.transforms import SliceIterd
+
+    image, label, _, _ = phantom((48, 40, 6))
+    affine = torch.diag(torch.tensor([0.8, 0.6, 2.0, 1.0], dtype=torch.float64))
+    volume = {"image": MetaTensor(torch.from_numpy(image[None]), affine=affine),
+              "mask": MetaTensor(torch.from_numpy(label[None]).float(), affine=affine), "case": "pat8"}
+    prep = Compose([CopyItemsd(["image", "mask"], names=["image_native", "mask_native"]),
+                    CenterSpatialCropd(["image", "mask"], roi_size=(40, 32)),
+                    Resized(["image", "mask"], spatial_size=(20, 16), mode=["area", "nearest"])])
+    ds = GridPatchDataset([volume], patch_iter=SliceIterd(["image", "mask"]), transform=prep, with_coordinates=False)
+
+    def step(engine, b):
+        return [{"image": i["image"], "pred": torch.tensor([0.1, 0.9]), "cam": i["image"] / i["image"].amax()}
+                for i in decollate_batch(b)]
+
+    cases = ReportCases(label_key="mask", native_image_key="image_native", native_label_key="mask_native",
+                        invert_transform=prep, group_key="case", name_key="case", cam_key="cam")
+    handler = PDFReportHandler(tmp_path, cases=cases, cam_rule={"threshold": 0.9}, presence_threshold=0.5)
+    engine = Engine(step)
+    handler.attach(engine)
+    engine.run(DataLoader(ds, batch_size=3), max_epochs=1)
+    assert handler.collector.grouped()[0]["spacing"] == pytest.approx([0.8, 0.6, 2.0])
+    voxels = int(sum(c["pred"].sum() for c in handler.cases))
+    assert voxels > 0
+    text = " ".join(pdf_text(handler.written[0]).split())
+    assert f"measures {voxels * 0.8 * 0.6 * 2.0 / 1000.0:.1f} mL" in text
+
+
+def _report_fingerprints(handler) -> list[dict]:
+    """Per written report: file name, digest of its text (generation stamp removed) and of the drawn arrays."""
+    import hashlib
+    import re
+
+    out = []
+    for path, case in zip(handler.written, handler.collector.grouped(), strict=True):
+        text = re.sub(r"generated \S+ \S+ UTC by medcnn \S+", "generated", " ".join(pdf_text(path).split()))
+        drawn = {k: np.round(case[k], 5) if k == "cam" else case[k] for k in ("image", "pred", "label", "cam")
+                 if k in case}
+        arrays = {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16] for k, v in drawn.items()}
+        out.append({"file": path.name, "text": hashlib.sha256(text.encode()).hexdigest()[:16], "arrays": arrays,
+                    "probability": round(case.get("probability", -1.0), 6), "spacing": case.get("spacing")})
+    return out
+
+
+#: recorded with the 24-argument PDFReportHandler (commit 74a41f5) on the two scenarios below
+REPORTS_BEFORE = {
+    "classifier": [{"file": "pat7_report.pdf", "text": "8fe2e8a99d0691c2", "probability": 0.7, "spacing": [0.8, 0.6],
+                    "arrays": {"image": "61534a717819e387", "pred": "25de4a88f439b357", "label": "ad4679eb1fde38d0",
+                               "cam": "b7970e6b37f466d1"}}],
+    "segmentation": [
+        {"file": "c0_report.pdf", "text": "03bcc8fa1478cb12", "probability": -1.0, "spacing": [0.9, 0.9, 2.5],
+         "arrays": {"image": "0fce09f0a6c2db73", "pred": "90a7e19a6316b45a", "label": "307de86bd8ca70c9"}},
+        {"file": "c1_report.pdf", "text": "d3c207c61ffedda9", "probability": -1.0, "spacing": [0.9, 0.9, 2.5],
+         "arrays": {"image": "0a772d486f7c32cb", "pred": "90a7e19a6316b45a", "label": "307de86bd8ca70c9"}},
+    ],
+}
+
+
+def test_config_built_handler_writes_the_same_reports_as_before(tmp_path):
+    """The handler built from a bundle-style config block (nested ReportCases + page_options) writes the reports
+    the 24-argument handler wrote: same files, text, drawn arrays, probability and spacing."""
+    from ignite.engine import Engine
+    from monai.bundle import ConfigParser
+    from monai.transforms import CenterSpatialCropd, Compose, CopyItemsd, EnsureTyped, Resized
+
+    image, label, _, _ = phantom((48, 40, 6))
+    prep = Compose([CopyItemsd(["image", "mask"], names=["image_native", "mask_native"]),
+                    EnsureTyped(["image", "mask"]), CenterSpatialCropd(["image", "mask"], roi_size=(40, 32)),
+                    Resized(["image", "mask"], spatial_size=(20, 16), mode=["area", "nearest"])])
+    in_plane = torch.diag(torch.tensor([0.8, 0.6, 1.0], dtype=torch.float64))
+    items = [prep({"image": MetaTensor(torch.from_numpy(np.stack([image[:, :, z] * 0.5, image[:, :, z]])),
+                                       affine=in_plane),
+                   "mask": label[None, :, :, z], "case": case, "slice_index": z})
+             for case in ("pat7", "pat8") for z in (1, 2, 3, 4)]
+
+    def step(engine, b):  # slice 2 called absent; CAM of the displayed channel on the network grid
+        return [{"image": i["image"], "pred": torch.tensor([0.3, 0.7 if i["slice_index"] != 2 else 0.4]),
+                 "cam": i["image"][1:] / i["image"][1:].amax()} for i in b]
+
+    (tmp_path / "metrics.json").write_text(json.dumps(METRICS))
+    (tmp_path / "curves.json").write_text(json.dumps(CURVES))
+    # the LGG / BraTS localiser block of evaluate.json
+    config = {"prep": prep, "handler": {
+        "_target_": "medcnn.handlers.PDFReportHandler", "output_dir": str(tmp_path / "cls"),
+        "cases": {"_target_": "medcnn.report.cases.ReportCases", "label_key": "mask", "cam_key": "cam",
+                  "native_image_key": "image_native", "native_label_key": "mask_native",
+                  "invert_transform": "@prep", "group_key": "case", "order_key": "slice_index",
+                  "name_key": "case", "display_channel": 1, "max_cases": 1},
+        "cam_rule": {"threshold": 0.9}, "presence_threshold": 0.5,
+        "metrics_json": str(tmp_path / "metrics.json"), "curves_json": str(tmp_path / "curves.json"),
+        "page_options": {"finding_name": "FLAIR abnormality", "max_slices": 2}}}
+    handler = ConfigParser(config).get_parsed_content("handler")
+    engine = Engine(step)
+    handler.attach(engine)
+    engine.run([items[:3], items[3:6], items[6:]], max_epochs=1)
+    assert handler.collector.skipped == 4  # pat8 beyond max_cases
+    assert _report_fingerprints(handler) == REPORTS_BEFORE["classifier"]
+
+    # the BraTS segmentation / COCO block
+    image, label, pred, _ = phantom((32, 28, 5))
+    volume = [{"image": MetaTensor(torch.from_numpy(image)[None] * (1 + i), meta={"filename_or_obj": f"/d/c{i}.nii.gz"},
+                                   affine=torch.diag(torch.tensor([0.9, 0.9, 2.5, 1.0], dtype=torch.float64))),
+               "pred": torch.from_numpy(np.stack([1 - pred, pred])).float(), "label": torch.from_numpy(label)[None]}
+              for i in range(3)]
+    config = {"handler": {
+        "_target_": "medcnn.handlers.PDFReportHandler", "output_dir": str(tmp_path / "seg"),
+        "cases": {"_target_": "medcnn.report.cases.ReportCases", "label_key": "label", "max_cases": 2},
+        "curves_json": str(tmp_path / "curves.json"),
+        "page_options": {"class_names": ["background", "whole tumour"], "finding_name": "whole-tumour region",
+                         "max_slices": 3}}}
+    handler = ConfigParser(config).get_parsed_content("handler")
+    engine = Engine(lambda e, b: b)
+    handler.attach(engine)
+    engine.run([volume[:2], volume[2:]], max_epochs=1)
+    assert _report_fingerprints(handler) == REPORTS_BEFORE["segmentation"]
+
+
+def test_handler_refuses_unknown_page_options_and_a_non_collection(tmp_path):
+    from medcnn.handlers.report import PDFReportHandler
+
+    with pytest.raises(ValueError, match=r"page_options \['finding'\] are not options of write_case_report"):
+        PDFReportHandler(tmp_path, page_options={"finding": "x"})
+    with pytest.raises(TypeError, match="cases must be a medcnn.report.cases.ReportCases"):
+        PDFReportHandler(tmp_path, cases={"label_key": "mask"})
+
+
+def test_report_applies_a_native_grid_rule_where_it_was_scored(tmp_path):
+    """A CAM rule scored on the native grid (CAMDiceHandler native_mask_key, sigma in native pixels) draws the
+    region the Dice was computed on, not the rule applied on the 2x coarser network grid (twice as wide)."""
+    from types import SimpleNamespace
+
+    from ignite.engine import Engine
+    from monai.transforms import Compose, CopyItemsd, EnsureTyped, Resized
+
+    from medcnn.handlers.report import PDFReportHandler
+    from medcnn.localisation.masks import resize_heatmaps
+    from medcnn.localisation.rule import CAMRule, CAMToMask
+    from medcnn.report.cases import ReportCases
+
+    prep = Compose([CopyItemsd("image", names="image_native"), EnsureTyped("image"),
+                    Resized("image", spatial_size=(32, 32), mode="area")])
+    native = torch.zeros(1, 64, 64)
+    native[:, 28:36, 28:36] = 1.0
+    item = prep({"image": MetaTensor(native, meta={"filename_or_obj": "/data/p1_7.tif"}), "patient": "p1",
+                 "slice_index": 0})
+    cam = torch.zeros(1, 32, 32)
+    cam[:, 15:17, 15:17] = 1.0  # a sharp CAM on the network grid
+    rule = CAMRule(method="layercam", threshold=0.2, largest_component=True, smooth_sigma=4.0)
+    scored = CAMToMask(rule)(resize_heatmaps(cam[None], (64, 64))[0])  # what CAMDiceHandler scores natively
+    coarse = CAMToMask(rule)(cam).repeat_interleave(2, 1).repeat_interleave(2, 2)  # rule on the 32 grid, mapped back
+
+    def step(engine, b):
+        return [{"image": b[0]["image"], "pred": torch.tensor([0.1, 0.9]), "cam": cam}]
+
+    cam_handler = SimpleNamespace(rule=rule, native_mask_key="mask_native")
+    cases = ReportCases(native_image_key="image_native", invert_transform=prep, group_key="patient",
+                        name_key="patient", order_key="slice_index", cam_key="cam")
+    handler = PDFReportHandler(tmp_path, cases=cases, cam_handler=cam_handler)
+    engine = Engine(step)
+    handler.attach(engine)
+    engine.run([[item]], max_epochs=1)
+    drawn = handler.cases[0]["pred"]
+    assert drawn.shape == (1, 64, 64)
+    np.testing.assert_array_equal(drawn, scored.numpy())
+    assert coarse.sum() > 1.5 * scored.sum()  # the old drawing: smoothed with 2x the sigma, a wider region

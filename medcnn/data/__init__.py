@@ -7,6 +7,7 @@ from medcnn.data.brats import (
     brats_case_datalist,
     brats_hemispheres,
     brats_slices,
+    brats_volume_transforms,
     load_brats_case,
     split_slices_by_block,
 )
@@ -44,7 +45,7 @@ from medcnn.data.tiff_pages import TiffPagesReader, read_tiff_pages, write_tiff_
 __all__ = ["common_parent", "load_datalist", "resolve_data_dir"]
 __all__ += [
     "BRATS_FILE_NAMES", "BRATS_KEYS", "BratsDataError", "brats_case_datalist", "brats_hemispheres", "brats_slices",
-    "load_brats_case", "split_slices_by_block",
+    "brats_volume_transforms", "load_brats_case", "split_slices_by_block",
 ]
 __all__ += ["StackReadError", "TiffStackReader", "expand_stack_datalist", "read_stack", "write_tiff_stack"]
 __all__ += [

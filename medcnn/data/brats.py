@@ -49,6 +49,7 @@ __all__ = [
     "brats_hemispheres",
     "normalise_in_brain",
     "slice_summary",
+    "brats_volume_transforms",
 ]
 
 logger = logging.getLogger(__name__)
@@ -360,3 +361,34 @@ def slice_summary(items: Sequence[Mapping], class_key: str = "label") -> dict:
     if unlabelled:  # slices of cases without a label file (inference): neither positive nor negative
         summary["n_unlabelled"] = unlabelled
     return summary
+
+
+def brats_volume_transforms(
+    volume_keys: Sequence[str] = ("flair", "t1c", "label", "brainmask"),
+    modalities: Sequence[str] = BRATS_MODALITIES,
+    label_key: str = "label",
+    brainmask_key: str = "brainmask",
+) -> list:
+    """The MONAI transforms that read one BraTS case of a file datalist into ``image`` (C, H, W, D) and ``label``.
+
+    ``LoadImageCheckedd`` (errors name the file) -> ``EnsureChannelFirstd`` -> ``CheckImageLabeld`` (3D, one
+    channel, labels 0-4, same shapes) -> ``ConcatItemsd`` (modalities -> ``image``) -> ``BrainZScored`` (inside the
+    brain mask when the entry has one, else where a channel is above its minimum; background 0) -> the modality
+    and brain-mask keys deleted -> ``label`` = whole tumour (labels 1-4 -> 1). Missing optional keys (the brain
+    mask; the label of an unlabelled case) are allowed. Shared by the BraTS segmentation and localisation bundles.
+    """
+    from monai.transforms import AsDiscreted, ConcatItemsd, DeleteItemsd, EnsureChannelFirstd
+
+    from medcnn.transforms import BrainZScored, CheckImageLabeld, LoadImageCheckedd
+
+    keys = list(volume_keys)
+    return [
+        LoadImageCheckedd(keys=keys, image_only=True, allow_missing_keys=True),
+        EnsureChannelFirstd(keys=keys, allow_missing_keys=True),
+        CheckImageLabeld(keys=keys, label_key=label_key, spatial_dims=3, num_channels=1,
+                         allowed_labels=list(BRATS_LABELS), allow_missing_keys=True),
+        ConcatItemsd(keys=list(modalities), name="image"),
+        BrainZScored(keys="image", mask_key=brainmask_key),
+        DeleteItemsd(keys=[*modalities, brainmask_key]),
+        AsDiscreted(keys=label_key, threshold=0.5, allow_missing_keys=True),
+    ]

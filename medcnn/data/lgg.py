@@ -14,6 +14,12 @@ so per-slice files (``slice`` = 0) and a patient stored as one multi-page TIFF v
 (``slice`` = ``slice_index`` = page) go through the same transforms (:class:`medcnn.data.TiffPagesReader` +
 ``SelectSliced``). Problems (a slice without its mask, a patient folder without masks, two files with the same
 slice number, image and mask volumes of different lengths) raise :class:`LGGDataError` naming the file.
+
+2.5D input: with ``context=k`` every item also names its ``k`` neighbouring slices on either side,
+``"image_neighbours": [[file, page], ...]`` ordered z-k .. z-1, z+1 .. z+k (slices beyond the first or last one
+repeat the item's own slice), which :class:`medcnn.transforms.LoadNeighbourSlicesd` reads and appends as
+channels. The neighbours of a slice file are the patient's adjacent slice files, those of a volume page the
+adjacent pages, so both layouts give the same input.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "lgg_patients",
     "lgg_patient_slices",
     "lgg_datalist",
+    "add_slice_neighbours",
     "expand_volume_datalist",
     "load_lgg_datalist",
     "lgg_patient_split",
@@ -95,12 +102,37 @@ def lgg_patient_slices(folder: str | os.PathLike, patient: str | None = None) ->
              "id": f"{patient}_{n}"} for i, n in enumerate(sorted(images))]
 
 
+def add_slice_neighbours(items: Sequence[dict], context: int = 1, key: str = "image_neighbours") -> list[dict]:
+    """Copies of slice ``items`` naming, under ``key``, the ``[file, page]`` of their ``context`` neighbouring
+    slices on either side within the same patient (ordered by ``slice_index``; the ends repeat the item itself).
+
+    ``context`` 0 returns the items unchanged.
+    """
+    if int(context) < 0:
+        raise ValueError(f"context must be >= 0 neighbouring slices, got {context}")
+    if not context:
+        return [dict(i) for i in items]
+    by_patient: dict[str, list[int]] = {}
+    for n, item in enumerate(items):
+        by_patient.setdefault(str(item["patient"]), []).append(n)
+    out = [dict(i) for i in items]
+    for members in by_patient.values():
+        members = sorted(members, key=lambda n: int(items[n]["slice_index"]))
+        for pos, n in enumerate(members):
+            offsets = [*range(-context, 0), *range(1, context + 1)]
+            picks = [items[members[min(max(pos + o, 0), len(members) - 1)]] for o in offsets]
+            out[n][key] = [[str(p["image"]), int(p.get("slice", 0))] for p in picks]
+    return out
+
+
 def lgg_datalist(
-    dataset_dir: str | os.PathLike, patients: Sequence[str] | None = None, keys: Sequence[str] = LGG_KEYS
+    dataset_dir: str | os.PathLike, patients: Sequence[str] | None = None, keys: Sequence[str] = LGG_KEYS,
+    context: int = 0,
 ) -> list[dict]:
     """Slice items of ``patients`` (default: all patient folders of ``dataset_dir``), patient by patient.
 
-    ``keys`` are the file keys kept (``["image"]`` for inference without masks).
+    ``keys`` are the file keys kept (``["image"]`` for inference without masks); ``context`` > 0 names each
+    slice's neighbouring slices (:func:`add_slice_neighbours`) for 2.5D input.
     """
     root = Path(dataset_dir).expanduser()
     if not root.is_dir():
@@ -110,7 +142,7 @@ def lgg_datalist(
     items: list[dict] = []
     for name in names:
         items += [{k: v for k, v in i.items() if k not in drop} for i in lgg_patient_slices(root / name, name)]
-    return items
+    return add_slice_neighbours(items, context)
 
 
 def expand_volume_datalist(entries: Sequence[dict]) -> list[dict]:
@@ -148,11 +180,11 @@ def expand_volume_datalist(entries: Sequence[dict]) -> list[dict]:
     return out
 
 
-def load_lgg_datalist(path: str | os.PathLike, keys: Sequence[str] = LGG_KEYS) -> list[dict]:
+def load_lgg_datalist(path: str | os.PathLike, keys: Sequence[str] = LGG_KEYS, context: int = 0) -> list[dict]:
     """Slice items of a user datalist JSON (``--eval_datalist``): entries ``{"image", "mask"[, "patient"]}`` that
     are slice TIFFs or multi-page volumes, paths relative to the JSON file (see :func:`expand_volume_datalist`);
-    ``keys=["image"]`` for unlabelled data."""
-    return expand_volume_datalist(load_datalist(path, keys=keys))
+    ``keys=["image"]`` for unlabelled data; ``context`` as in :func:`lgg_datalist`."""
+    return add_slice_neighbours(expand_volume_datalist(load_datalist(path, keys=keys)), context)
 
 
 def lgg_patient_split(

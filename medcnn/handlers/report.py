@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,98 +18,77 @@ __all__ = ["PDFReportHandler"]
 
 logger = logging.getLogger(__name__)
 
+# write_case_report's options that are the same for every case of an evaluation (the rest come from each case)
+PAGE_OPTIONS = ("class_names", "finding_name", "template", "max_slices", "transpose", "font_type")
+
 
 class PDFReportHandler:
     """Attach to an evaluator; at ``COMPLETED`` write ``<output_dir>/<case>_report.pdf`` for each case seen.
 
-    Per iteration it keeps (on CPU) the image's first channel, the predicted mask, and optionally the reference
-    mask and a CAM heatmap of every item of ``output_transform(engine.state.output)``; at completion the
-    evaluator's metrics (plus ``metrics_json`` if given and present) and ``curves_json`` go into every report.
+    The handler only wires three parts, each configured in one place: ``cases``, a
+    :class:`medcnn.report.cases.ReportCases` that gathers (on CPU) the image, predicted mask, reference mask and
+    CAM of every item of ``output_transform(engine.state.output)`` (its arguments: which keys, native grid,
+    slice grouping, ``max_cases``); the CAM rule that turns a classifier's CAM into the predicted region; and
+    :func:`medcnn.report.pdf.write_case_reports`, given the evaluator's metrics (plus ``metrics_json``),
+    ``curves_json`` and ``page_options``.
 
     Args:
         output_dir: folder for the PDFs (created).
-        image_key, pred_key: keys of the image and the prediction in the engine output items.
-        label_key: key of the reference mask, or ``None``.
-        cam_key: key of the CAM heatmap ``(1, *spatial)`` in the output items (e.g. put there by
-            :class:`medcnn.handlers.cam.CAMDiceHandler` with ``output_key``: the CAM the figures were computed from;
-            the report never computes one), or ``None``.
+        cases: the :class:`~medcnn.report.cases.ReportCases` collection (default: ``ReportCases()``, i.e. keys
+            ``"image"`` / ``"pred"`` / ``"label"``, at most 20 cases).
+        page_options: options of :func:`medcnn.report.pdf.write_case_report` shared by every case
+            (``class_names``, ``finding_name``, ``template``, ``max_slices``, ``transpose``, ``font_type``).
         metrics_json: a ``metrics.json`` path whose figures are added (engine metrics win on clashes).
         curves_json: a ``curves.json`` path (``TrainingCurvesHandler``) for the training-curves page.
-        threshold: for one-channel predictions/labels (probabilities); multi-channel ones use argmax > 0.
-        max_cases: keep at most this many cases (memory bound for slice-wise 2D evaluation); ``None`` = all.
         output_transform: maps ``engine.state.output`` to the items (default: identity). Keys missing from the
             output items are looked up in ``engine.state.batch`` (e.g. a classifier bundle's ``"mask"``).
         cam_handler: the :class:`medcnn.handlers.cam.CAMDiceHandler` listed before this handler with
-            ``output_key=cam_key``: its (calibrated) mask rule turns the CAM into the predicted region.
+            ``output_key`` equal to the collection's ``cam_key``: its (calibrated) rule turns the CAM into the
+            predicted region.
         cam_rule: a fixed :class:`medcnn.localisation.CAMRule` (or dict of its fields) instead of ``cam_handler``.
         presence_threshold: a classifier probability below this means "absent": the CAM is still drawn, but
             the predicted region is empty, so the summary agrees with the classifier (the decision threshold of
             the :class:`medcnn.localisation.CAMRule` applied by :class:`medcnn.localisation.CAMToMask`).
-        name_key: item key naming the case (e.g. a datalist's ``"case"``); default: the image's file name, which
-            is ambiguous when every case folder holds the same file names (BraTS).
-        display_channel: the image channel drawn (e.g. the centre slice of a 2.5D input).
-        native_image_key, native_label_key: item keys of copies of the image / reference mask taken before
-            resizing (``CopyItemsd``); the report draws on them. A CAM and its mask, computed on ``image_key`` at
-            the network's input size, are mapped back onto that grid by inverting ``invert_transform``
-            (the evaluation preprocessing, e.g. centre crop + resize) with :class:`monai.transforms.Invertd`.
-        group_key, order_key: 2D items (slices) with the same ``item[group_key]`` (e.g. ``"case"``) are stacked into
-            one volume, slice ``item[order_key]`` at that index along the last axis, and get one report; the
-            classifier probability shown is the largest over the slices. ``max_cases`` then counts groups.
-        class_names, finding_name, template, max_slices: passed to :func:`write_case_report`.
 
     In a bundle's ``evaluate.json`` (segmentation)::
 
         {"_target_": "medcnn.handlers.PDFReportHandler", "output_dir": "$@output_dir + '/reports'",
-         "curves_json": "$@ckpt_dir + '/curves.json'", "max_cases": 10}
+         "cases": {"_target_": "medcnn.report.cases.ReportCases", "max_cases": 10},
+         "curves_json": "$@ckpt_dir + '/curves.json'", "page_options": {"finding_name": "tumour region"}}
 
-    and for a classifier with Grad-CAM (reference mask under ``"mask"``, the CAMDiceHandler listed before it)::
+    and for a classifier with Grad-CAM (reference mask under ``"mask"``, the CAMDiceHandler listed before it
+    with ``"output_key": "cam"``)::
 
         {"_target_": "medcnn.handlers.PDFReportHandler", "output_dir": "$@output_dir + '/reports'",
-         "label_key": "mask", "cam_key": "cam", "cam_handler": "@cam_dice"}
-
-    with ``"output_key": "cam"`` given to that ``CAMDiceHandler``.
+         "cases": {"_target_": "medcnn.report.cases.ReportCases", "label_key": "mask", "cam_key": "cam"},
+         "cam_handler": "@cam_dice"}
     """
 
     def __init__(
         self,
         output_dir: str | os.PathLike,
-        image_key: str = "image",
-        pred_key: str = "pred",
-        label_key: str | None = "label",
-        cam_key: str | None = None,
+        cases: ReportCases | None = None,
+        page_options: Mapping[str, Any] | None = None,
         metrics_json: str | os.PathLike | None = None,
         curves_json: str | os.PathLike | None = None,
-        threshold: float = 0.5,
-        max_cases: int | None = 20,
         output_transform: Callable[[Any], Any] | None = None,
-        class_names: Sequence[str] = ("background", "tumour"),
-        finding_name: str = "tumour-like region",
-        template: str | None = None,
-        max_slices: int = 6,
         cam_handler: Any = None,
         cam_rule: Any = None,
         presence_threshold: float = 0.5,
-        name_key: str | None = None,
-        display_channel: int = 0,
-        native_image_key: str | None = None,
-        native_label_key: str | None = None,
-        invert_transform: Callable | None = None,
-        group_key: str | None = None,
-        order_key: str = "slice_index",
     ) -> None:
+        if cases is not None and not isinstance(cases, ReportCases):
+            raise TypeError(f"PDF report: cases must be a medcnn.report.cases.ReportCases, not {type(cases).__name__}")
+        unknown = sorted(set(page_options or {}) - set(PAGE_OPTIONS))
+        if unknown:
+            raise ValueError(f"PDF report: page_options {unknown} are not options of write_case_report "
+                             f"(known: {list(PAGE_OPTIONS)})")
         self.output_dir = Path(output_dir)
+        self.collector = cases if cases is not None else ReportCases()
+        self.page_options = dict(page_options or {})
         self.metrics_json, self.curves_json = metrics_json, curves_json
         self.output_transform = output_transform or (lambda x: x)
-        self.report_kwargs = {"class_names": tuple(class_names), "finding_name": finding_name,
-                              "template": template, "max_slices": max_slices}
         self.cam_handler, self.cam_rule = cam_handler, cam_rule
         self.presence_threshold = float(presence_threshold)
-        self.collector = ReportCases(
-            image_key=image_key, pred_key=pred_key, label_key=label_key, cam_key=cam_key, threshold=threshold,
-            max_cases=max_cases, name_key=name_key, display_channel=display_channel,
-            native_image_key=native_image_key, native_label_key=native_label_key, invert_transform=invert_transform,
-            group_key=group_key, order_key=order_key,
-        )
         self.written: list[Path] = []
 
     @property
@@ -142,7 +121,8 @@ class PDFReportHandler:
             batch_items = []
         if len(batch_items) == len(items):  # keys missing from the output (e.g. the reference "mask"): the batch's
             items = [{**b, **o} for b, o in zip(batch_items, items, strict=True)]
-        self.collector.add(items, self._rule())
+        native = getattr(self.cam_handler, "native_mask_key", None) is not None  # its Dice was scored natively
+        self.collector.add(items, self._rule(), rule_on_native_grid=native)
 
     def _write(self, engine: Engine) -> None:
         metrics: dict[str, Any] = {}
@@ -156,7 +136,7 @@ class PDFReportHandler:
         if self.curves_json and Path(self.curves_json).is_file():
             curves = load_json_or_none(self.curves_json, "curves")
         self.written = write_case_reports(self.collector.grouped(), self.output_dir, metrics, curves,
-                                          **self.report_kwargs)
+                                          **self.page_options)
         if self.collector.skipped:
             logger.info("PDFReportHandler: %d items beyond max_cases=%s got no report", self.collector.skipped,
                         self.collector.max_cases)

@@ -65,6 +65,12 @@ class PixelConfusionMetric(Metric):
     ``confusion_matrix``, ``confusion_matrix_normalised``) plus the item count ``count_name``; Ignite puts each key into
     ``engine.state.metrics``. With ``boundary_class`` set, 2D items also get the ISBI adapted Rand error of
     the regions enclosed by that class (mean over items: ``adapted_rand_error``).
+
+    With ``key_figure`` (one of the report's keys, e.g. ``"tumour_dice"``) the name the metric is attached under
+    holds that figure, so the one confusion matrix of an evaluation also gives the evaluator's key metric: a
+    MONAI ``ConfusionMatrix`` handler next to this metric would count the same pixels again for one of its
+    figures. MONAI's handler stays the choice where one pooled figure is all an evaluator needs (training-time
+    validation); it does not give the ``(C, C)`` matrix, the pixel accuracy or the empty-reference counts.
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class PixelConfusionMetric(Metric):
         output_transform: Callable = from_engine(["pred", "label"]),
         count_name: str = "n_items",
         device: str | torch.device = "cpu",
+        key_figure: str | None = None,
     ) -> None:
         self.num_classes = int(num_classes)
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
@@ -82,7 +89,17 @@ class PixelConfusionMetric(Metric):
             raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
         self.boundary_class = boundary_class
         self.count_name = count_name
+        self.key_figure = key_figure
         super().__init__(output_transform=output_transform, device=device)
+
+    def completed(self, engine: Engine, name: str) -> None:
+        """Put every report key into ``engine.state.metrics``; ``name`` holds ``key_figure`` when given."""
+        super().completed(engine, name)
+        if self.key_figure is not None:
+            if self.key_figure not in engine.state.metrics:
+                raise KeyError(f"PixelConfusionMetric: key_figure {self.key_figure!r} is not a figure of the "
+                               f"report (figures: {sorted(k for k in self.compute() if k != name)})")
+            engine.state.metrics[name] = engine.state.metrics[self.key_figure]
 
     def reset(self) -> None:
         self._cm = np.zeros((self.num_classes, self.num_classes), np.int64)

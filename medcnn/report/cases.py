@@ -64,7 +64,28 @@ def case_name(item: Mapping, image_key: str, index: int, name_key: str | None = 
 
 class ReportCases:
     """Report cases ``{"name", "image" (1, *S), "pred" (1, *S), ["label"], ["cam"], ["probability"], "spacing", ...}``
-    gathered item by item; see :class:`medcnn.handlers.PDFReportHandler` for the arguments."""
+    gathered item by item (the collection part of :class:`medcnn.handlers.PDFReportHandler`, built in a bundle
+    config as its ``cases``).
+
+    Args:
+        image_key, pred_key: keys of the image and the prediction in the engine output items.
+        label_key: key of the reference mask, or ``None``.
+        cam_key: key of the CAM heatmap ``(1, *spatial)`` in the output items (e.g. put there by
+            :class:`medcnn.handlers.cam.CAMDiceHandler` with ``output_key``: the CAM the figures were computed from;
+            the report never computes one), or ``None``.
+        threshold: for one-channel predictions/labels (probabilities); multi-channel ones use argmax > 0.
+        max_cases: keep at most this many cases (memory bound for slice-wise 2D evaluation); ``None`` = all.
+        name_key: item key naming the case (e.g. a datalist's ``"case"``); default: the image's file name, which
+            is ambiguous when every case folder holds the same file names (BraTS).
+        display_channel: the image channel drawn (e.g. the centre slice of a 2.5D input).
+        native_image_key, native_label_key: item keys of copies of the image / reference mask taken before
+            resizing (``CopyItemsd``); the report draws on them. A CAM and its mask, computed on ``image_key`` at
+            the network's input size, are mapped back onto that grid by inverting ``invert_transform``
+            (the evaluation preprocessing, e.g. centre crop + resize) with :class:`monai.transforms.Invertd`.
+        group_key, order_key: 2D items (slices) with the same ``item[group_key]`` (e.g. ``"case"``) are stacked into
+            one volume, slice ``item[order_key]`` at that index along the last axis, and get one report; the
+            classifier probability shown is the largest over the slices. ``max_cases`` then counts groups.
+    """
 
     def __init__(
         self,
@@ -97,9 +118,12 @@ class ReportCases:
         """Forget every case (start of an evaluation)."""
         self.cases, self.skipped = [], 0
 
-    def add(self, items: list[Mapping], cam_rule: Any) -> None:
+    def add(self, items: list[Mapping], cam_rule: Any, rule_on_native_grid: bool = False) -> None:
         """Gather the cases of ``items``; ``cam_rule`` (a :class:`medcnn.localisation.CAMRule`) turns a classifier's
-        CAM into the predicted region."""
+        CAM into the predicted region. ``rule_on_native_grid``: the rule's figures were scored on the native grid
+        (its ``smooth_sigma`` is in native pixels), so the CAM is first resized (bilinear, as the scoring does) to
+        the native image and the rule applied there; otherwise the rule is applied on the network input grid and
+        the region mapped back by ``invert_transform``."""
         from medcnn.localisation.rule import CAMToMask
 
         cam_cls = cam_rule.class_idx
@@ -130,6 +154,8 @@ class ReportCases:
                 "source": str(getattr(shown, "meta", {}).get("filename_or_obj", "")),
                 "group": group,
                 "order": int(scalar_of(item.get(self.order_key, 0))) if self.group_key else 0,
+                # distance between slices, in mm, when the slice came from a volume (medcnn.transforms.SliceIterd)
+                "slice_spacing": scalar_of(getattr(shown, "meta", {}).get("slice_spacing")),
             }
             pred = torch.as_tensor(item[self.pred_key]).detach().cpu().float()
             if pred.ndim > spatial:  # a (C, *spatial) segmentation output
@@ -151,9 +177,16 @@ class ReportCases:
                         "(give the CAMDiceHandler listed before this handler output_key=cam_key)"
                     )
                 # classifier says absent: the CAM is still drawn, the region is empty
-                case["pred"] = to_mask(case["cam"], case["probability"])
-                if self.invert_transform is not None:
-                    self._to_native(case, image)
+                if rule_on_native_grid and self.native_image_key:  # the grid the rule was scored on
+                    from medcnn.localisation.masks import resize_heatmaps
+
+                    cam = resize_heatmaps(torch.as_tensor(case["cam"])[None], case["image"].shape[1:])[0]
+                    case["cam"] = cam.numpy()
+                    case["pred"] = np.asarray(to_mask(cam, case["probability"])).astype(np.uint8)
+                else:
+                    case["pred"] = to_mask(case["cam"], case["probability"])
+                    if self.invert_transform is not None:
+                        self._to_native(case, image)
             self.cases.append(case)
 
     def _to_native(self, case: dict, image: Any) -> None:
@@ -195,8 +228,11 @@ class ReportCases:
             if probs:
                 merged["probability"] = float(max(probs))
             if parts[0]["spacing"]:
-                # 2D slices carry their in-plane spacing only, not the distance between slices: areas are reported
-                # in cm², the volume in voxels (never an assumed slice spacing)
+                # 2D slices carry their in-plane spacing; the distance between slices only when they were cut from a
+                # volume that recorded it (``slice_spacing``): then the volume is in mL, else in voxels (never an
+                # assumed slice spacing)
                 merged["spacing"] = list(parts[0]["spacing"][:2])
+                if parts[0].get("slice_spacing"):
+                    merged["spacing"].append(float(parts[0]["slice_spacing"]))
             out.append(merged)
         return out

@@ -7,8 +7,20 @@ from medcnn.transforms.instances import MembraneToInstances, MembraneToInstances
 from medcnn.transforms.intensity import BrainZScore, BrainZScored
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
 from medcnn.transforms.mask import BinaryMask, BinaryMaskd, MaskPresence, MaskPresenced
-from medcnn.transforms.slices import SliceBlocks, SliceBlocksd, slice_block_indices
-from medcnn.transforms.stack import SelectSlice, SelectSliced
+from medcnn.transforms.slices import (
+    HemisphereStack,
+    HemisphereStackd,
+    KeepSlices,
+    RandSliceByPosNegd,
+    SelectSlicesd,
+    SliceBlocks,
+    SliceBlocksd,
+    SliceIterd,
+    brain_slice_indices,
+    slice_block_indices,
+    unambiguous_slice_indices,
+)
+from medcnn.transforms.stack import LoadNeighbourSlicesd, SelectSlice, SelectSliced, StackSlices
 from medcnn.transforms.validation import CheckImage, CheckImaged, CheckImageLabeld, InvalidInputError
 from medcnn.transforms.weights import BorderWeightMap, BorderWeightMapd, border_weight_map
 
@@ -37,8 +49,18 @@ __all__ = [
     "MembraneToInstancesd",
     "membrane_to_instances",
     "PlainTailCompose",
+    "LoadNeighbourSlicesd",
     "SelectSlice",
     "SelectSliced",
+    "StackSlices",
+    "HemisphereStack",
+    "HemisphereStackd",
+    "KeepSlices",
+    "RandSliceByPosNegd",
+    "SelectSlicesd",
+    "SliceIterd",
+    "brain_slice_indices",
+    "unambiguous_slice_indices",
     "SliceBlocks",
     "SliceBlocksd",
     "slice_block_indices",

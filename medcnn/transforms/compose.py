@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from monai.data import get_track_meta, set_track_meta
 from monai.transforms import Compose, RandomizableTrait, Transform
 
-__all__ = ["PlainTailCompose"]
+__all__ = ["PlainTailCompose", "untracked"]
+
+_lock = threading.Lock()
+_depth = 0  # untracked sections running now, in any thread of this process
+_saved = True  # the tracking setting before the first of them
+
+
+@contextmanager
+def untracked() -> Iterator[None]:
+    """MetaTensor tracking off while any thread of the process is inside this block; the setting from before the
+    first block is restored when the last one ends (also on an error).
+
+    ``monai.data.set_track_meta`` is process-wide: a save / set / restore per block would, with blocks overlapping
+    in several loader threads (``ThreadDataLoader``, ``use_thread_workers``), restore the value another block set
+    and could leave tracking off for good. Counting the blocks under a lock restores exactly once.
+    """
+    global _depth, _saved
+    with _lock:
+        if _depth == 0:
+            _saved = get_track_meta()
+            set_track_meta(False)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                set_track_meta(_saved)
 
 
 class PlainTailCompose(Compose):
@@ -22,8 +52,13 @@ class PlainTailCompose(Compose):
     the previous setting afterwards, so the tail's outputs are plain tensors. The transform list stays flat, so
     ``set_random_state`` seeds every transform exactly as a plain ``Compose`` of the same list would.
 
-    The switch is process-global: use it with ``DataLoader`` (workers are processes), not with loaders that run
-    transforms in threads while the main thread needs metadata.
+    This is medcnn's one way to train on plain tensors (every bundle's ``train#preprocessing``), rather than turning
+    tracking off around ``trainer.run()``: that also stripped the metadata of uncached loading (``cache_rate`` < 1:
+    ``EnsureChannelFirstd`` needs it) and of the validation runs inside training. Under ``torchrun`` each rank is
+    a process with its own setting. The switch itself is process-wide (MONAI has no per-thread setting): while a
+    tail runs in a loader thread (``ThreadDataLoader``) the main thread's training step also runs untracked, which
+    it does on plain tensors anyway; overlapping tails are counted (:func:`untracked`), so tracking comes back
+    when the last one ends. Do not run such a loader while another thread needs metadata.
     """
 
     def __init__(
@@ -49,10 +84,6 @@ class PlainTailCompose(Compose):
         if start < split:
             data = super().__call__(data, start=start, end=split, threading=threading, lazy=lazy)
         if split < end:
-            previous = get_track_meta()
-            set_track_meta(False)
-            try:
+            with untracked():
                 data = super().__call__(data, start=split, end=end, threading=threading, lazy=lazy)
-            finally:
-                set_track_meta(previous)
         return data

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Case-level cross-validation of bundles/brats_tumour_localisation recipes on the TRAINING cases only.
+"""Cross-validation of slice-classifier recipes: BraTS case-level, or patient-level k-fold with ``--bundle``.
 
-Each recipe (a set of config overrides of the bundle's ``train.json``) is trained twice with the bundle's own
-training workflow: on one training case (its own block validation drives early stopping and the best checkpoint,
+BraTS (default, bundles/brats_tumour_localisation, TRAINING cases only): each recipe (a set of config overrides
+of the bundle's ``train.json``) is trained twice with the bundle's own training workflow: on one training case
+(its own block validation drives early stopping and the best checkpoint,
 exactly as the default training does) and scored on every brain slice of the OTHER training case. The test case of
 the bundle is never loaded. Per fold and per slice-scoring rule it records the held-out case's AUC, the accuracy /
 sensitivity / specificity at (a) the Youden threshold of the training case's validation blocks and (b) the Youden
@@ -10,7 +11,7 @@ threshold of the other fold's held-out case (a threshold chosen on one new case 
 the transfer the bundle needs), and the Grad-CAM++ Dice on the held-out case's tumour slices. Scores are the
 positive-class log-odds (logit difference; a monotone function of the probability that does not saturate)::
 
-    OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py --out /tmp/brats_cv \\
+    OMP_NUM_THREADS=1 python scripts/cv_classifier.py --out /tmp/brats_cv \\
         --recipe baseline='{}' --recipe zscore='{"intensity_normalisation": "brain_zscore"}'
 
 Slice-scoring rules (no retraining): ``whole`` (whole slice), ``half_max`` (the more tumour-like half, the bundle's
@@ -25,9 +26,9 @@ whole-slice log-odds, of its mean with the mirrored slice (``flip_mean``) and of
 slices (``*_z3``), accuracy at p = 0.5 and at the Youden threshold of the OTHER folds, and CAM Dice of the tumour
 slices with the mask rule chosen on the other folds, at the network grid and at the masks' native grid::
 
-    OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py --bundle lgg_tumour_localisation --folds 4 \
+    OMP_NUM_THREADS=1 python scripts/cv_classifier.py --bundle lgg_tumour_localisation --folds 4 \
         --out /tmp/lgg_cv --recipe e15='{"train#trainer#max_epochs": 15}'
-    python scripts/cv_brats_classifier.py --bundle lgg_tumour_localisation --out /tmp/lgg_cv --summarise e15
+    python scripts/cv_classifier.py --bundle lgg_tumour_localisation --out /tmp/lgg_cv --summarise e15
 """
 
 from __future__ import annotations
@@ -120,9 +121,27 @@ def train_fold(bundle: Path, dataset_dir: str | None, out_dir: Path, overrides: 
     return config, net, train_s, curves
 
 
+def whole_slices(config, cases: list[dict], validation: bool | None = None) -> list[dict]:
+    """Whole slices ``{"image", "mask", "label", "case", "slice_index"}`` of ``cases`` on the classifier's grid,
+    read through the bundle's volume pipeline (``volume_transforms``; with ``validation`` only the training or
+    validation blocks), the slice label = whole-tumour mask not empty."""
+    from monai.data import Dataset, GridPatchDataset
+    from monai.transforms import CenterSpatialCropd, Compose, CopyItemsd, Resized
+
+    from medcnn.transforms import MaskPresenced, SliceBlocksd, SliceIterd
+
+    volume = list(config.get_parsed_content("volume_transforms"))
+    if validation is not None:
+        volume.append(SliceBlocksd(["image", "label"], **config["validation_blocks"], validation=validation))
+    to_grid = Compose([CopyItemsd("label", names="mask"), MaskPresenced("mask", label_key="label"),
+                       CenterSpatialCropd(["image", "mask"], roi_size=config["crop_size"]),
+                       Resized(["image", "mask"], spatial_size=config["spatial_size"], mode=["area", "nearest"])])
+    return list(GridPatchDataset(Dataset(cases, Compose(volume)), patch_iter=SliceIterd(["image", "label"]),
+                                 transform=to_grid, with_coordinates=False))
+
+
 def run_fold(recipe: dict, train_case: str, heldout_case: str, out_dir: Path, dataset_dir: str | None,
              cam: bool) -> dict:
-    from monai.transforms import Compose
 
     import medcnn.data as md
     from medcnn.handlers.classification import youden_threshold
@@ -132,15 +151,9 @@ def run_fold(recipe: dict, train_case: str, heldout_case: str, out_dir: Path, da
 
     config, net, train_s, curves = train_fold(BUNDLE, dataset_dir, out_dir, {
         "train_cases": [train_case], "test_cases": [heldout_case], **recipe})
-    transforms = Compose(config.get_parsed_content("slice_transforms"))
-    kwargs = {"min_brain_fraction": config["min_brain_fraction"], "min_tumour_pixels": config["min_tumour_pixels"],
-              "drop_ambiguous": True, "normalise": config["intensity_normalisation"],
-              "context": config["slice_context"]}
-    pool = config.get_parsed_content("train_pool")
-    val = md.split_slices_by_block(pool, **config["validation_blocks"], validation=True)
-    val_data = [transforms(dict(i)) for i in val]
+    val_data = whole_slices(config, config.get_parsed_content("train_datalist"), validation=True)
     ds = config.get_parsed_content("dataset_dir")
-    held = [transforms(dict(i)) for i in md.brats_slices(md.brats_case_datalist(ds, [heldout_case]), **kwargs)]
+    held = whole_slices(config, md.brats_case_datalist(ds, [heldout_case], file_names=config["file_names"]))
     p_val, p_held = half_probabilities(net, val_data), half_probabilities(net, held)
     r_val, r_held = scoring_rules(p_val), scoring_rules(p_held)
     rules = {}
@@ -304,7 +317,10 @@ def _native_dice(heatmaps: np.ndarray, native: np.ndarray, rule: dict, sigma: fl
     return cam_dice(cam_to_mask(maps, **rule), torch.as_tensor(native)).numpy()
 
 
-def summarise_patient_cv(run_dir: Path, cams: tuple[str, ...] = ("hirescam:blocks.0", "layercam:blocks.0"),
+CV_CAM_NAMES = ("hirescam:blocks.0", "layercam:blocks.0")  # the CAMs whose LOFO mask rule is summarised
+
+
+def summarise_patient_cv(run_dir: Path, cams: tuple[str, ...] = CV_CAM_NAMES,
                          sigmas: tuple[float, ...] = (0.0, 2.0)) -> dict:
     """Per scoring rule: held-out AUC per fold (mean, std) and pooled, accuracy / sensitivity / specificity at
     p = 0.5 and at the Youden threshold of the OTHER folds' held-out slices; per CAM (method, layer): the mask
@@ -397,7 +413,7 @@ def main_patient_cv(args: argparse.Namespace) -> int:
         recipe = json.loads(value)
         run_dir = args.out / name
         meta = {"bundle": args.bundle, "recipe": name, "overrides": recipe, "folds": [],
-                "command": f"OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py --bundle {args.bundle} "
+                "command": f"OMP_NUM_THREADS=1 python scripts/cv_classifier.py --bundle {args.bundle} "
                            f"--folds {args.folds} --recipe {name}='{value}'"}
         if args.only_folds and (run_dir / "cv.json").is_file():  # add folds to an earlier run of the recipe
             meta = json.loads((run_dir / "cv.json").read_text())
@@ -409,18 +425,35 @@ def main_patient_cv(args: argparse.Namespace) -> int:
             fold = run_patient_fold(bundle, recipe, train, heldout, run_dir / f"fold{i}", args.dataset_dir)
             fold["load_average_at_start"] = load
             fold["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-            meta["folds"] = [f for f in meta["folds"] if f["heldout_patients"] != heldout] + [fold]
+            # one file per fold, so runs of different --only_folds into one --out (two at a time) do not race
+            (run_dir / f"fold{i}" / "fold.json").write_text(json.dumps(fold, indent=1, default=float) + "\n")
+            meta["folds"] = gather_folds(run_dir, meta["folds"])
             (run_dir / "cv.json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
             print(f"{name} fold {i}: {fold['epochs']} epochs ({fold['train_s']} s, load {load}), best epoch "
                   f"{fold['best_epoch']}", flush=True)
-        summary = summarise_patient_cv(run_dir)
+        summary = summarise_patient_cv(run_dir, cams=() if args.no_cam else CV_CAM_NAMES)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
         print_patient_cv(name, summary)
+    record: dict = {"bundle": args.bundle, "n_folds": args.folds, "note": args.note, "recipes": {}}
     for name in args.summarise:
-        summary = summarise_patient_cv(args.out / name)
-        (args.out / name / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+        run_dir = args.out / name
+        summary = summarise_patient_cv(run_dir, cams=() if args.no_cam else CV_CAM_NAMES)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
         print_patient_cv(name, summary)
+        meta = json.loads((run_dir / "cv.json").read_text()) if (run_dir / "cv.json").is_file() else {}
+        record["recipes"][name] = {"overrides": meta.get("overrides"), "command": meta.get("command"),
+                                   "folds": gather_folds(run_dir, meta.get("folds", [])), "summary": summary}
+    if args.record:
+        args.record.write_text(json.dumps(record, indent=1, default=float) + "\n")
     return 0
+
+
+def gather_folds(run_dir: Path, earlier: list[dict]) -> list[dict]:
+    """The fold records of a recipe run: every ``fold<i>/fold.json``, then earlier records of other folds."""
+    folds = [{"fold": int(p.parent.name[4:]), **json.loads(p.read_text())}
+             for p in sorted(run_dir.glob("fold*/fold.json"))]
+    done = [f["heldout_patients"] for f in folds]
+    return folds + [f for f in earlier if f["heldout_patients"] not in done]
 
 
 def print_patient_cv(name: str, summary: dict) -> None:
@@ -443,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="free text stored in the summary (e.g. the base config)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/brats_cv"))
     parser.add_argument("--dataset_dir", default=None)
-    parser.add_argument("--no_cam", action="store_true", help="skip the Grad-CAM++ Dice of each fold")
+    parser.add_argument("--no_cam", action="store_true", help="skip the Grad-CAM++ Dice of each fold "
+                             "(--bundle --summarise: the CAM rule summary)")
     parser.add_argument("--bundle", default=None,
                         help="patient-level k-fold CV of this slice-labelled bundle (lgg_tumour_localisation) "
                              "on its train + validation patients instead of the BraTS case CV")
@@ -452,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="--bundle: run only these fold indices (added to an earlier run of the recipe in --out)")
     parser.add_argument("--summarise", nargs="*", default=[], metavar="RECIPE",
                         help="--bundle: re-summarise finished recipe runs in --out")
+    parser.add_argument("--record", type=Path, default=None,
+                        help="--bundle --summarise: write the folds and summaries of those recipes to this JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.bundle:
@@ -470,14 +506,14 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(f"{k} AUC {v['auc']:.3f}" for k, v in fold["rules"].items())
                   + (f"; CAM Dice {fold['cam']['heldout_dice']:.3f}" if "cam" in fold else ""), flush=True)
         result = {"recipe": name, "overrides": recipe, "folds": folds, "summary": transfer(folds),
-                  "command": "OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py --recipe " + item}
+                  "command": "OMP_NUM_THREADS=1 python scripts/cv_classifier.py --recipe " + item}
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
         for rule, row in result["summary"].items():
             print(f"  {name:14s} {rule:18s} " + " ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
     if args.summary:
         table = summarise(args.out)
         args.summary.parent.mkdir(parents=True, exist_ok=True)
-        args.summary.write_text(json.dumps({"command": "OMP_NUM_THREADS=1 python scripts/cv_brats_classifier.py "
+        args.summary.write_text(json.dumps({"command": "OMP_NUM_THREADS=1 python scripts/cv_classifier.py "
                                             "--out <dir> --summary <file>", "note": args.note, "rows": table},
                                            indent=1) + "\n")
         for row in table:
