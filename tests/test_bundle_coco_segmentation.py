@@ -71,7 +71,7 @@ def test_defaults_are_the_recorded_choices():
     assert choice["split"].startswith("validation")
     rule = choice["rows"][choice["chosen"]]
     for name in ("evaluate", "inference"):
-        for key in ("box_postprocessing", "largest_region_only"):
+        for key in ("box_postprocessing", "largest_region_only", "fill_holes", "dihedral_tta"):
             assert cfg[name][key] == rule[key], (name, key)
 
 

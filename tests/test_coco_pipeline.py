@@ -112,6 +112,26 @@ def test_mask_to_boxes():
     assert MaskToBoxes()(np.zeros((1, 4, 4), np.uint8)).sum() == 0
 
 
+def test_mask_to_boxes_fills_holes_of_the_kept_regions_only():
+    from medcnn.transforms import MaskToBoxes, MaskToBoxesd
+
+    m = np.zeros((1, 20, 20), np.uint8)
+    m[0, 2:9, 2:9] = 1
+    m[0, 4:7, 4:7] = 0  # a 3x3 hole inside the large ring
+    m[0, 12:16, 12:16] = 1
+    m[0, 13:15, 13:15] = 0  # a 2x2 hole inside the small ring
+    m[0, 2:9, 15] = 1
+    m[0, 2:9, 17] = 1
+    m[0, 2, 15:18] = 1  # a U open at the bottom: its gap is not enclosed, so it is not a hole
+    filled = MaskToBoxes(boxes=False, fill_holes=True)(m)
+    assert filled[0, 2:9, 2:9].all() and filled[0, 12:16, 12:16].all()
+    assert filled[0, 3:9, 16].sum() == 0
+    assert filled.sum() == m.sum() + 9 + 4
+    largest = MaskToBoxesd(keys="pred", largest_only=True, boxes=False, fill_holes=True)({"pred": m})["pred"]
+    assert largest.sum() == 49 and largest[0, 10:].sum() == 0 and largest[0, :, 14:].sum() == 0
+    assert MaskToBoxes(boxes=False)(m).sum() == m.sum()  # without fill_holes the holes stay
+
+
 def test_prediction_writer_round_trip_and_never_overwrites_an_input(tmp_path):
     from ignite.engine import Engine
 

@@ -57,14 +57,21 @@ def make_patient(root, patient: str, n_slices: int = 6, tumour=range(2, 4), size
     return root / patient
 
 
-@pytest.fixture(scope="module")
-def preprocessing():
-    """The bundle's deterministic transform list (``validate#preprocessing`` of train.json)."""
+def _bundle_preprocessing(**override):
+    """The bundle's deterministic transform list (``validate#preprocessing`` of train.json) at 16 x 16."""
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs" / "train.json"))
     parser["bundle_root"] = str(ROOT)
     parser["spatial_size"] = [16, 16]
+    for key, value in override.items():
+        parser[key] = value
     return parser.get_parsed_content("validate#preprocessing")
+
+
+@pytest.fixture(scope="module")
+def preprocessing():
+    """The bundle's deterministic transform list (2D input)."""
+    return _bundle_preprocessing()
 
 
 def _invalid(exc: BaseException) -> BaseException:
@@ -215,12 +222,7 @@ def test_missing_dataset_folder_is_named(tmp_path):
 @pytest.fixture(scope="module")
 def preprocessing_2p5d():
     """The bundle's deterministic transform list with 2.5D input (``context`` 1: 9 channels)."""
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "train.json"))
-    parser["bundle_root"] = str(ROOT)
-    parser["spatial_size"] = [16, 16]
-    parser["context"] = 1
-    return parser.get_parsed_content("validate#preprocessing")
+    return _bundle_preprocessing(context=1)
 
 
 def test_neighbours_repeat_the_edge_slices_and_stack_as_channels(tmp_path, preprocessing_2p5d):

@@ -383,14 +383,18 @@ class MaskToBoxes(Transform):
     ``(1, *S)`` class-index map (or a ``(*S)`` mask) to the same shape with every connected region of
     ``foreground`` (8-/26-connected) replaced by its filled bounding box; regions smaller than ``min_size``
     pixels are removed, and with ``largest_only`` only the largest region is kept. Other classes become 0.
-    With ``boxes=False`` the kept regions stay as they are (only the size / largest-region filter applies).
+    With ``boxes=False`` the kept regions stay as they are (only the size / largest-region filter applies), or, with
+    ``fill_holes``, have their enclosed holes filled (``scipy.ndimage.binary_fill_holes`` per region).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, foreground: int = 1, min_size: int = 0, largest_only: bool = False, boxes: bool = True) -> None:
+    def __init__(
+        self, foreground: int = 1, min_size: int = 0, largest_only: bool = False, boxes: bool = True,
+        fill_holes: bool = False,
+    ) -> None:
         self.foreground, self.min_size, self.largest_only = int(foreground), int(min_size), bool(largest_only)
-        self.boxes = bool(boxes)
+        self.boxes, self.fill_holes = bool(boxes), bool(fill_holes)
 
     def __call__(self, img):
         """``img`` ``(1, *S)`` or ``(*S)`` -> same shape and type, values 0 / ``foreground``."""
@@ -409,8 +413,11 @@ class MaskToBoxes(Transform):
             for i in keep:
                 if self.boxes:
                     out[slices[i]] = self.foreground
-                else:
-                    out[labels == i + 1] = self.foreground
+                    continue
+                region = labels[slices[i]] == i + 1
+                if self.fill_holes:  # on the region's non-singleton axes: a (1, H, W) channel axis is no depth
+                    region = ndimage.binary_fill_holes(region.squeeze()).reshape(region.shape)
+                out[slices[i]][region] = self.foreground
         if isinstance(img, MetaTensor):
             return MetaTensor(torch.as_tensor(out), meta=img.meta, applied_operations=img.applied_operations)
         return torch.as_tensor(out) if isinstance(img, torch.Tensor) else out
@@ -423,10 +430,10 @@ class MaskToBoxesd(MapTransform):
 
     def __init__(
         self, keys: KeysCollection, foreground: int = 1, min_size: int = 0, largest_only: bool = False,
-        boxes: bool = True, allow_missing_keys: bool = False,
+        boxes: bool = True, fill_holes: bool = False, allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.converter = MaskToBoxes(foreground, min_size, largest_only, boxes)
+        self.converter = MaskToBoxes(foreground, min_size, largest_only, boxes, fill_holes)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
