@@ -43,7 +43,10 @@ def weak_run(tmp_path_factory):
     from ignite.engine import Events
 
     trainer = wf.parser.get_parsed_content("train#trainer")
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
+    def loss_of(output):  # the trainer output is a batch-level dict, or a list of per-item dicts if decollated
+        return (output[0] if isinstance(output, list) else output)["loss"]
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: losses.append(float(loss_of(e.state.output))))
     wf.run()
     wf.finalize()
     return out, losses
