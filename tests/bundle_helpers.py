@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from monai.bundle import ConfigWorkflow
 
@@ -35,6 +36,17 @@ def run_workflow(name: str, configs: Sequence[str], workflow_type: str = "train"
     wf.run()
     wf.finalize()
     return wf
+
+
+class TinyRun(NamedTuple):
+    """What a tiny training then evaluation of a bundle left behind (tests/test_bundles.py runs it once per bundle
+    and hands it to the bundle's own ``check_tiny_run``)."""
+
+    out: Path  #: the output_dir of both runs (curves.json, models/model.pt, metrics.json, figures, reports)
+    common: dict  #: the overrides both runs got: data, output_dir, ckpt_path and the bundle's tiny sizes
+    curves: dict  #: curves.json of the training run
+    metrics: dict  #: metrics.json of the evaluation run
+    tmp_path: Path  #: the test's own folder, for further runs
 
 
 def read_metrics(output_dir: str | Path) -> dict:

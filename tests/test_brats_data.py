@@ -59,6 +59,13 @@ def make_brats_case(
     return folder
 
 
+def make_brats_cases(root: Path, shape: tuple[int, int, int], tumour_slices: range, names=("s1", "s2", "s3")) -> Path:
+    """Write one :func:`make_brats_case` per name (seeds 0, 1, ...) into ``root``; returns ``root``."""
+    for seed, name in enumerate(names):
+        make_brats_case(root, name, shape=shape, tumour_slices=tumour_slices, seed=seed)
+    return Path(root)
+
+
 def test_slices_labels_and_masks_agree(tmp_path):
     make_brats_case(tmp_path, "caseA")
     entry = brats_case_datalist(tmp_path, ["caseA"])[0]

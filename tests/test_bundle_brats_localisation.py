@@ -1,5 +1,6 @@
-"""brats_tumour_localisation bundle: metadata, a tiny hemisphere training + slice evaluation with Grad-CAM Dice on
-synthetic cases through monai.bundle, TorchScript export, inference and the model card's figures on the real data."""
+"""brats_tumour_localisation bundle: the Grad-CAM Dice and case report of its tiny hemisphere training + slice
+evaluation on synthetic cases (run by tests/test_bundles.py), TorchScript export, inference and the model card's
+figures on the real data."""
 
 from __future__ import annotations
 
@@ -9,43 +10,27 @@ import json
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle_root, export_matches_eager, read_metrics, run_workflow
-from test_brats_data import make_brats_case
+from bundle_helpers import TinyRun, bundle_root, export_matches_eager, read_metrics, run_workflow
+from test_brats_data import make_brats_case, make_brats_cases
 
 NAME = "brats_tumour_localisation"
 ROOT = bundle_root(NAME)
 WEIGHTS = ROOT / "models" / "model.pt"
 TINY = {"crop_size": [32, 32], "spatial_size": [32, 32], "hemisphere_crop_size": [-1, 32],
         "hemisphere_size": [16, 32], "batch_size": 8, "min_tumour_pixels": 5}
+#: three synthetic cases s1-s3 (32 x 32 x 40, tumour on slices 8-31)
+SYNTHETIC = {"shape": (32, 32, 40), "tumour_slices": range(8, 32)}
 
 
 @pytest.fixture(scope="module")
 def synthetic_cases(tmp_path_factory):
-    root = tmp_path_factory.mktemp("brats_loc_synth")
-    for i, name in enumerate(("s1", "s2", "s3")):
-        make_brats_case(root, name, shape=(32, 32, 40), tumour_slices=range(8, 32), seed=i)
-    return root
+    return make_brats_cases(tmp_path_factory.mktemp("brats_loc_synth"), **SYNTHETIC)
 
 
-@pytest.mark.slow
-def test_tiny_training_then_slice_evaluation_with_cam_dice(tmp_path, synthetic_cases):
-    out = tmp_path / "out"
-    ckpt = out / "models"  # the default ckpt_dir: training writes under output_dir, never models/ of the bundle
-    common = {"dataset_dir": str(synthetic_cases), "output_dir": str(out),
-              "train_cases": ["s1", "s2"], "test_cases": ["s3"], "validation_blocks#block": 5, **TINY}
-    run_workflow(NAME, ["train.json"], "train", learning_rate=0.003, **{"train#trainer#max_epochs": 3}, **common)
-    curves = json.loads((out / "curves.json").read_text())
-    assert len(curves["loss"]) == 3 and curves["loss"][-1] < curves["loss"][0], curves["loss"]
-    assert (ckpt / "model.pt").is_file()
-    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", ckpt_path=str(ckpt / "model.pt"), **common)
-    m = read_metrics(out)
-    for key in ("auc", "accuracy", "sensitivity", "specificity", "cam_dice", "cam_dice_std", "cam_threshold",
-                "cam_method", "n_images"):
-        assert key in m, key
-    assert m["n_images"] == 39 and m["test_cases"] == ["s3"]  # every brain slice of the held-out case
-    assert m["cam_n_images"] == 24 and 0.0 <= m["cam_dice"] <= 1.0
-    assert m["cam_calibration_cases"] == ["s1", "s2"]  # threshold rule chosen on training-case slices only
-    check_case_report(out / "reports" / "s3_report.pdf", "s3", m, n_slices=40)
+def check_tiny_run(run: TinyRun) -> None:
+    """The tiny slice evaluation of tests/test_bundles.py: CAM Dice of the tumour slices, one PDF per case."""
+    assert 0.0 <= run.metrics["cam_dice"] <= 1.0
+    check_case_report(run.out / "reports" / "s3_report.pdf", "s3", run.metrics, n_slices=40)
 
 
 def check_case_report(pdf, case: str, metrics: dict, n_slices: int) -> None:

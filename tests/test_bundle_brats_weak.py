@@ -30,12 +30,11 @@ def test_weak_configs_read_slices_through_the_volume_pipeline(tmp_path):
     """Pseudo-mask items: every whole slice of the training blocks with its slice label (mask not empty) and no mask;
     the segmenter validates on every whole validation-block slice with its true mask, on the classifier's grid."""
     from bundle_helpers import make_workflow
-    from test_brats_data import make_brats_case
+    from test_brats_data import make_brats_cases
 
     from medcnn.transforms import slice_block_indices
 
-    for i, name in enumerate(("s1", "s2")):
-        make_brats_case(tmp_path, name, shape=(32, 32, 16), tumour_slices=range(3, 9), seed=i)
+    make_brats_cases(tmp_path, (32, 32, 16), range(3, 9), names=("s1", "s2"))
     common = {"dataset_dir": str(tmp_path), "output_dir": str(tmp_path / "out"), "train_cases": ["s1", "s2"],
               "crop_size": [32, 32], "spatial_size": [16, 16], "min_tumour_pixels": 5,
               "validation_blocks#block": 4}

@@ -1,6 +1,7 @@
-"""coco_tumour_segmentation bundle: metadata, the fixed split, a tiny train + evaluate through monai.bundle on
-synthetic COCO images, the network variants, inference to PNG + COCO and back, COCO bad-input errors on the real
-annotations, and the committed weights against the model card on a subset of the test split."""
+"""coco_tumour_segmentation bundle: metadata, the fixed split, the checks of its tiny train + evaluate on
+synthetic COCO images (run by tests/test_bundles.py), the network variants, inference to PNG + COCO and back, COCO
+bad-input errors on the real annotations, and the committed weights against the model card on a subset of the test
+split."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle_root, export_matches_eager, make_workflow, read_metrics, run_workflow
+from bundle_helpers import TinyRun, bundle_root, export_matches_eager, make_workflow, read_metrics, run_workflow
 from PIL import Image
 
 from medcnn.data.coco import CocoFormatError, load_coco_datalist, load_coco_eval_datalist, split_coco_datalist
@@ -44,13 +45,21 @@ def make_coco_images(root: Path, n: int, seed: int, size: tuple[int, int] = (48,
     return root / "_annotations.coco.json"
 
 
-@pytest.fixture(scope="module")
-def synthetic_coco(tmp_path_factory) -> Path:
+def make_synthetic_coco(root: Path) -> Path:
     """A dataset folder laid out like the Roboflow export: train/ and valid/ with one COCO JSON each."""
-    root = tmp_path_factory.mktemp("coco_synth")
     make_coco_images(root / "train", 40, seed=0)
     make_coco_images(root / "valid", 6, seed=1)
     return root
+
+
+def check_tiny_run(run: TinyRun) -> None:
+    """The tiny evaluation of tests/test_bundles.py: scored on each image's own grid, one report per image."""
+    m, out = run.metrics, run.out
+    assert len(run.curves["val_dice"]) == 4
+    assert np.sum(m["confusion_matrix"]) == 6 * 48 * 64  # scored on each image's own grid
+    assert m["dice"] == pytest.approx(m["tumour_f1"], abs=1e-6)
+    assert (out / "confusion_matrix.png").is_file()
+    assert len(list((out / "reports").glob("img00*_report.pdf"))) == 6
 
 
 def test_metadata_declares_one_input_channel():
@@ -91,31 +100,6 @@ def test_split_is_the_recorded_one(data_dir):
     # the split depends on the ids, not on the order of the JSON
     again = split_coco_datalist(list(reversed(pool)), recorded["validation_fraction"], recorded["seed"])
     assert [e["image_id"] for e in again["validation"]] == [e["image_id"] for e in split["validation"]]
-
-
-@pytest.mark.slow
-def test_tiny_training_then_evaluation_on_the_native_grid(tmp_path, synthetic_coco):
-    out = tmp_path / "out"
-    common = {"dataset_dir": str(synthetic_coco), "output_dir": str(out), **TINY}
-    committed = WEIGHTS.read_bytes() if WEIGHTS.is_file() else None
-    run_workflow(NAME, ["train.json"], "train", learning_rate=0.01, max_epochs=4, validation_fraction=0.2, **common)
-    curves = json.loads((out / "curves.json").read_text())
-    assert len(curves["loss"]) == 4 and curves["loss"][-1] < curves["loss"][0], curves["loss"]
-    assert len(curves["val_dice"]) == 4
-    assert (out / "models" / "model.pt").is_file()  # the best checkpoint goes under output_dir by default ...
-    assert committed is None or WEIGHTS.read_bytes() == committed  # ... never onto the committed weights
-    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", ckpt_path=str(out / "models" / "model.pt"), **common)
-    m = read_metrics(out)
-    for key in ("dice", "pixel_accuracy", "background_precision", "background_recall", "background_f1",
-                "tumour_precision", "tumour_recall", "tumour_f1", "confusion_matrix", "image_dice_median",
-                "image_dice_q25", "image_dice_min"):
-        assert key in m, key
-    assert np.sum(m["confusion_matrix"]) == 6 * 48 * 64  # scored on each image's own grid
-    assert m["n_items"] == 6 and m["image_dice_n"] == 6
-    assert m["dice"] == pytest.approx(m["tumour_f1"], abs=1e-6)
-    assert m["dice"] > 0.5, m["dice"]  # bright boxes on noise are learnt in 4 tiny epochs (all-tumour: ~0.15)
-    assert (out / "confusion_matrix.png").is_file()
-    assert len(list((out / "reports").glob("img00*_report.pdf"))) == 6
 
 
 @pytest.mark.parametrize("name", ["resnext_unet", "resunetpp"])

@@ -1,5 +1,6 @@
-"""em_membrane_segmentation bundle: metadata, a tiny training + evaluation through monai.bundle, inference and
-TorchScript export on the committed weights, bad inputs, and the model card's test figures reproduced."""
+"""em_membrane_segmentation bundle: metadata, the checks of its tiny training + evaluation (run by
+tests/test_bundles.py), inference and TorchScript export on the committed weights, bad inputs, and the model card's
+test figures reproduced."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle_root, export_matches_eager, read_metrics, run_workflow
+from bundle_helpers import TinyRun, bundle_root, export_matches_eager, read_metrics, run_workflow
 
 from medcnn.data.tiff import read_stack, write_tiff_stack
 
@@ -37,36 +38,14 @@ def _chain(exc: BaseException) -> str:
     return "\n".join(out)
 
 
-@pytest.mark.slow
-def test_tiny_training_then_evaluation(tmp_path, data_dir):
-    ds = str(data_dir(DATASET))
-    out = tmp_path / "out"
-    ckpt = out / "models"  # the default ckpt_dir: training writes under output_dir, never models/ of the bundle
-    common = {"dataset_dir": ds, "output_dir": str(out), "ckpt_path": str(ckpt / "model.pt")}
-    run_workflow(
-        NAME,
-        ["train.json"],
-        "train",
-        **common,
-        **TINY_TRAINING,
-        **{"train#trainer#max_epochs": 3},
-    )
-    curves = json.loads((out / "curves.json").read_text())
-    assert len(curves["loss"]) == 3 and curves["loss"][-1] < curves["loss"][0], curves["loss"]
-    assert (out / "curves.png").is_file() and (ckpt / "model.pt").is_file()
-    state = torch.load(ckpt / "model.pt", weights_only=True)
-    assert any(k.endswith("weight") for k in state)
-    # evaluation of the freshly trained weights on one test slice
-    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", **common, test_slices=[25], patch_size=[96, 96])
-    m = read_metrics(out)
-    for key in ("pixel_accuracy", "membrane_dice", "cell_dice", "adapted_rand_error", "confusion_matrix_normalised"):
-        assert key in m, key
-    for key in ("v_rand", "v_info", "v_rand_threshold", "instance_v_rand", "instance_v_info", "instance_v_rand_merge"):
-        assert key in m, key
+def check_tiny_run(run: TinyRun) -> None:
+    """The tiny evaluation of tests/test_bundles.py on test slice 25: the Rand figures, the normalised confusion
+    matrix and the error overlay of that slice."""
+    m, out = run.metrics, run.out
+    assert (out / "curves.png").is_file()
     assert m["v_rand_threshold"] in [round(0.1 * i, 1) for i in range(11)]
-    assert m["n_slices"] == 1
     assert np.isclose(np.sum(m["confusion_matrix_normalised"]), 1.0)
-    assert 0.0 <= m["pixel_accuracy"] <= 1.0 and m["membrane_dice"] > 0.3  # above an all-cell / random guess
+    assert 0.0 <= m["pixel_accuracy"] <= 1.0
     assert (out / "confusion_matrix.png").is_file()
     assert (out / "error_overlays" / "train-volume_slice025_error.png").is_file()
 

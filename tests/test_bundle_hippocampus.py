@@ -1,6 +1,6 @@
-"""hippocampus_segmentation bundle: metadata, a tiny training + evaluation + inference through monai.bundle,
-saved predictions aligned with the input, TorchScript export, and the model card's held-out Dice reproduced
-by the committed weights."""
+"""hippocampus_segmentation bundle: metadata, the checks of its tiny training + evaluation + inference (run by
+tests/test_bundles.py), saved predictions aligned with the input, TorchScript export, and the model card's held-out
+Dice reproduced by the committed weights."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle_root, export_matches_eager, read_metrics, run_workflow
+from bundle_helpers import TinyRun, bundle_root, export_matches_eager, read_metrics, run_workflow
 
 NAME = "hippocampus_segmentation"
 ROOT = bundle_root(NAME)
@@ -32,52 +32,18 @@ def test_split_is_disjoint():
     assert not parts["training"] & parts["validation"]
 
 
-@pytest.mark.slow
-def test_tiny_training_evaluation_and_inference(tmp_path, data_dir):
-    ds = str(data_dir(DATASET))
-    out = tmp_path / "out"
-    ckpt = out / "models"  # the default ckpt_dir: training writes under output_dir, never models/ of the bundle
-    common = {"dataset_dir": ds, "output_dir": str(out), "ckpt_path": str(ckpt / "model.pt")}
-    run_workflow(
-        NAME,
-        ["train.json"],
-        "train",
-        **common,
-        **{
-            "train#dataset#data": "$@train_datalist[:8]",
-            "validate#dataset#data": "$@val_datalist[:2]",
-            "train#trainer#max_epochs": 3,
-            "val_interval": 3,
-            "num_workers": 0,
-        },
-    )
-    assert (ckpt / "model.pt").is_file()
-    state = torch.load(ckpt / "model.pt", weights_only=True)
-    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
-    curves = json.loads((out / "curves.json").read_text())
-    assert len(curves["loss"]) == 3 and curves["loss"][-1] < curves["loss"][0], curves["loss"]
-    assert "val_mean_dice" in curves
-
-    # evaluation of the tiny checkpoint on two held-out cases writes the contract's metrics
-    run_workflow(
-        NAME,
-        ["train.json", "evaluate.json"],
-        "train",
-        **common,
-        **{"validate#dataset#data": "$@test_datalist[:2]"},
-    )
-    metrics = read_metrics(out)
-    assert metrics["n_cases"] == 2
+def check_tiny_run(run: TinyRun) -> None:
+    """The tiny evaluation of tests/test_bundles.py on two held-out cases, then inference with its checkpoint: a saved
+    prediction has the input's affine and shape, and labels in {0, 1, 2}."""
+    metrics = run.metrics
+    assert "val_mean_dice" in run.curves
     for key in ("mean_dice", "dice_anterior", "dice_posterior"):
         assert 0.0 <= metrics[key] <= 1.0, metrics
     assert metrics["mean_dice"] == pytest.approx((metrics["dice_anterior"] + metrics["dice_posterior"]) / 2, 1e-4)
-    assert "hd95_mean" in metrics
-
-    # inference: a saved prediction has the input's affine and shape, and labels in {0, 1, 2}
     case = _split("test")[0]
-    image = f"{ds}/{case['image']}"
-    run_workflow(NAME, ["inference.json"], "infer", **common, input_files=[image])
-    pred_file = out / "predictions" / case["image"].split("/")[-1].replace(".nii.gz", "_seg.nii.gz")
+    image = f"{run.common['dataset_dir']}/{case['image']}"
+    run_workflow(NAME, ["inference.json"], "infer", **run.common, input_files=[image])
+    pred_file = run.out / "predictions" / case["image"].split("/")[-1].replace(".nii.gz", "_seg.nii.gz")
     src, pred = nib.load(image), nib.load(pred_file)
     assert pred.shape == src.shape
     np.testing.assert_allclose(pred.affine, src.affine)

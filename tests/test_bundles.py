@@ -1,13 +1,23 @@
-"""The bundle contract of DESIGN.md §3, checked once for every bundle (bundle-specific figures stay in
-tests/test_bundle_<name>.py)."""
+"""The bundle contract of DESIGN.md §3, checked once for every bundle, and one tiny training then evaluation per
+bundle (bundle-specific figures and checks stay in tests/test_bundle_<name>.py)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import test_bundle_brats_localisation
+import test_bundle_brats_segmentation
+import test_bundle_coco_segmentation
+import test_bundle_em
+import test_bundle_hippocampus
+import test_bundle_lgg_localisation
+import test_bundle_pneumonia
 import torch
-from bundle_helpers import BUNDLES, META_SCHEMA, bundle_root
+from bundle_helpers import BUNDLES, META_SCHEMA, TinyRun, bundle_root, read_metrics, run_workflow
 from monai.bundle import ConfigParser
 
 ALL_BUNDLES = sorted(p.parent.parent.name for p in BUNDLES.glob("*/configs/metadata.json"))
@@ -226,8 +236,6 @@ def test_eval_datalist_with_relative_paths_gives_the_figures_of_the_same_cases(n
     another working folder, give the figures the bundle's own data path gives on the same cases."""
     import os
 
-    from bundle_helpers import read_metrics, run_workflow
-
     user = tmp_path / "user"
     user.mkdir()
     entries, own, figures, count_key, count = USER_CASES[name](user, data_dir)
@@ -248,3 +256,131 @@ def test_eval_datalist_with_relative_paths_gives_the_figures_of_the_same_cases(n
     assert mine[count_key] == reference[count_key] == count
     for key in figures:
         assert mine[key] == pytest.approx(reference[key], abs=1e-6), key
+
+
+# ---------------------------------------------------------------------------------------- tiny train + evaluate
+# One tiny training then evaluation per bundle, through the bundle's own train.json and evaluate.json. Each entry gives
+# the bundle's data (synthetic cases written into the test's folder, or a real dataset), the tiny overrides, the keys
+# metrics.json must have, exact counts, and the figure floor the tiny model must beat. The bundle's own checks of the
+# same run (reports, overlays, inference with the fresh checkpoint) are ``check_tiny_run`` in its test file.
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """A bundle's tiny training then evaluation (see the section comment above)."""
+
+    data: Callable[[Path, Callable[[str], Path]], dict]  #: (folder, data_dir fixture) -> overrides naming the data
+    epochs: int  #: training epochs set by ``train`` (curves.json has one loss per epoch)
+    train: dict  #: overrides of the training run only
+    keys: tuple[str, ...]  #: keys metrics.json must have
+    expect: dict  #: metrics.json values that must be exactly these (counts of the tiny evaluation set)
+    floor: dict = field(default_factory=dict)  #: figures the tiny model must beat (chance level in the comment)
+    common: dict = field(default_factory=dict)  #: tiny sizes for both runs
+    evaluate: dict = field(default_factory=dict)  #: overrides of the evaluation run only
+    check: Callable[[TinyRun], None] | None = None  #: the bundle's own checks (its test file)
+    marks: tuple = ()
+
+
+def _brats_cases(synthetic: dict) -> Callable:
+    from test_brats_data import make_brats_cases
+
+    return lambda folder, data_dir: {"dataset_dir": str(make_brats_cases(folder, **synthetic)),
+                                     "train_cases": ["s1", "s2"], "test_cases": ["s3"]}
+
+
+def _real(dataset: str) -> Callable:
+    return lambda folder, data_dir: {"dataset_dir": str(data_dir(dataset))}
+
+
+def _pneumonia(folder: Path, data_dir) -> dict:
+    folder.mkdir()
+    npz = test_bundle_pneumonia.write_small_test_npz(data_dir("pneumoniamnist"), folder / "small.npz")
+    return {"dataset_dir": str(data_dir("pneumoniamnist")), "eval_datalist": str(npz)}  # read by evaluate.json only
+
+
+_CLASSIFICATION = ("auc", "accuracy", "sensitivity", "specificity")
+_SEGMENTATION = ("dice", "pixel_accuracy", "background_precision", "background_recall", "background_f1",
+                 "tumour_precision", "tumour_recall", "tumour_f1", "confusion_matrix")
+TINY_RUNS = {
+    "brats_tumour_localisation": TinySpec(
+        data=_brats_cases(test_bundle_brats_localisation.SYNTHETIC), epochs=3,
+        common={"validation_blocks#block": 5, **test_bundle_brats_localisation.TINY},
+        train={"learning_rate": 0.003, "train#trainer#max_epochs": 3},
+        keys=(*_CLASSIFICATION, "cam_dice", "cam_dice_std", "cam_threshold", "cam_method", "n_images"),
+        # every brain slice of the held-out case, CAM Dice on its tumour slices, the CAM rule chosen on training cases
+        expect={"n_images": 39, "test_cases": ["s3"], "cam_n_images": 24, "cam_calibration_cases": ["s1", "s2"]},
+        check=test_bundle_brats_localisation.check_tiny_run),
+    "brats_tumour_segmentation": TinySpec(
+        data=_brats_cases(test_bundle_brats_segmentation.SYNTHETIC), epochs=3,
+        common={"min_tumour_pixels": 5, **test_bundle_brats_segmentation.TINY},
+        train={"learning_rate": 0.01, "validation_blocks#block": 4, "train#trainer#max_epochs": 3},
+        keys=_SEGMENTATION, expect={"eval_cases": ["s3"]},
+        floor={"dice": 0.2},  # the bright synthetic blob is learnt within 3 tiny epochs (chance ~0.05)
+        check=test_bundle_brats_segmentation.check_tiny_run),
+    "coco_tumour_segmentation": TinySpec(
+        data=lambda folder, data_dir: {"dataset_dir": str(test_bundle_coco_segmentation.make_synthetic_coco(folder))},
+        epochs=4, common=test_bundle_coco_segmentation.TINY,
+        train={"learning_rate": 0.01, "max_epochs": 4, "validation_fraction": 0.2},
+        keys=(*_SEGMENTATION, "image_dice_median", "image_dice_q25", "image_dice_min"),
+        expect={"n_items": 6, "image_dice_n": 6},
+        floor={"dice": 0.5},  # bright boxes on noise are learnt in 4 tiny epochs (all-tumour: ~0.15)
+        check=test_bundle_coco_segmentation.check_tiny_run),
+    "em_membrane_segmentation": TinySpec(
+        data=_real(test_bundle_em.DATASET), epochs=3,
+        train={**test_bundle_em.TINY_TRAINING, "train#trainer#max_epochs": 3},
+        common={"patch_size": [96, 96]}, evaluate={"test_slices": [25]},  # one test slice
+        keys=("pixel_accuracy", "membrane_dice", "cell_dice", "adapted_rand_error", "confusion_matrix_normalised",
+              "v_rand", "v_info", "v_rand_threshold", "instance_v_rand", "instance_v_info", "instance_v_rand_merge"),
+        expect={"n_slices": 1},
+        floor={"membrane_dice": 0.3},  # above an all-cell / random guess
+        check=test_bundle_em.check_tiny_run, marks=(pytest.mark.realdata,)),
+    "hippocampus_segmentation": TinySpec(
+        data=_real(test_bundle_hippocampus.DATASET), epochs=3,
+        train={"train#dataset#data": "$@train_datalist[:8]", "validate#dataset#data": "$@val_datalist[:2]",
+               "train#trainer#max_epochs": 3, "val_interval": 3, "num_workers": 0},
+        evaluate={"validate#dataset#data": "$@test_datalist[:2]"},  # two held-out cases
+        keys=("mean_dice", "dice_anterior", "dice_posterior", "hd95_mean"), expect={"n_cases": 2},
+        check=test_bundle_hippocampus.check_tiny_run, marks=(pytest.mark.realdata,)),
+    "lgg_tumour_localisation": TinySpec(
+        data=lambda folder, data_dir: test_bundle_lgg_localisation.make_synthetic_patients(folder), epochs=4,
+        common=test_bundle_lgg_localisation.TINY, train={"learning_rate": 0.003, "train#trainer#max_epochs": 4},
+        keys=(*_CLASSIFICATION, "ppv", "npv", "cam_dice", "cam_dice_std"),
+        # every slice of the one test patient, CAM Dice on its 6 tumour slices
+        expect={"n_images": 12, "cam_n_images": 6, "patients": ["TCGA_S3_0003_20000101"]},
+        check=test_bundle_lgg_localisation.check_tiny_run),
+    "pneumonia_classification": TinySpec(
+        data=_pneumonia, epochs=2, train={"train_limit": 256, "val_limit": 120, "max_epochs": 2},
+        evaluate={"num_gradcam": 4},  # 48 real test images (24 per class) through --eval_datalist
+        keys=(*_CLASSIFICATION, "ppv", "npv", "f1_positive", "f1_negative"), expect={"n_images": 48, "n_positive": 24},
+        floor={"auc": 0.6},  # chance is 0.5
+        check=test_bundle_pneumonia.check_tiny_run, marks=(pytest.mark.realdata,)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [pytest.param(n, marks=s.marks) for n, s in sorted(TINY_RUNS.items())])
+def test_tiny_training_then_evaluation(name, tmp_path, data_dir):
+    """DESIGN.md §3: train.json learns (loss falls) and writes plain-tensor weights under output_dir, never over the
+    committed models/model.pt; evaluate.json scores them into output_dir/metrics.json with the bundle's keys, counts
+    and a figure above chance."""
+    spec = TINY_RUNS[name]
+    out = tmp_path / "out"
+    ckpt = out / "models" / "model.pt"  # the default ckpt_dir is under output_dir
+    committed = (bundle_root(name) / "models" / "model.pt").read_bytes()
+    common = {**spec.data(tmp_path / "data", data_dir), "output_dir": str(out), "ckpt_path": str(ckpt),
+              **spec.common}
+    run_workflow(name, ["train.json"], "train", **{**common, **spec.train})
+    curves = json.loads((out / "curves.json").read_text())
+    assert len(curves["loss"]) == spec.epochs and curves["loss"][-1] < curves["loss"][0], curves["loss"]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values()) and any(k.endswith("weight") for k in state)
+    assert (bundle_root(name) / "models" / "model.pt").read_bytes() == committed
+
+    run_workflow(name, ["train.json", "evaluate.json"], "eval", **{**common, **spec.evaluate})
+    m = read_metrics(out)
+    assert [k for k in spec.keys if k not in m] == [], sorted(m)
+    assert {k: m.get(k) for k in spec.expect} == spec.expect
+    for key, floor in spec.floor.items():
+        assert m[key] > floor, (key, m[key])
+    if spec.check is not None:
+        spec.check(TinyRun(out, common, curves, m, tmp_path))
