@@ -491,6 +491,39 @@ def test_predict_lgg_localisation_on_multipage_tiff_volumes_of_the_test_patients
     assert str(grey) in err and "1 channel(s)" in err and not (tmp_path / "o2").exists()
 
 
+def test_predict_pages_get_the_probabilities_of_inference_json(tmp_path, capsys):
+    """One slice-scoring rule: ``medcnn predict`` on a multi-page TIFF volume gives each page the probability that
+    the bundle's inference.json gives that slice (mirror + neighbour mean), and calls a page tumour iff it is >= 0.5;
+    the PDF report titles the slices shown with those probabilities."""
+    import csv
+
+    from test_bundle_lgg_localisation import synthetic_volume
+
+    from medcnn.bench import bundle_workflow
+
+    volume, _ = synthetic_volume(tmp_path / "in")
+    out = tmp_path / "out"
+    assert main(["predict", "--bundle", str(LGG_LOC), "--input", str(volume), "--output", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "U1" / "U1_summary.json").read_text())
+    probs = np.array([s["class_probabilities"]["tumour present"] for s in summary["slices"]])
+    (tmp_path / "list.json").write_text(json.dumps([{"image": str(volume)}]))
+    wf = bundle_workflow("lgg_tumour_localisation", ["inference.json"], "infer",
+                         datalist=str(tmp_path / "list.json"), output_dir=str(tmp_path / "inf"))
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    rows = {r[0]: float(r[2]) for r in csv.reader((tmp_path / "inf" / "predictions.csv").open())}
+    np.testing.assert_allclose(probs, [rows[f"U1_{k}"] for k in range(1, len(probs) + 1)], atol=1e-5)
+    assert summary["positive_slices"] == np.flatnonzero(probs >= 0.5).tolist()
+    mask = np.asarray(nib.load(out / "U1" / "U1_seg.nii.gz").dataobj)
+    assert not mask[probs < 0.5].any()
+    pypdf = pytest.importorskip("pypdf")
+    pdf = pypdf.PdfReader(str(out / "U1" / "U1_report.pdf"))
+    text = " ".join(" ".join(p.extract_text() for p in pdf.pages).split())
+    shown = [k for k in range(len(probs)) if f"slice {k + 1} of {len(probs)}: p = " in text]
+    assert shown and all(f"slice {k + 1} of {len(probs)}: p = {probs[k]:.3f}" in text for k in shown)
+
+
 def test_score_network_decides_and_the_cam_stays_on_the_network(tmp_path):
     """A bundle's ``score_network`` id (here a wrapper that calls every image negative) scores the images, as in
     MONAI Label: the positive image is then called 'no object' with an empty region, though its CAM is not empty."""

@@ -105,6 +105,10 @@ def test_batches_the_rule_cannot_score_are_refused():
     assert SliceScoreInferer(neighbour_radius=0)(x, net).shape == (4, 2)  # no neighbours: any batch
     with pytest.raises(ValueError, match="neighbour_radius must be >= 0"):
         SliceScoreInferer(neighbour_radius=-1)
+    # a command-line override gives strings: "false" must switch the mirror mean off, not on (bool("false"))
+    assert SliceScoreInferer(flip="false").flip is False and SliceScoreInferer(flip="True").flip is True
+    with pytest.raises(ValueError, match="flip must be true or false, got 'no'"):
+        SliceScoreInferer(flip="no")
 
 
 def test_batch_sampler_groups_by_patient_in_slice_order_and_names_bad_items():

@@ -43,6 +43,18 @@ def _indices(slice_index: Any, n: int) -> torch.Tensor:
     return idx
 
 
+def _as_bool(value: Any, name: str) -> bool:
+    """``value`` as a bool; the strings ``true`` / ``false`` (any case, as a command-line override gives them)
+    too. Anything else is refused: ``bool("false")`` would silently switch the rule on."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"SliceScoreInferer: {name} must be true or false, got {value!r}")
+
+
 def neighbour_mean(logits: torch.Tensor, slice_index: Any, radius: int = 1) -> torch.Tensor:
     """Mean of each row of ``logits`` ``(N, K)`` over the rows whose ``slice_index`` is within ``radius`` of its own.
 
@@ -85,7 +97,7 @@ class SliceScoreInferer(Inferer):
         super().__init__()
         if int(neighbour_radius) < 0:
             raise ValueError(f"SliceScoreInferer: neighbour_radius must be >= 0, got {neighbour_radius}")
-        self.flip = bool(flip)
+        self.flip = _as_bool(flip, "flip")
         self.flip_dim = int(flip_spatial_axis) + 2
         self.neighbour_radius = int(neighbour_radius)
         self.expected_slices = expected_slices
