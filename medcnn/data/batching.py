@@ -28,7 +28,7 @@ class PatientSliceBatchSampler(Sampler[list[int]]):
     keys, or two slices of one patient with one slice index, is a ``ValueError`` naming the items.
 
     Use as ``DataLoader(dataset, batch_sampler=PatientSliceBatchSampler(dataset))`` (no ``batch_size`` /
-    ``shuffle``). A batch is as large as the patient's volume (the LGG patients: 20-88 slices).
+    ``shuffle``). A batch is as large as the patient's volume (the LGG patients: 20-60 slices).
     """
 
     def __init__(self, data: Any, group_key: str = "patient", order_key: str = "slice_index") -> None:
