@@ -60,10 +60,11 @@ from tqdm import tqdm
 from medcnn import __version__
 from medcnn.localisation.rule import RESULT_KEYS
 from medcnn.networks.export import BACKENDS, backend_network
+from medcnn.networks.slice_scoring import SliceScoreInferer
 from medcnn.transforms.validation import InvalidInputError
 
 __all__ = ["BundlePredictor", "PredictInput", "load_input", "bundle_cam_rule", "classify_with_cam", "normalise_volume",
-           "summarise_slices", "predict", "add_parser"]
+           "summarise_slices", "predict", "add_parser", "apply_decision", "decide_slices"]
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ EMPTY_CAM_MESSAGE = ("predicted {cls} (p={p:.3f}), but the {method} map of {cls}
 
 
 def classify_with_cam(network: torch.nn.Module, x: torch.Tensor, logits: Any, rule: dict,
-                      class_names: dict[int, str]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                      class_names: dict[int, str], gate: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """A classifier's decision and CAM region for one image, as ``medcnn predict`` and MONAI Label report them.
 
     ``x`` ``(1, C, *S)`` is the network input, ``logits`` ``(K,)`` (or ``(1,)`` for a sigmoid output) the network's
@@ -241,9 +242,30 @@ def classify_with_cam(network: torch.nn.Module, x: torch.Tensor, logits: Any, ru
     ``(1, *S)`` and the result JSON: class probabilities, predicted class, the CAM rule, and, when the image is
     predicted positive but its CAM region is empty (a CAM that is zero everywhere), ``cam_region_empty: true``
     with a ``warning`` that says so, because an empty region otherwise reads as "negative" in a viewer.
+    ``gate=False``: the mask is the CAM region whatever the decision (a slice of a volume whose decision waits for
+    its neighbours' scores: :func:`decide_slices` gates it).
     """
     from medcnn.localisation import localise
     from medcnn.localisation.rule import CAMRule, CAMToMask
+
+    typed = CAMRule.from_dict({k: v for k, v in rule.items() if k != "source"})
+    heat = localise(network, x, method=typed.method, target_layer=typed.target_layer,
+                    class_idx=typed.class_idx)[0].detach().cpu()  # (1, *S) on the network's grid
+    mask = torch.as_tensor(CAMToMask(typed)(heat)).to(torch.uint8)
+    if not gate:
+        return mask, heat, apply_decision(mask, logits, rule, class_names)[1]
+    mask, result = apply_decision(mask, logits, rule, class_names)
+    return mask, heat, result
+
+
+def apply_decision(mask: torch.Tensor, logits: Any, rule: dict, class_names: dict[int, str]) -> tuple[torch.Tensor,
+                                                                                                      dict]:
+    """The decision of one image from its ``logits`` ``(K,)`` and its CAM region ``mask`` kept or emptied by it.
+
+    Returns the mask (empty unless ``rule['class_idx']`` is predicted: probability >= ``decision_threshold``, else
+    arg-max) and the result JSON of :func:`classify_with_cam`.
+    """
+    from medcnn.localisation.rule import CAMRule
 
     scores = torch.as_tensor(logits).detach().float().reshape(-1).cpu()
     probs = torch.softmax(scores, 0) if scores.numel() > 1 else torch.cat([1 - scores.sigmoid(), scores.sigmoid()])
@@ -251,9 +273,7 @@ def classify_with_cam(network: torch.nn.Module, x: torch.Tensor, logits: Any, ru
     pos = typed.class_idx
     rest = [i for i in range(len(probs)) if i != pos]
     predicted = pos if typed.present(probs) or not rest else max(rest, key=lambda i: float(probs[i]))
-    heat = localise(network, x, method=typed.method, target_layer=typed.target_layer,
-                    class_idx=pos)[0].detach().cpu()  # (1, *S) on the network's grid
-    mask = torch.as_tensor(CAMToMask(typed)(heat))
+    mask = torch.as_tensor(mask)
     if predicted != pos:
         mask = torch.zeros_like(mask)
     name = class_names.get(pos, f"class {pos}")
@@ -267,7 +287,31 @@ def classify_with_cam(network: torch.nn.Module, x: torch.Tensor, logits: Any, ru
     }
     if result["cam_region_empty"]:
         result["warning"] = EMPTY_CAM_MESSAGE.format(cls=name, p=float(probs[pos]), method=typed.method)
-    return mask.to(torch.uint8), heat, result
+    return mask.to(torch.uint8), result
+
+
+def decide_slices(masks: Sequence[torch.Tensor], logits: torch.Tensor, rule: dict, class_names: dict[int, str],
+                  scorer: Any = None) -> tuple[list[torch.Tensor], list[dict], torch.Tensor]:
+    """The decisions of a volume's slices, in slice order, as ``medcnn predict`` and MONAI Label serve them.
+
+    ``masks``: each slice's CAM region, not yet gated (:func:`classify_with_cam` with ``gate=False``); ``logits``
+    ``(N, K)``: each slice's scores (a :class:`~medcnn.networks.SliceScoreInferer`'s ``score``, else the network's).
+    With ``scorer`` (the bundle's :class:`~medcnn.networks.SliceScoreInferer`) the logits are first averaged over
+    neighbouring slices (its ``smooth``, the slices numbered 0..N-1), so each slice is decided by the bundle's one
+    slice-scoring rule, exactly as ``evaluate.json`` decides it. Returns the gated masks, the per-slice result JSONs
+    and the logits the decisions were made on.
+    """
+    logits = torch.as_tensor(logits).detach().float().cpu()
+    if len(masks) != logits.shape[0]:
+        raise ValueError(f"decide_slices: {len(masks)} masks for {logits.shape[0]} slices of scores")
+    if scorer is not None and hasattr(scorer, "smooth"):
+        logits = scorer.smooth(logits, slice_index=torch.arange(logits.shape[0]))
+    out_masks, results = [], []
+    for mask, row in zip(masks, logits, strict=True):
+        m, r = apply_decision(mask, row, rule, class_names)
+        out_masks.append(m)
+        results.append(r)
+    return out_masks, results, logits
 
 
 def summarise_slices(results: list[dict], positive: str | None = None) -> dict:
@@ -494,8 +538,9 @@ class BundlePredictor:
                 "image as 'image'; the bundle needs a configs/predict.json that reads a single image"
             ) from exc
         x = torch.as_tensor(d["image"]).float()[None].to(self.device)
-        with torch.no_grad():
-            out = self.inferer(x, self.model)
+        with torch.no_grad():  # a slice-scoring rule: the slice's own score here, the neighbours' in decide_slices
+            scorer = getattr(self.inferer, "score", None) if isinstance(self.inferer, SliceScoreInferer) else None
+            out = scorer(x, self.model) if scorer is not None else self.inferer(x, self.model)
         image = d["image"]
         meta = copy.deepcopy(image.meta) if isinstance(image, MetaTensor) else {}
         ops = copy.deepcopy(image.applied_operations) if isinstance(image, MetaTensor) else []
@@ -511,11 +556,16 @@ class BundlePredictor:
             pred = pred.argmax(0, keepdim=True)
         return pred.round().to(torch.uint8)
 
-    def _classify(self, d: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def _classify(self, d: dict, gate: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
         mask, heat, result = classify_with_cam(self.network, d["_x"], d["pred"], self.cam_rule,
-                                               _positive_values(self.meta))
+                                               _positive_values(self.meta), gate=gate)
         back = self._to_input_grid({"mask": mask.float(), "heat": heat}, d)
         return back["mask"].round().to(torch.uint8), back["heat"], result
+
+    def _decide(self, masks: list, logits: list) -> tuple[list, list[dict], torch.Tensor]:
+        """Each slice of a volume decided by the bundle's slice-scoring rule (:func:`decide_slices`)."""
+        scorer = self.inferer if isinstance(self.inferer, SliceScoreInferer) else None
+        return decide_slices(masks, torch.stack(logits), self.cam_rule, _positive_values(self.meta), scorer)
 
     def _to_input_grid(self, arrays: dict, d: dict) -> dict:
         """Invert the preprocessing's spatial transforms on ``arrays`` (``(1, *S)``), then resize if needed."""
@@ -546,16 +596,18 @@ class BundlePredictor:
             n = int(item.image.shape[0]) if item.kind == "stack" else int(item.image.shape[-1])
             spatial = _input_spatial(item)
             hw = spatial[1:] if item.kind == "stack" else spatial[:-1]  # one slice's (H, W)
-            masks, heats, results = [], [], []
+            masks, heats, results, logits = [], [], [], []
             for k in tqdm(range(n), desc=f"{item.case_id} slices", disable=not progress or n < 2, leave=False):
                 d = self._run(dict(base, **{self.slice_key: k}))
-                if self.is_classifier:  # the slice's decision and CAM region, back on the slice grid
-                    m, heat, result = self._classify(d)
+                if self.is_classifier:  # the slice's CAM region, back on the slice grid; decided below
+                    m, heat, _ = self._classify(d, gate=False)
                     masks.append(torch.as_tensor(m).reshape(hw).to(torch.uint8))
                     heats.append(torch.as_tensor(heat).reshape(hw).float())
-                    results.append(result)
+                    logits.append(torch.as_tensor(d["pred"]).float().reshape(-1))
                 else:
                     masks.append(self._segment(d)[0])
+            if self.is_classifier:  # every slice decided by the bundle's slice-scoring rule
+                masks, results, _ = self._decide(masks, logits)
             axis = 0 if item.kind == "stack" else -1
             mask = torch.stack(masks, axis)[None]
             heat = torch.stack(heats, axis)[None] if heats else None
@@ -596,7 +648,7 @@ class BundlePredictor:
             except ValueError as exc:
                 raise InvalidInputError(f"{item.path}: cannot normalise the volume ({exc})") from exc
         n = volume.shape[2]
-        masks, heats, results = [], [], []
+        masks, heats, results, logits = [], [], [], []
         for k in tqdm(range(n), desc=f"{item.case_id} slices", disable=not progress or n < 2, leave=False):
             sl = volume[:, :, k].astype(np.float32) if self.volume_normalisation is not None else volume[:, :, k]
             data = {"image": MetaTensor(torch.as_tensor(np.ascontiguousarray(sl)))}
@@ -607,13 +659,15 @@ class BundlePredictor:
                 d = self._run(data)
             except InvalidInputError as exc:
                 raise InvalidInputError(f"{item.path} (slice {k} of {n}): {exc}") from exc
-            if self.is_classifier:
-                mask, heat, result = self._classify(d)
+            if self.is_classifier:  # decided below, with the neighbours' scores
+                mask, heat, _ = self._classify(d, gate=False)
                 heats.append(torch.as_tensor(heat).reshape(hw).float())
-                results.append(result)
+                logits.append(torch.as_tensor(d["pred"]).float().reshape(-1))
             else:
                 mask = self._segment(d)
             masks.append(torch.as_tensor(mask).reshape(hw))
+        if self.is_classifier:
+            masks, results, _ = self._decide(masks, logits)
         mask = torch.stack(masks, -1)[None].to(torch.uint8)
         heat = torch.stack(heats, -1)[None] if heats else None
         if len(spatial) == 2:
@@ -715,10 +769,12 @@ def write_case(predictor: BundlePredictor, item: PredictInput, pred: dict, outpu
                 v["volume_ml"] = None
         if report:
             outputs["report"] = f"{case}_report.pdf"
-            probability = None
+            probability, per_slice = None, None
             if predictor.is_classifier:
-                probability = float(list(pred["result"]["class_probabilities"].values())[
-                    int(predictor.cam_rule["class_idx"])])
+                pos = int(predictor.cam_rule["class_idx"])
+                probability = float(list(pred["result"]["class_probabilities"].values())[pos])
+                if pred["result"].get("slices"):  # each page's own probability, the one its decision was made on
+                    per_slice = [float(list(s["class_probabilities"].values())[pos]) for s in pred["result"]["slices"]]
             finding = ", ".join(names.values())
             finding = finding if len(names) == 1 else f"segmented region ({finding})"
             show = [ref, mask, pred.get("cam")]
@@ -729,6 +785,7 @@ def write_case(predictor: BundlePredictor, item: PredictInput, pred: dict, outpu
                 tmp / outputs["report"], show[0], show[1], cam=show[2], case_id=case,
                 spacing=None if item.kind == "stack" else spacing,
                 class_names=("background", finding), finding_name=finding, probability=probability,
+                slice_probabilities=per_slice,
                 metrics={f"{n} volume (mL)": v["volume_ml"] for n, v in summary["labels"].items()
                          if v["volume_ml"] is not None} or None,
                 sources={"image": str(item.path), "model": f"{predictor.name} {summary['model']['version']}"},

@@ -37,6 +37,14 @@ def make_synthetic_patients(root: Path) -> dict:
     return {"dataset_dir": str(root), "split_file": str(split)}
 
 
+def synthetic_volume(folder: Path, n_slices: int = 8, size: int = 64) -> tuple[Path, np.ndarray]:
+    """A synthetic patient ``U1`` as one multi-page 3-channel TIFF ``folder/U1.tif``; returns it and its pages
+    ``(N, H, W, 3)`` (for a 4D NIfTI of the same slices)."""
+    make_patient(folder / "slices", "U1", n_slices=n_slices, tumour=range(3, 6), size=size)
+    pages = np.stack([tifffile.imread(s["image"]) for s in lgg_patient_slices(folder / "slices" / "U1")])
+    return write_tiff_pages(pages, folder / "U1.tif"), pages
+
+
 def check_tiny_run(run: TinyRun) -> None:
     """The tiny evaluation of tests/test_bundles.py: CAM Dice per patient and one PDF per patient (slices stacked)."""
     m, out = run.metrics, run.out
@@ -114,6 +122,55 @@ def test_a_tiff_volume_gives_the_figures_of_its_slice_files(tmp_path, data_dir, 
     assert from_volume["n_images"] == from_slices["n_images"] == 20
     for key in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "cam_dice", "cam_dice_std"):
         assert from_volume[key] == pytest.approx(from_slices[key], abs=1e-6), key
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_evaluate_figures_equal_the_cv_flip_mean_z3_computation(tmp_path, data_dir, weights):
+    """evaluate.json scores slices with the rule the patient CV measured: its figures on two test patients equal those
+    of ``flip_mean_z3`` computed by scripts/cv_classifier.py (slice_scores + z_smooth) on the same slices."""
+    from monai.bundle import ConfigParser
+    from test_slice_scoring import cv_script
+
+    from medcnn.metrics import binary_classification_report
+
+    lgg = data_dir("lgg_flair_tiff")
+    m = _evaluate(tmp_path, lgg, test_patients=FEW_TEST_PATIENTS)
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "evaluate.json")])
+    parser.update({"bundle_root": str(ROOT), "dataset_dir": str(lgg), "test_patients": FEW_TEST_PATIENTS})
+    assert (parser.get_parsed_content("score_flip"), parser.get_parsed_content("score_neighbour_radius")) == (True, 1)
+    net = parser.get_parsed_content("network")
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    cv = cv_script()
+    s = cv.slice_scores(net.eval(), parser.get_parsed_content("validate#dataset"))
+    ref = binary_classification_report(s["label"].tolist(), cv._z_smooth_scores(s)["flip_mean_z3"].tolist(), 0.0)
+    for key in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv"):
+        assert m[key] == pytest.approx(ref[key], abs=1e-6), key
+    plain = binary_classification_report(s["label"].tolist(), s["whole"].tolist(), 0.0)
+    assert (ref["auc"], ref["accuracy"]) != (plain["auc"], plain["accuracy"])  # the rule is not the plain network
+
+
+def test_inference_probabilities_do_not_depend_on_the_dataset_order(tmp_path, weights):
+    """inference.json batches one patient at a time in slice order: the same slices listed in another order (two
+    patients interleaved) give identical per-slice probabilities."""
+    import csv
+    import random
+
+    from medcnn.data.lgg import lgg_datalist
+
+    for i, name in enumerate(("TCGA_S0_0000_20000101", "TCGA_S1_0001_20000101")):
+        make_patient(tmp_path / "data", name, n_slices=6, tumour=range(2, 4), size=64, seed=i)
+    items = lgg_datalist(tmp_path / "data", keys=["image"])
+    shuffled = list(items)
+    random.Random(3).shuffle(shuffled)
+    assert [i["id"] for i in shuffled] != [i["id"] for i in items]
+    rows = []
+    for k, data in enumerate((items, shuffled)):
+        out = tmp_path / f"inf{k}"
+        run_workflow(NAME, ["inference.json"], "infer", data=data, output_dir=str(out), dataset_dir=str(tmp_path))
+        rows.append({r[0]: [float(v) for v in r[1:]] for r in csv.reader((out / "predictions.csv").open())})
+    assert len(rows[0]) == 12 and rows[0] == rows[1]
 
 
 def test_inference_on_an_unlabelled_tiff_volume(tmp_path, weights):

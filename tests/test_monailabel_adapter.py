@@ -182,6 +182,50 @@ def test_slices_summary_lists_positive_and_empty_cam_slices():
     assert adapter.summarise_slices(res[:1]) == res[0]
 
 
+def test_served_lgg_slices_are_decided_by_the_bundle_slice_scoring_rule(tmp_path):
+    """MONAI Label serves the LGG localiser slice by slice (a 4D NIfTI, each slice written to its own file and run
+    through the served preprocessing, as MedcnnCAMGridTask does): with the bundle's slice-scoring rule
+    (served_slice_scorer -> score per slice, decide_slices over the volume) every slice gets the probability that
+    ``medcnn predict`` gives the same volume as a TIFF, a slice is called positive iff that probability reaches the
+    decision threshold, and only those keep their CAM region."""
+    from test_bundle_lgg_localisation import synthetic_volume
+
+    from medcnn.networks import SliceScoreInferer
+    from medcnn.predict import decide_slices, predict
+
+    bundle = ROOT / "bundles" / "lgg_tumour_localisation"
+    parser = adapter.read_served_config(bundle)
+    scorer = adapter.served_slice_scorer(parser)
+    assert isinstance(scorer, SliceScoreInferer) and scorer.flip and scorer.neighbour_radius == 1
+    rule = adapter.served_cam_rule(bundle, parser)
+    names = adapter.class_names(adapter.bundle_metadata(bundle))
+    net = parser.get_parsed_content("network_def", instantiate=True)
+    net.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    pre = parser.get_parsed_content("preprocessing", instantiate=True)
+    tif, pages = synthetic_volume(tmp_path)
+    volume = np.moveaxis(pages, 0, 2).astype(np.float32)  # (H, W, D, 3), as Slicer uploads it
+    masks, logits = [], []
+    for k in range(volume.shape[2]):  # _NiftiGridMixin: one NIfTI per slice through the served preprocessing
+        f = tmp_path / f"slice_{k:04d}.nii.gz"
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(volume[:, :, k]), np.eye(4)), f)
+        x = torch.as_tensor(pre({"image": str(f)})["image"]).float()[None]
+        with torch.no_grad():
+            scores = scorer.score(x, net)[0]  # MedcnnCAMTask.run_inferer
+        mask, _, _ = classify_with_cam(net, x, scores, rule, names, gate=False)
+        masks.append(mask)
+        logits.append(scores)
+    gated, results, _ = decide_slices(masks, torch.stack(logits), rule, names, scorer)
+    probs = np.array([r["class_probabilities"][names[1]] for r in results])
+    summary = predict(bundle, [tif], tmp_path / "out", report=False, progress=False)[0]
+    np.testing.assert_allclose(probs, [s["class_probabilities"][names[1]] for s in summary["slices"]], atol=1e-4)
+    called = probs >= rule["decision_threshold"]
+    assert [r["predicted_class"] == names[1] for r in results] == called.tolist()
+    assert not any(bool(m.any()) for m, c in zip(gated, called, strict=True) if not c)
+    assert [bool(m.any()) for m, c in zip(gated, called, strict=True) if c] == [bool(m.any()) for m, c in
+                                                                                 zip(masks, called, strict=True) if c]
+
+
 # ------------------------------------------------------------------------------------------ uploads and errors
 def test_check_upload_accepts_nifti_and_refuses_the_rest_naming_it(tmp_path):
     good = tmp_path / "good.nii.gz"

@@ -535,6 +535,8 @@ def test_2d_bundles_upload_and_infer(served, data_dir):
                 assert params["cam"].get("source") == "docs/results_2d.json", params["cam"]  # the validated rule
             if name == "brats_tumour_localisation":  # slices through the tumour: found and localised
                 assert len(params["slices"]) == arr.shape[2] and params["positive_slices"], params
+            if name == "lgg_tumour_localisation":  # the bundle's slice-scoring rule, as medcnn predict applies it
+                _check_lgg_slice_rule(params, arr, inp, tmp)
         if name == "brats_tumour_localisation":
             assert hits == 1, f"{name}: the CAM region of the positive slices misses the tumour"
         if name == "synthetic_localisation":
@@ -544,6 +546,26 @@ def test_2d_bundles_upload_and_infer(served, data_dir):
     repo_2d = [n for n in served["repo"] if models[n]["dimension"] == 2]
     assert not repo_2d or set(repo_2d) & set(ran), f"no repository 2D bundle was run ({repo_2d})"
     print(f"2D bundles run: {ran}")
+
+
+def _check_lgg_slice_rule(params: dict, label: np.ndarray, upload: Path, tmp: Path) -> None:
+    """The served LGG slices carry the probabilities ``medcnn predict`` gives the same slices as a multi-page TIFF
+    (mirror mean, then the mean over neighbouring uploaded slices), a slice is called positive iff that probability
+    is >= the decision threshold, and only those slices have a CAM region."""
+    from medcnn.data.tiff_pages import write_tiff_pages
+    from medcnn.predict import predict
+
+    volume = np.asarray(nib.load(upload).dataobj)  # (H, W, D, 3), 0..255
+    tif = write_tiff_pages(np.moveaxis(volume, 2, 0).round().astype(np.uint8), tmp / "lgg_pages" / "lgg.tif")
+    bundle = ROOT / "bundles" / "lgg_tumour_localisation"
+    local = predict(bundle, [tif], tmp / "lgg_predict", report=False, progress=False)[0]
+    served = np.array([s["class_probabilities"]["tumour present"] for s in params["slices"]])
+    expected = np.array([s["class_probabilities"]["tumour present"] for s in local["slices"]])
+    np.testing.assert_allclose(served, expected, atol=1e-4)
+    threshold = float(params["decision_threshold"])
+    assert params["positive_slices"] == np.flatnonzero(served >= threshold).tolist(), params
+    regions = label.reshape(label.shape[0], label.shape[1], -1).any(axis=(0, 1))
+    assert not regions[served < threshold].any(), "CAM region on a slice the rule calls negative"
 
 
 def _detail(body: bytes) -> str:

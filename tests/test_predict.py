@@ -447,9 +447,10 @@ LGG_LOC = REPO / "bundles" / "lgg_tumour_localisation"
 def test_predict_lgg_localisation_on_multipage_tiff_volumes_of_the_test_patients(data_dir, tmp_path, capsys):
     """The LGG slice classifier on each test patient's slices as one multi-page 3-channel TIFF (one call, six inputs):
     a decision and CAM region per page on the page grid, held to docs/metrics_test.json over the 175 test slices
-    (accuracy within 0.03; CAM Dice on the tumour slices within 0.05 of the card's Dice times its sensitivity: the
-    card scores the CAM of every tumour slice at the network's 128 x 128, predict draws a region only on the slices
-    it calls tumour, on the 256 x 256 pages). A grey (1-channel) TIFF is refused by name and nothing is written."""
+    (as many correct slices as evaluate.json: one slice-scoring rule decides both; CAM Dice on the tumour slices
+    within 0.05 of the card's Dice times its sensitivity: the card scores the CAM of every tumour slice, called or
+    not, predict draws a region only on the slices it calls tumour, on the 256 x 256 pages). A grey (1-channel)
+    TIFF is refused by name and nothing is written."""
     from medcnn.data.lgg import lgg_datalist, load_split
     from medcnn.data.tiff_pages import read_tiff_pages, write_tiff_pages
 
@@ -477,7 +478,10 @@ def test_predict_lgg_localisation_on_multipage_tiff_volumes_of_the_test_patients
         correct += list((probs >= 0.5) == has_tumour)
         dice += [2 * np.sum(mask[k] & truth[k]) / (mask[k].sum() + truth[k].sum()) for k in np.flatnonzero(has_tumour)]
     assert len(correct) == card["n_images"] and len(dice) == card["cam_n_images"]
-    assert np.mean(correct) >= card["accuracy"] - 0.03, f"accuracy {np.mean(correct):.4f}, card {card['accuracy']:.4f}"
+    # one slice-scoring rule (mirror + neighbour mean) decides the pages here and the slices in evaluate.json
+    assert card["slice_scoring"] == {"flip": True, "neighbour_radius": 1}
+    assert sum(correct) == round(card["accuracy"] * card["n_images"]), f"accuracy {np.mean(correct):.4f}, card " \
+                                                                       f"{card['accuracy']:.4f}"
     # the card scores the CAM of every tumour slice; predict draws none on a slice it calls negative (Dice 0 here),
     # so the card's figure is scaled by the card's sensitivity (the fraction of tumour slices called positive)
     floor = card["cam_dice"] * card["sensitivity"] - 0.05
@@ -489,6 +493,39 @@ def test_predict_lgg_localisation_on_multipage_tiff_volumes_of_the_test_patients
                  "--quiet"]) == 1
     err = capsys.readouterr().err
     assert str(grey) in err and "1 channel(s)" in err and not (tmp_path / "o2").exists()
+
+
+def test_predict_pages_get_the_probabilities_of_inference_json(tmp_path, capsys):
+    """One slice-scoring rule: ``medcnn predict`` on a multi-page TIFF volume gives each page the probability that
+    the bundle's inference.json gives that slice (mirror + neighbour mean), and calls a page tumour iff it is >= 0.5;
+    the PDF report titles the slices shown with those probabilities."""
+    import csv
+
+    from test_bundle_lgg_localisation import synthetic_volume
+
+    from medcnn.bench import bundle_workflow
+
+    volume, _ = synthetic_volume(tmp_path / "in")
+    out = tmp_path / "out"
+    assert main(["predict", "--bundle", str(LGG_LOC), "--input", str(volume), "--output", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "U1" / "U1_summary.json").read_text())
+    probs = np.array([s["class_probabilities"]["tumour present"] for s in summary["slices"]])
+    (tmp_path / "list.json").write_text(json.dumps([{"image": str(volume)}]))
+    wf = bundle_workflow("lgg_tumour_localisation", ["inference.json"], "infer",
+                         datalist=str(tmp_path / "list.json"), output_dir=str(tmp_path / "inf"))
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    rows = {r[0]: float(r[2]) for r in csv.reader((tmp_path / "inf" / "predictions.csv").open())}
+    np.testing.assert_allclose(probs, [rows[f"U1_{k}"] for k in range(1, len(probs) + 1)], atol=1e-5)
+    assert summary["positive_slices"] == np.flatnonzero(probs >= 0.5).tolist()
+    mask = np.asarray(nib.load(out / "U1" / "U1_seg.nii.gz").dataobj)
+    assert not mask[probs < 0.5].any()
+    pypdf = pytest.importorskip("pypdf")
+    pdf = pypdf.PdfReader(str(out / "U1" / "U1_report.pdf"))
+    text = " ".join(" ".join(p.extract_text() for p in pdf.pages).split())
+    shown = [k for k in range(len(probs)) if f"slice {k + 1} of {len(probs)}: p = " in text]
+    assert shown and all(f"slice {k + 1} of {len(probs)}: p = {probs[k]:.3f}" in text for k in shown)
 
 
 def test_score_network_decides_and_the_cam_stays_on_the_network(tmp_path):

@@ -6,7 +6,9 @@ import MONAI Label and call into this module for everything they decide:
 - **which config is served**: the bundle's ``configs/inference.json`` merged with its override config
   (:func:`override_files`, :func:`read_served_config`), the served dimension and labels (:func:`served_labels`);
 - **which classifier decision and CAM rule**: :func:`medcnn.predict.bundle_cam_rule` and
-  :func:`medcnn.predict.classify_with_cam`, the same functions ``medcnn predict`` runs, so the two cannot drift;
+  :func:`medcnn.predict.classify_with_cam`, the same functions ``medcnn predict`` runs, so the two cannot drift; a
+  volume's slices are decided by the bundle's slice-scoring rule (:func:`served_slice_scorer`,
+  :func:`medcnn.predict.decide_slices`);
 - **what is accepted into the studies folder**: :func:`check_upload` (a readable NIfTI image of 2 to 4 dimensions,
   finite values) and :data:`STUDY_EXTENSIONS` (the datastore lists NIfTI only: a PNG would be handed to Slicer on
   a grid perpendicular to the image);
@@ -37,8 +39,8 @@ from medcnn.transforms.validation import InvalidInputError
 __all__ = [
     "OVERRIDES_DIR", "STUDY_EXTENSIONS", "NIFTI_EXT", "bundle_metadata", "is_classifier", "override_files",
     "override_settings", "read_served_config", "class_names", "served_cam_rule", "served_labels",
-    "served_dimension", "label_array", "save_on_input_grid", "input_spatial_shape", "RestoreToInputd",
-    "summarise_slices", "check_upload", "http_error",
+    "served_slice_scorer", "served_dimension", "label_array", "save_on_input_grid", "input_spatial_shape",
+    "RestoreToInputd", "summarise_slices", "check_upload", "http_error",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,6 +125,20 @@ def served_cam_rule(bundle_path: str | os.PathLike, parser: ConfigParser) -> dic
     rule = bundle_cam_rule(bundle_path, parser)
     rule.update(CAMRule.from_dict({k: v for k, v in rule.items() if k != "source"}).to_dict())
     return rule
+
+
+def served_slice_scorer(parser: ConfigParser) -> Any:
+    """The bundle's slice-scoring rule (its ``inferer`` when that is a
+    :class:`medcnn.networks.SliceScoreInferer`), else None. A classifier served slice by slice scores each slice
+    with its ``score`` and decides the volume's slices with :func:`medcnn.predict.decide_slices`, as ``medcnn
+    predict`` does, so a slice is called positive iff the rule's probability reaches the decision threshold."""
+    from medcnn.networks.slice_scoring import SliceScoreInferer
+
+    spec = parser.get("inferer")
+    if not isinstance(spec, dict) or not str(spec.get("_target_", "")).endswith("SliceScoreInferer"):
+        return None
+    inferer = parser.get_parsed_content("inferer", instantiate=True)
+    return inferer if isinstance(inferer, SliceScoreInferer) else None
 
 
 def served_labels(labels: dict[str, int] | None) -> dict[str, int]:

@@ -70,9 +70,10 @@ from medcnn.monailabel.adapter import (
     served_cam_rule,
     served_dimension,
     served_labels,
+    served_slice_scorer,
     summarise_slices,
 )
-from medcnn.predict import classify_with_cam, normalise_volume
+from medcnn.predict import classify_with_cam, decide_slices, normalise_volume
 from medcnn.transforms.validation import InvalidInputError
 
 __all__ = ["make_infer_task", "MedcnnSegmentationTask", "MedcnnCAMTask", "MedcnnCAMGridTask"]
@@ -155,8 +156,9 @@ class _NiftiGridMixin:
             post.append(RestoreToInputd(keys=self.output_label_key, ref_image=self.input_key))
         return post
 
-    def _run_one(self, request: dict) -> tuple[np.ndarray, dict]:
-        req = dict(request, skip_writer=True, medcnn_grid=True)
+    def _run_one(self, request: dict, one_slice: bool = False) -> tuple[np.ndarray, dict]:
+        # one_slice: a slice of a volume; a classifier leaves its decision to decide_slices (neighbours' scores)
+        req = dict(request, skip_writer=True, medcnn_grid=True, medcnn_slice=one_slice)
         _, data = BundleInferTask.__call__(self, req)  # type: ignore[arg-type]
         return data["pred"], data
 
@@ -172,7 +174,7 @@ class _NiftiGridMixin:
             if len(shape) > 4:
                 raise InvalidInputError(f"{os.path.basename(path)}: a 2D model needs a 2D image, a stack of 2D slices "
                                  f"(H, W, D) or a multi-channel stack (H, W, D, C); got shape {shape}")
-            slices, per_slice = [], []
+            slices, per_slice, logits = [], [], []
             with tempfile.TemporaryDirectory(prefix="medcnn-slice-") as tmp:
                 volume = np.asanyarray(ref.dataobj)
                 if self.bundle_config.get("volume_normalisation") is not None:  # per-volume statistics, then slices
@@ -182,7 +184,7 @@ class _NiftiGridMixin:
                     f = os.path.join(tmp, f"slice_{k:04d}.nii.gz")
                     nib.save(nib.Nifti1Image(np.ascontiguousarray(volume[:, :, k]), ref.affine), f)
                     try:
-                        pred, data = self._run_one(dict(request, image=f))
+                        pred, data = self._run_one(dict(request, image=f), one_slice=True)
                     except Exception as e:  # name the uploaded file and slice, not the temporary slice file
                         err = user_error(e)
                         if err is None:
@@ -191,6 +193,12 @@ class _NiftiGridMixin:
                                                 f"{str(err).replace(f + ': ', '')}") from e
                     slices.append(label_array(pred, 2))
                     per_slice.append(data.get("result") or {})
+                    if data.get("medcnn_logits") is not None:
+                        logits.append(torch.as_tensor(data["medcnn_logits"]).float().reshape(-1))
+            if logits:  # a classifier: every slice decided by the bundle's slice-scoring rule, as medcnn predict does
+                gated, per_slice, _ = decide_slices([torch.as_tensor(m) for m in slices], torch.stack(logits),
+                                                    self.rule, self.class_names, self.slice_scorer)
+                slices = [np.asarray(m, dtype=np.uint8) for m in gated]
             label = np.stack(slices, axis=2)
             result = summarise_slices(per_slice, getattr(self, "positive_name", None))
         else:
@@ -231,6 +239,7 @@ class MedcnnCAMTask(_CommittedWeightsMixin, _BundleAdapterMixin, BundleInferTask
             return
         self.class_names = class_names(bundle_metadata(path))
         self.rule = served_cam_rule(path, self.bundle_config)
+        self.slice_scorer = served_slice_scorer(self.bundle_config)  # the bundle's slice-scoring rule, or None
         pos = int(self.rule["class_idx"])
         self.positive_name = self.class_names.get(pos, f"class {pos}")
         self._adapt_info()
@@ -245,10 +254,14 @@ class MedcnnCAMTask(_CommittedWeightsMixin, _BundleAdapterMixin, BundleInferTask
         score_net = network  # a bundle may score images with a wrapper of its network (e.g. max over half-slices)
         if self.bundle_config.get("score_network") is not None:
             score_net = self.bundle_config.get_parsed_content("score_network", instantiate=True)(network)
-        with torch.no_grad():
-            logits = score_net(x).float()[0]
-        # the decision, CAM region and result JSON of medcnn predict (one function, so the two cannot drift)
-        mask, _, result = classify_with_cam(network, x, logits, self.rule, self.class_names)
+        with torch.no_grad():  # with a slice-scoring rule: the slice's mirror mean (its neighbours: decide_slices)
+            logits = (self.slice_scorer.score(x, score_net) if self.slice_scorer is not None else score_net(x))
+            logits = logits.float()[0]
+        # the decision, CAM region and result JSON of medcnn predict (one function, so the two cannot drift); a slice
+        # of a volume is decided after all slices are scored (_NiftiGridMixin.__call__ -> decide_slices)
+        one_slice = bool(data.get("medcnn_slice"))
+        mask, _, result = classify_with_cam(network, x, logits, self.rule, self.class_names, gate=not one_slice)
+        data["medcnn_logits"] = logits.detach().cpu()
         meta = copy.deepcopy(image.meta) if isinstance(image, MetaTensor) else {}
         ops = copy.deepcopy(image.applied_operations) if isinstance(image, MetaTensor) else []
         data[self.output_label_key] = MetaTensor(mask.float(), meta=meta, applied_operations=ops)

@@ -12,6 +12,7 @@ from medcnn.networks.segmentation import (
     deep_supervision_loss,
     segmentation_divisor,
 )
+from medcnn.networks.slice_scoring import SliceBatchError, SliceScoreInferer, neighbour_mean
 from medcnn.networks.weights import CheckpointError, load_weights
 
 __all__ = [
@@ -26,6 +27,9 @@ __all__ = [
     "SEGMENTATION_NETWORKS",
     "SEGMENTATION_NETWORKS_3D",
     "FlipEnsembleInferer",
+    "SliceScoreInferer",
+    "SliceBatchError",
+    "neighbour_mean",
     "DihedralEnsembleInferer",
     "build_segmentation_network",
     "deep_supervision_loss",

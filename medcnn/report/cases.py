@@ -84,7 +84,9 @@ class ReportCases:
             (the evaluation preprocessing, e.g. centre crop + resize) with :class:`monai.transforms.Invertd`.
         group_key, order_key: 2D items (slices) with the same ``item[group_key]`` (e.g. ``"case"``) are stacked into
             one volume, slice ``item[order_key]`` at that index along the last axis, and get one report; the
-            classifier probability shown is the largest over the slices. ``max_cases`` then counts groups.
+            classifier probability of the summary is the largest over the slices, and each slice shown is titled
+            with its own (``slice_probabilities``: the probability its decision was made on, e.g. the bundle's
+            slice-scoring rule). ``max_cases`` then counts groups.
     """
 
     def __init__(
@@ -227,6 +229,11 @@ class ReportCases:
             probs = [c["probability"] for c in parts if "probability" in c]
             if probs:
                 merged["probability"] = float(max(probs))
+                per_slice: list[float | None] = [None] * depth  # each slice's own (the decision's) probability
+                for c in parts:
+                    if "probability" in c:
+                        per_slice[c["order"]] = float(c["probability"])
+                merged["slice_probabilities"] = per_slice
             if parts[0]["spacing"]:
                 # 2D slices carry their in-plane spacing; the distance between slices only when they were cut from a
                 # volume that recorded it (``slice_spacing``): then the volume is in mL, else in voxels (never an

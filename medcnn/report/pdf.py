@@ -144,6 +144,7 @@ def write_case_report(
     transpose: bool = True,
     font_type: int = 3,
     probability: float | None = None,
+    slice_probabilities: Sequence[float | None] | None = None,
 ) -> Path:
     """Write the PDF report of one case and return its path.
 
@@ -160,6 +161,8 @@ def write_case_report(
         transpose: show ``array[:, :, k].T`` (MONAI x-first arrays appear rows-down, as in a DICOM viewer).
         font_type: 3 (matplotlib default, fast) or 42 (TrueType).
         probability: a classifier's probability that the finding is present (weakly supervised bundles).
+        slice_probabilities: a slice classifier's probability of every slice (along the last axis; ``None`` where
+            unknown), printed above each slice shown: the probability the slice's decision was made on.
     """
     output_path = Path(output_path)
     if output_path.suffix.lower() != ".pdf":
@@ -207,7 +210,7 @@ def write_case_report(
                 "Creator": f"medcnn {__version__}"}
         with PdfPages(output_path, metadata=meta) as pdf:
             _summary_page(pdf, tmp, case_id, summary, case_metrics, metrics_d, matrices, class_names, sources)
-            _slices_page(pdf, case_id, img, mask, ref, heat, max_slices, transpose)
+            _slices_page(pdf, case_id, img, mask, ref, heat, max_slices, transpose, slice_probabilities)
             if curves_d:
                 _curves_page(pdf, tmp, curves_d)
     logger.info("report written to %s", output_path)
@@ -233,7 +236,8 @@ def write_case_reports(
         written.append(write_case_report(
             Path(output_dir) / f"{name}_report.pdf", case["image"], case["pred"], cam=case.get("cam"),
             label=case.get("label"), metrics=metrics, curves=curves, case_id=name, spacing=case["spacing"],
-            sources={"image": case["source"]}, probability=case.get("probability"), **report_kwargs,
+            sources={"image": case["source"]}, probability=case.get("probability"),
+            slice_probabilities=case.get("slice_probabilities"), **report_kwargs,
         ))
     return written
 
@@ -284,7 +288,8 @@ def _summary_page(pdf: PdfPages, tmp: Path, case_id: str, summary: str, case_met
 
 
 def _slices_page(pdf: PdfPages, case_id: str, img: np.ndarray, mask: np.ndarray, ref: np.ndarray | None,
-                 heat: np.ndarray | None, max_slices: int, transpose: bool) -> None:
+                 heat: np.ndarray | None, max_slices: int, transpose: bool,
+                 slice_probabilities: Sequence[float | None] | None = None) -> None:
     """Page 2: slices ``(X, Y, Z)`` with the predicted mask (green), reference (yellow dashed) and CAM overlay."""
     idx = select_slices(mask, ref, heat, max_slices)
     ncol = 2 if len(idx) > 1 else 1
@@ -309,7 +314,9 @@ def _slices_page(pdf: PdfPages, case_id: str, img: np.ndarray, mask: np.ndarray,
             ax.contour(view(ref) > 0, levels=[0.5], colors="yellow", linewidths=1.0, linestyles="--")
         area = int((mask[:, :, k] > 0).sum())
         where = f"slice {k + 1} of {img.shape[-1]}: " if img.shape[-1] > 1 else ""
-        ax.set_title(f"{where}predicted region {area} px", fontsize=9)
+        p = slice_probabilities[k] if slice_probabilities is not None and k < len(slice_probabilities) else None
+        prob = f"p = {float(p):.3f}, " if p is not None else ""
+        ax.set_title(f"{where}{prob}predicted region {area} px", fontsize=9)
         ax.axis("off")
     for ax in axes.ravel()[len(idx):]:
         ax.axis("off")
