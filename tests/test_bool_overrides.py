@@ -156,3 +156,34 @@ def test_unparseable_override_is_an_error_naming_the_id(name, files, flag, small
             silent.append(f"{path} -> {got!r}")
     assert not silent, f"--{flag} flase was accepted: " + "; ".join(silent)
 
+
+def test_every_initialize_list_installs_the_error_handler():
+    """A config that replaces ``initialize`` keeps ``medcnn.errors.install_error_handler()`` in it: without it an
+    unparseable override ends the run with MONAI's ``Failed to evaluate ConfigExpression`` instead of the line
+    naming the id."""
+    missing = []
+    for cfg in sorted(BUNDLES.glob("*/configs/*.json")):
+        init = json.loads(cfg.read_text()).get("initialize") if cfg.name not in NOT_CONFIGS else None
+        if init is not None and "$medcnn.errors.install_error_handler()" not in init:
+            missing.append(str(cfg.relative_to(BUNDLES)))
+    assert not missing, missing
+
+
+@pytest.mark.slow  # one `python -m monai.bundle run` start-up (imports, config, network): 15-45 s here
+def test_command_line_flase_ends_with_one_line_naming_the_id(tmp_path):
+    """``python -m monai.bundle run ... --dihedral_tta flase``: the run stops before any image is read, and the
+    last line the user sees names the id and the value."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "in").mkdir()
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+           "--input_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"), "--dihedral_tta", "flase"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MEDCNN_TRACEBACK", None)
+    proc = subprocess.run(cmd, cwd=bundle_root("coco_tumour_segmentation"), env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "error: dihedral_tta must be true or false (or yes / no, 1 / 0), got 'flase'", proc.stderr[-2000:]
