@@ -5,6 +5,7 @@ Weakly supervised Grad-CAM localisation, segmentation and classification, packag
 
 __version__ = "0.1.0"
 
-from medcnn import errors  # noqa: E402  (stdlib only: bundles call medcnn.errors.install_error_handler())
+# stdlib only: bundles call medcnn.errors.install_error_handler() and read their bool ids through medcnn.config.flag
+from medcnn import config, errors  # noqa: E402
 
-__all__ = ["__version__", "errors"]
+__all__ = ["__version__", "config", "errors"]

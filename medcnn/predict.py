@@ -58,6 +58,7 @@ from monai.utils import get_equivalent_dtype
 from tqdm import tqdm
 
 from medcnn import __version__
+from medcnn.config import flag
 from medcnn.localisation.rule import RESULT_KEYS
 from medcnn.networks.export import BACKENDS, backend_network
 from medcnn.networks.slice_scoring import SliceScoreInferer
@@ -431,8 +432,8 @@ class BundlePredictor:
             model=model, preprocessing=preprocessing,
             inferer=parser.get_parsed_content("inferer", instantiate=True), postprocessing=post, device=dev,
             backend=backend, has_loader=has_loader, loader_dtype=loader_dtype, slice_key=slice_key,
-            slice_by_slice=bool(parser.get_parsed_content("slice_by_slice")) if parser.get("slice_by_slice")
-            is not None else False,
+            slice_by_slice=flag(parser.get_parsed_content("slice_by_slice"), f"{files[-1]}: slice_by_slice")
+            if parser.get("slice_by_slice") is not None else False,
             volume_normalisation=parser.get_parsed_content("volume_normalisation", instantiate=True)
             if parser.get("volume_normalisation") is not None else None,
             cam_rule=bundle_cam_rule(bundle_dir, parser) if classifier else None,

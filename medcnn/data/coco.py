@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from medcnn.config import flag
 from medcnn.transforms.coco import CocoAnnotationError, annotation_to_mask, mask_to_annotation
 from medcnn.transforms.validation import InvalidInputError
 
@@ -89,6 +90,7 @@ def load_coco_datalist(
     an annotation does not decode within its image (polygon outside the image, RLE of another size).
     """
     json_path = Path(json_path).expanduser()
+    include_empty = flag(include_empty, f"COCO file {json_path}: include_empty")
     content = _read(json_path)
     image_dir = Path(image_dir).expanduser() if image_dir is not None else json_path.parent
     categories = {int(c["id"]) for c in content.get("categories", []) if "id" in c}

@@ -12,6 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from medcnn.config import flag
 from medcnn.localisation.masks import cam_dice, resize_heatmaps
 from medcnn.localisation.pipeline import calibrate_cam
 from medcnn.localisation.rule import CAMRule, CAMToMask
@@ -104,7 +105,8 @@ class CAMDiceHandler:
         self.native_mask_key = native_mask_key
         if rule is None:
             rule = CAMRule(method=str(method), target_layer=target_layer, class_idx=int(class_idx),
-                           threshold=float(threshold), mode=str(mode), largest_component=bool(largest_component),
+                           threshold=float(threshold), mode=str(mode),
+                           largest_component=flag(largest_component, "CAMDiceHandler: largest_component"),
                            decision_threshold=float(min_probability), smooth_sigma=float(smooth_sigma))
         rule = CAMRule.from_dict(rule)
         self.cam = rule.cam(network)

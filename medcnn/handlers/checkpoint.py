@@ -17,6 +17,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
 
+from medcnn.config import flag
 from medcnn.networks.weights import load_weights
 
 __all__ = [
@@ -264,7 +265,7 @@ class TrainingCheckpoint:
         self.early_stop = next((h for h in handlers if isinstance(h, EarlyStopHandler)), None)
         self.best_checkpoint = next((h for h in handlers if isinstance(h, CheckpointSaver)
                                      and getattr(h, "_key_metric_checkpoint", None) is not None), None)
-        self.resume = bool(resume)
+        self.resume = flag(resume, "TrainingCheckpoint: resume")
         self.map_location = map_location
 
     def attach(self, engine: Engine) -> None:

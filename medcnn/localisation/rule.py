@@ -26,6 +26,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 from torch import nn
 
+from medcnn.config import flag
 from medcnn.localisation.masks import THRESHOLD_MODES, cam_to_mask
 
 __all__ = ["CAMRule", "CAMToMask", "CAMToMaskd", "RESULT_KEYS", "class_present"]
@@ -80,7 +81,7 @@ class CAMRule:
         object.__setattr__(self, "method", str(self.method).lower())
         object.__setattr__(self, "class_idx", int(self.class_idx))
         object.__setattr__(self, "threshold", float(self.threshold))
-        object.__setattr__(self, "largest_component", bool(self.largest_component))
+        object.__setattr__(self, "largest_component", flag(self.largest_component, "CAMRule: largest_component"))
         if self.decision_threshold is not None:
             object.__setattr__(self, "decision_threshold", float(self.decision_threshold))
 

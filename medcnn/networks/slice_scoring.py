@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
+from medcnn.config import flag
+
 __all__ = ["SliceScoreInferer", "SliceBatchError", "neighbour_mean"]
 
 
@@ -41,18 +43,6 @@ def _indices(slice_index: Any, n: int) -> torch.Tensor:
     if idx.numel() != n:
         raise SliceBatchError(f"slice scoring: {idx.numel()} slice indices for a batch of {n} slices")
     return idx
-
-
-def _as_bool(value: Any, name: str) -> bool:
-    """``value`` as a bool; the strings ``true`` / ``false`` (any case, as a command-line override gives them)
-    too. Anything else is refused: ``bool("false")`` would silently switch the rule on."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"SliceScoreInferer: {name} must be true or false, got {value!r}")
 
 
 def neighbour_mean(logits: torch.Tensor, slice_index: Any, radius: int = 1) -> torch.Tensor:
@@ -97,7 +87,7 @@ class SliceScoreInferer(Inferer):
         super().__init__()
         if int(neighbour_radius) < 0:
             raise ValueError(f"SliceScoreInferer: neighbour_radius must be >= 0, got {neighbour_radius}")
-        self.flip = _as_bool(flip, "flip")
+        self.flip = flag(flip, "SliceScoreInferer: flip")
         self.flip_dim = int(flip_spatial_axis) + 2
         self.neighbour_radius = int(neighbour_radius)
         self.expected_slices = expected_slices

@@ -25,6 +25,7 @@ from monai.utils import TransformBackends
 from skimage.draw import polygon as draw_polygon
 from skimage.measure import approximate_polygon, find_contours
 
+from medcnn.config import flag
 from medcnn.transforms.validation import InvalidInputError, source_name
 
 __all__ = [
@@ -393,8 +394,9 @@ class MaskToBoxes(Transform):
         self, foreground: int = 1, min_size: int = 0, largest_only: bool = False, boxes: bool = True,
         fill_holes: bool = False,
     ) -> None:
-        self.foreground, self.min_size, self.largest_only = int(foreground), int(min_size), bool(largest_only)
-        self.boxes, self.fill_holes = bool(boxes), bool(fill_holes)
+        self.foreground, self.min_size = int(foreground), int(min_size)
+        self.largest_only = flag(largest_only, "MaskToBoxes: largest_only")
+        self.boxes, self.fill_holes = flag(boxes, "MaskToBoxes: boxes"), flag(fill_holes, "MaskToBoxes: fill_holes")
 
     def __call__(self, img):
         """``img`` ``(1, *S)`` or ``(*S)`` -> same shape and type, values 0 / ``foreground``."""

@@ -30,6 +30,7 @@ import torch
 from monai.data import MetaTensor
 from torch import nn
 
+from medcnn.config import flag
 from medcnn.localisation.rule import CAMRule, CAMToMask
 from medcnn.weak.refine import PseudoMaskRefiner, build_refiners, refine
 
@@ -236,7 +237,7 @@ class PseudoMaskGenerator:
         self.data, self.output_dir = data, Path(output_dir)
         self.rule = CAMRule.from_dict(rule)
         self.refinement = build_refiners(refinement)
-        self.preprocessing, self.overwrite = preprocessing, bool(overwrite)
+        self.preprocessing, self.overwrite = preprocessing, flag(overwrite, "PseudoMaskGenerator: overwrite")
         self.batch_size, self.keys, self.id_key = int(batch_size), tuple(keys), id_key
         self.device, self.progress = device, bool(progress)
 
