@@ -312,8 +312,8 @@ TINY_RUNS = {
         # measured 2026-12-02 (load 7-10, tests/test_bundles.py spec through a script): deterministic on the CPU (seed 0
         # twice: the same figures to the last digit); AUC 1.000 / CAM Dice 0.817 (seed 0), 1.000 / 0.803 (seed 1),
         # 1.000 / 0.744 (seed 2). Broken: learning_rate 0 -> 0.664 / 0.540; training labels shuffled (random 0/1 per
-        # half-slice) -> 0.383 / 0.179. Both broken runs still pass "loss falls" (lr 0: 1.088 -> 1.093 fails it, the
-        # shuffled run 0.897 -> 0.720 passes it); the floors fail both.
+        # half-slice) -> 0.383 / 0.179. The shuffled run passes "loss falls" (0.897 -> 0.720), lr 0 fails it (1.088 ->
+        # 1.093); the floors fail both.
         floor={"auc": 0.9, "cam_dice": 0.65},
         check=test_bundle_brats_localisation.check_tiny_run),
     "brats_tumour_segmentation": TinySpec(
