@@ -23,6 +23,7 @@ __all__ = [
     "is_distributed",
     "local_device",
     "rank",
+    "sync_batchnorm",
 ]
 
 
@@ -64,6 +65,24 @@ def init_process_group(device: torch.device | str, quiet_other_ranks: bool = Tru
         logging.getLogger().setLevel(logging.WARNING)
         for name in list(logging.root.manager.loggerDict):
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def sync_batchnorm(network: torch.nn.Module, enabled: bool, device: torch.device | str) -> torch.nn.Module:
+    """``network`` with every ``BatchNorm*d`` replaced by ``torch.nn.SyncBatchNorm`` when ``enabled`` (statistics over
+    the whole global batch rather than each rank's share: what small per-GPU batches need), else unchanged.
+
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` does the conversion; this only refuses it on the CPU, where
+    torch's ``SyncBatchNorm`` raises in the first training step of a multi-process run ("expected input tensor to
+    be on GPU", torch 2.14 with Gloo), so a user learns it before the data is loaded. Bundles set
+    ``sync_batchnorm`` to ``$@device.type == 'cuda'`` in ``configs/multi_gpu_train.json``.
+    """
+    if not enabled:
+        return network
+    device = torch.device(device)
+    if device.type == "cpu":
+        raise ValueError("sync_batchnorm: torch.nn.SyncBatchNorm needs GPU (CUDA) inputs and this run is on the CPU "
+                         "(Gloo backend); set --sync_batchnorm false to keep each rank's own BatchNorm statistics")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
 
 
 def destroy_process_group() -> None:

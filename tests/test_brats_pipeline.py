@@ -120,11 +120,13 @@ def test_select_slices_keeps_brain_and_unambiguous_slices_with_their_original_nu
     d = SelectSlicesd(["image", "label"], min_brain_fraction=0.1, min_label_pixels=3)(_volume())
     kept = [z for z in range(1, 11) if z != 8]  # slices 0 and 11 have no brain, 8 has a 1-pixel tumour
     assert d["image"].meta["slice_indices"] == d["label"].meta["slice_indices"] == kept
+    assert d["image"].meta["volume_depth"] == 12  # the volume's slice count, not the last kept slice + 1 (11)
     assert d["image"][0, 3, 3].tolist() == [z + 1 for z in kept]
     # the block split that follows speaks of the volume's own slice numbers, not of positions
     val = SliceBlocksd(["image", "label"], block=3, every=2, offset=1, validation=True)(d)
     assert val["image"].meta["slice_indices"] == [3, 4, 5, 9, 10]
     assert val["image"][0, 3, 3].tolist() == [4.0, 5.0, 6.0, 10.0, 11.0]
+    assert val["image"].meta["volume_depth"] == 12
     with pytest.raises(InvalidInputError, match=r"/data/c1/flair.nii.gz: no slice with brain"):
         SelectSlicesd(["image", "label"])({k: (v[..., :1] if k != "case" else v) for k, v in _volume().items()})
 
@@ -138,7 +140,7 @@ def test_hemisphere_stack_puts_left_then_right_halves_along_the_slice_axis():
     assert tuple(h["image"].shape) == (2, 4, 6, 2 * n)
     torch.testing.assert_close(h["image"][..., :n].as_tensor(), d["image"][:, :4].as_tensor())
     torch.testing.assert_close(h["image"][..., n:].as_tensor(), d["image"][:, 4:].as_tensor())
-    assert h["label"].meta["hemisphere"] == ["L"] * n + ["R"] * n
+    assert h["label"].meta["hemisphere"] == ["L"] * n + ["R"] * n and h["label"].meta["volume_depth"] == 12
     # the tumour lies in the first half: left halves of tumour slices positive, every right half negative
     presence = [int(h["label"][..., k].sum() > 0) for k in range(2 * n)]
     assert presence[:n] == [int(z in (4, 5, 6)) for z in d["label"].meta["slice_indices"]] and sum(presence[n:]) == 0
@@ -174,6 +176,7 @@ def test_slice_iter_yields_every_slice_with_its_number_and_shares_other_keys():
     kept = d["image"].meta["slice_indices"]
     assert [i["slice_index"] for i in items] == kept + kept and items[0]["id"] == f"c1_slice{kept[0]:03d}"
     assert tuple(items[0]["image"].shape) == (2, 8, 6) and "slice_indices" not in items[0]["image"].meta
+    assert {i["image"].meta["volume_depth"] for i in items} == {12}  # what a report numbers its slices against
     batch = next(iter(DataLoader(ds, batch_size=len(items))))  # slices of volumes of any depth collate
     assert tuple(batch["image"].shape) == (2 * len(kept), 2, 8, 6)
 

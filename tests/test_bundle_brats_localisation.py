@@ -50,6 +50,28 @@ def check_case_report(pdf, case: str, metrics: dict, n_slices: int) -> None:
     assert page.std() > 10
 
 
+def test_report_numbers_slices_of_the_whole_volume(tmp_path, weights):
+    """A case whose last slices hold no brain (not evaluated) is still reported as "slice z of <its depth>", not of
+    the last kept slice number + 1 (BraTS: "of 155", once "of 136")."""
+    import nibabel as nib
+    from test_brats_data import AFFINE
+
+    from medcnn.data import BRATS_FILE_NAMES
+
+    data = make_brats_cases(tmp_path / "data", shape=(32, 32, 24), tumour_slices=range(4, 12))
+    for key in ("flair", "t1c", "brainmask"):
+        path = data / "s3" / BRATS_FILE_NAMES[key]
+        volume = nib.load(str(path)).get_fdata()
+        volume[..., 18:] = 0.0 if key == "brainmask" else volume[0, 0, 0]  # background: no brain
+        nib.save(nib.Nifti1Image(volume.astype(np.float32), AFFINE), str(path))
+    out = tmp_path / "eval"
+    run_workflow(NAME, ["train.json", "evaluate.json"], "eval", dataset_dir=str(data), train_cases=["s1", "s2"],
+                 test_cases=["s3"], output_dir=str(out), **{**TINY, "validation_blocks#block": 5})
+    m = read_metrics(out)
+    assert m["n_images"] == 17  # the brain slices 1-17 are evaluated, 18-23 are not
+    check_case_report(out / "reports" / "s3_report.pdf", "s3", m, n_slices=24)
+
+
 def test_torchscript_export_matches_eager(tmp_path, weights):
     x = torch.randn(3, 2, 96, 96, generator=torch.Generator().manual_seed(0))
     export_matches_eager(NAME, weights, x, tmp_path, atol=1e-4)
@@ -81,6 +103,8 @@ def test_committed_weights_reproduce_the_model_card(tmp_path, data_dir, weights)
     assert m["cam_method"] == card["cam_method"] and m["cam_threshold"] == pytest.approx(card["cam_threshold"])
     for key in ("auc", "accuracy", "sensitivity", "specificity", "cam_dice"):
         assert m[key] == pytest.approx(card[key], abs=0.01), key
+    # slices numbered in the 155-slice volume (the last kept brain slice is 135: the report once said "of 136")
+    check_case_report(out / "reports" / "brats_2013_pat0004_1_report.pdf", "brats_2013_pat0004_1", m, n_slices=155)
 
 
 def test_youden_threshold_separates_validation_scores():

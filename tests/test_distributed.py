@@ -29,6 +29,9 @@ def test_every_training_bundle_has_a_multi_gpu_config_in_step_with_train_json(na
     assert multi["initialize"][1:] == train["initialize"]
     assert multi["finalize"][:-1] == train.get("finalize", [])
     assert multi["finalize"][-1] == "$medcnn.distributed.destroy_process_group()"
+    # SyncBatchNorm: an option, on by default on GPUs, off on the CPU (where torch does not support it)
+    assert multi["sync_batchnorm"] == "$@device.type == 'cuda'"
+    assert multi["network"]["module"].startswith("$medcnn.distributed.sync_batchnorm(@network_def, @sync_batchnorm,")
     # each rank sees its own share of the training data: a DistributedSampler, or (volume pipelines that sample
     # slices from cached cases) its partition of the cases
     if "train#dataloader#sampler" in multi:
@@ -43,6 +46,37 @@ def test_outside_torchrun_everything_is_a_no_op():
     handlers = [object(), object()]
     assert handlers_for_this_rank(handlers) == handlers
     assert gather_lists([1, 2], [0.5, 0.25]) == ([1, 2], [0.5, 0.25])
+
+
+def test_sync_batchnorm_converts_for_gpus_and_refuses_the_cpu():
+    from medcnn.distributed import sync_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    assert sync_batchnorm(net, False, "cpu") is net and isinstance(net[1], torch.nn.BatchNorm2d)
+    with pytest.raises(ValueError, match=r"SyncBatchNorm needs GPU .* --sync_batchnorm false"):
+        sync_batchnorm(net, True, torch.device("cpu"))
+    converted = sync_batchnorm(net, True, "cuda:0")  # the conversion itself needs no GPU; moving it does
+    assert isinstance(converted[1], torch.nn.SyncBatchNorm) and not any(
+        type(m) is torch.nn.BatchNorm2d for m in converted.modules())
+
+
+@pytest.mark.slow
+def test_sync_batchnorm_requested_under_torchrun_on_the_cpu_is_refused_by_name(tmp_path):
+    """``--sync_batchnorm true`` with 2 Gloo processes: both ranks stop before training with the option's name, not
+    with torch's "SyncBatchNorm layers only work with GPU modules" from inside DistributedDataParallel."""
+    root = bundle_root("synthetic_localisation")
+    out = tmp_path / "ddp"
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+            "-m", "monai.bundle", "run", "--config_file",
+            str([str(root / "configs" / "train.json"), str(root / "configs" / "multi_gpu_train.json")]),
+            "--bundle_root", str(root), "--output_dir", str(out), "--ckpt_dir", str(out / "ckpt"),
+            "--num_train", "8", "--num_val", "4", "--max_epochs", "1", "--sync_batchnorm", "true"]
+    run = subprocess.run(args, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                         timeout=600)
+    log = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "sync_batchnorm: torch.nn.SyncBatchNorm needs GPU (CUDA) inputs" in log, log[-3000:]
+    assert not (out / "ckpt" / "training_state.pt").exists()
 
 
 def test_monai_tensorboard_handler_still_keeps_its_writer_where_rank_filtering_closes_it(tmp_path):

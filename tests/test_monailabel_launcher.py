@@ -5,6 +5,7 @@ library)."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -205,3 +206,48 @@ def test_medcnn_monailabel_command_runs_the_same_checks(layout, capsys):
     assert cmd[cmd.index("--conf") + 2] == "cls_b,seg_a"
     assert cli_main(["monailabel", *_args(layout, "--bundles", "untrained_c")]) == 2
     assert "no trained weights" in capsys.readouterr().err
+
+
+def _installed_copy(site: Path) -> Path:
+    """medcnn's launcher as a wheel installs it: ``<site>/medcnn/monailabel`` without the repository around it."""
+    package = site / "medcnn" / "monailabel"
+    package.mkdir(parents=True)
+    (site / "medcnn" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    for item in ("launcher.py", "app_template", "overrides"):
+        src = ROOT / "medcnn" / "monailabel" / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, package / item)
+    return site
+
+
+@pytest.mark.parametrize("how", ["nothing", "bundles-dir", "env"])
+def test_installed_launcher_needs_a_bundles_folder_and_says_which(layout, how):
+    """Installed outside the repository there is no bundles/ beside the package: without --bundles-dir (or
+    MEDCNN_BUNDLES_DIR) the launcher says what to pass; with either it serves those bundles, and the server's
+    PYTHONPATH does not get the installing environment's site-packages."""
+    import os
+
+    site = _installed_copy(layout["tmp"] / "site-packages")
+    args = _args(layout, "--check")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", launcher.BUNDLES_ENV)}
+    env["PYTHONPATH"] = str(site)
+    if how != "bundles-dir":
+        i = args.index("--bundles-dir")
+        del args[i:i + 2]
+    if how == "env":
+        env[launcher.BUNDLES_ENV] = str(layout["bundles"])
+    code = ("import json, sys; from medcnn.monailabel import launcher; assert not launcher.IN_CHECKOUT, "
+            "launcher.__file__; rc = launcher.main(sys.argv[1:]); "
+            "print(json.dumps({'pythonpath': launcher.server_env({}).get('PYTHONPATH')})); sys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
+                         cwd=layout["tmp"], env=env)
+    if how == "nothing":
+        assert res.returncode == 2, res.stderr
+        assert "error: no bundles folder" in res.stderr and "--bundles-dir" in res.stderr, res.stderr
+        assert launcher.BUNDLES_ENV in res.stderr and "start_server" not in res.stdout
+        return
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    cmd = json.loads(lines[-2])["command"]
+    assert cmd[cmd.index("--conf") + 2] == "cls_b,seg_a"
+    assert json.loads(lines[-1])["pythonpath"] is None  # not <site>: the MONAI Label environment's own medcnn

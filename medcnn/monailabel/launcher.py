@@ -5,7 +5,10 @@ Usage (from the repository root)::
 
     scripts/monailabel_env.sh                                   # once: builds .venv-monailabel (pinned)
     python scripts/monailabel_server.py --studies /path/to/images [--port 8000] [--bundles a,b] [--device cpu]
-    python -m medcnn.monailabel.launcher --studies ...          # the same, from an installed medcnn
+    python -m medcnn.monailabel.launcher --studies ... --bundles-dir /path/to/medcnn/bundles
+                                                                # the same, from a pip-installed medcnn (the
+                                                                # bundles stay in the repository; or set
+                                                                # MEDCNN_BUNDLES_DIR)
 
 Then in 3D Slicer: MONAI Label module -> server http://127.0.0.1:8000 -> fetch -> choose a model -> Run.
 
@@ -43,6 +46,10 @@ logger = logging.getLogger("medcnn.monailabel")
 PACKAGE_DIR = Path(__file__).resolve().parent
 MEDCNN_ROOT = PACKAGE_DIR.parent.parent  # the folder holding the medcnn package (the repository in a checkout)
 REPO_ROOT = MEDCNN_ROOT
+#: a source checkout (or an editable install of one): the repository's bundles/ and this medcnn serve; a wheel
+#: installed into site-packages ships neither bundles nor a place to look for them
+IN_CHECKOUT = (MEDCNN_ROOT / "setup.cfg").is_file() and (MEDCNN_ROOT / "medcnn" / "__init__.py").is_file()
+BUNDLES_ENV = "MEDCNN_BUNDLES_DIR"
 APP_TEMPLATE = PACKAGE_DIR / "app_template"
 OVERRIDES_DIR = PACKAGE_DIR / "overrides"
 DEFAULT_VENV = REPO_ROOT / ".venv-monailabel"
@@ -102,6 +109,24 @@ def _config_error(bundle: Path) -> str:
     if not fmt.get("inputs") or not fmt.get("outputs"):
         return "configs/metadata.json has no network_data_format inputs/outputs (MONAI Label reads them)"
     return ""
+
+
+def default_bundles_dir() -> Path:
+    """Where the bundles are when ``--bundles-dir`` is not given: ``$MEDCNN_BUNDLES_DIR``, else the checkout's
+    ``bundles/``. LaunchError saying what to pass when medcnn is installed without the repository (a wheel carries
+    the library, not the bundles: their weights and data licences stay with the repository)."""
+    env = os.environ.get(BUNDLES_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_dir():
+            raise LaunchError(f"{BUNDLES_ENV}={env} is not a folder (give the bundles/ folder of a medcnn checkout)")
+        return path
+    checkout = REPO_ROOT / "bundles"
+    if IN_CHECKOUT and checkout.is_dir():
+        return checkout
+    raise LaunchError(f"no bundles folder: medcnn is installed at {PACKAGE_DIR.parent} without the repository's "
+                      f"bundles/; pass --bundles-dir /path/to/medcnn/bundles (a clone of the repository), set "
+                      f"{BUNDLES_ENV}, or give bundle folders with --bundles")
 
 
 def discover_bundles(bundles_dir: str | os.PathLike = REPO_ROOT / "bundles") -> list[BundleInfo]:
@@ -271,9 +296,11 @@ def server_command(python: Path, app: Path, studies: Path, bundles: list[BundleI
 def server_env(base: dict[str, str] | None = None, threads: int | None = None) -> dict[str, str]:
     """Environment for the server: offline, no zoo, no automatic scoring; ``threads`` sets OMP_NUM_THREADS."""
     env = dict(os.environ if base is None else base)
-    # the server runs this medcnn (a checkout's, or a worktree's), not another one installed in its environment
-    env["PYTHONPATH"] = os.pathsep.join([str(MEDCNN_ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-                                                             if p and Path(p).resolve() != MEDCNN_ROOT]])
+    # the server runs this medcnn (a checkout's, or a worktree's), not another one installed in its environment; an
+    # installed medcnn's folder is another environment's site-packages (numpy 2, ...): the server uses its own medcnn
+    if IN_CHECKOUT:
+        env["PYTHONPATH"] = os.pathsep.join([str(MEDCNN_ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                                 if p and Path(p).resolve() != MEDCNN_ROOT]])
     if threads:
         env["OMP_NUM_THREADS"] = str(int(threads))
     env.update({
@@ -294,7 +321,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--bundles", default=None,
                     help="comma-separated bundle names (under bundles/) or folders; default: every bundle with weights")
-    ap.add_argument("--bundles-dir", default=str(REPO_ROOT / "bundles"))
+    ap.add_argument("--bundles-dir", default=None,
+                    help=f"folder of the bundles (default: ${BUNDLES_ENV}, else bundles/ of this checkout; needed "
+                         "when medcnn is pip-installed)")
     ap.add_argument("--venv", default=os.environ.get("MEDCNN_MONAILABEL_VENV", str(DEFAULT_VENV)),
                     help="MONAI Label environment made by scripts/monailabel_env.sh")
     ap.add_argument("--app-dir", default=None,
@@ -317,7 +346,15 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """Run every pre-flight check and assemble the app; returns (command, environment). Raises LaunchError."""
     studies = check_studies(args.studies)
     requested = [b.strip() for b in args.bundles.split(",") if b.strip()] if args.bundles else None
-    bundles = with_variants(select_bundles(requested, args.bundles_dir))
+    if args.bundles_dir is not None:
+        bundles_dir = Path(args.bundles_dir)
+        if not bundles_dir.is_dir():
+            raise LaunchError(f"--bundles-dir {bundles_dir} is not a folder")
+    elif requested and all(Path(b).is_dir() for b in requested):
+        bundles_dir = Path.cwd()  # bundle folders given: no bundles folder needed
+    else:
+        bundles_dir = default_bundles_dir()
+    bundles = with_variants(select_bundles(requested, bundles_dir))
     check_port(args.host, args.port)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s: MONAI Label has no authentication here; use trusted networks only", args.host)

@@ -86,7 +86,9 @@ class ReportCases:
             one volume, slice ``item[order_key]`` at that index along the last axis, and get one report; the
             classifier probability of the summary is the largest over the slices, and each slice shown is titled
             with its own (``slice_probabilities``: the probability its decision was made on, e.g. the bundle's
-            slice-scoring rule). ``max_cases`` then counts groups.
+            slice-scoring rule). ``max_cases`` then counts groups. The volume has the depth the slices'
+            ``meta["volume_depth"]`` records (:class:`medcnn.transforms.SliceIterd` sets it), else the largest
+            ``order_key`` + 1; slices not evaluated are left empty.
     """
 
     def __init__(
@@ -158,6 +160,8 @@ class ReportCases:
                 "order": int(scalar_of(item.get(self.order_key, 0))) if self.group_key else 0,
                 # distance between slices, in mm, when the slice came from a volume (medcnn.transforms.SliceIterd)
                 "slice_spacing": scalar_of(getattr(shown, "meta", {}).get("slice_spacing")),
+                # the slice count of that volume (medcnn.transforms.volume_depth), kept slices or not
+                "volume_depth": scalar_of(getattr(shown, "meta", {}).get("volume_depth")),
             }
             pred = torch.as_tensor(item[self.pred_key]).detach().cpu().float()
             if pred.ndim > spatial:  # a (C, *spatial) segmentation output
@@ -217,7 +221,10 @@ class ReportCases:
         out = []
         for group in dict.fromkeys(c["group"] for c in self.cases):
             parts = sorted((c for c in self.cases if c["group"] == group), key=lambda c: c["order"])
-            depth = max(c["order"] for c in parts) + 1
+            # the volume's own slice count when its slices recorded it (a case whose last slices were not kept is
+            # still "slice z of 155"), else the last slice number + 1
+            recorded = [int(c["volume_depth"]) for c in parts if c.get("volume_depth") is not None]
+            depth = max([c["order"] + 1 for c in parts] + recorded)
             merged = {"name": re.sub(r"[^A-Za-z0-9_.-]+", "_", str(group)), "spacing": None,
                       "source": parts[0]["source"]}
             for key in ("image", "pred", "cam", "label"):

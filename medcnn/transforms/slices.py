@@ -46,6 +46,7 @@ __all__ = [
     "original_slice_indices",
     "slice_block_indices",
     "unambiguous_slice_indices",
+    "volume_depth",
 ]
 
 
@@ -67,6 +68,20 @@ def original_slice_indices(img, axis: int = -1) -> list[int]:
     return list(range(n))
 
 
+def volume_depth(img, axis: int = -1) -> int:
+    """The slice count along ``axis`` of the volume ``img`` was cut from: ``meta["volume_depth"]`` recorded by an
+    earlier selection (:class:`KeepSlices`, :class:`HemisphereStack`), else the last recorded original slice number
+    + 1, else ``img.shape[axis]``. A report of the slices kept from a 155-slice case says "of 155", not the number of
+    the last kept slice."""
+    meta = img.meta if isinstance(img, MetaTensor) else {}
+    if meta.get("volume_depth") is not None:
+        return int(meta["volume_depth"])
+    recorded = meta.get("slice_indices")
+    if recorded is not None and len(recorded) == img.shape[axis]:
+        return max(int(z) for z in recorded) + 1 if len(recorded) else 0
+    return int(img.shape[axis])
+
+
 def _axis(img, dim: int) -> int:
     axis = dim if dim >= 0 else img.ndim + dim
     if img.ndim < 3 or not 1 <= axis < img.ndim:
@@ -78,8 +93,9 @@ def _axis(img, dim: int) -> int:
 class KeepSlices(Transform):
     """Keep the slices ``positions`` (positions along axis ``dim`` of ``(C, *spatial)``), in the given order.
 
-    A MetaTensor keeps its metadata and ``meta["slice_indices"]`` holds the kept slices' original numbers (composed
-    with an earlier selection); the affine no longer maps the sliced axis: use the result for 2D slice items.
+    A MetaTensor keeps its metadata, ``meta["slice_indices"]`` holds the kept slices' original numbers (composed
+    with an earlier selection) and ``meta["volume_depth"]`` the original volume's slice count (:func:`volume_depth`);
+    the affine no longer maps the sliced axis: use the result for 2D slice items.
     """
 
     backend = [torch.Tensor.__name__]
@@ -92,9 +108,11 @@ class KeepSlices(Transform):
         img = convert_to_tensor(img, track_meta=isinstance(img, MetaTensor))
         axis = _axis(img, self.dim)
         original = original_slice_indices(img, axis)
+        depth = volume_depth(img, axis)
         out = img.index_select(axis, torch.as_tensor(list(positions), dtype=torch.long, device=img.device))
         if isinstance(out, MetaTensor):
             out.meta["slice_indices"] = [original[p] for p in positions]
+            out.meta["volume_depth"] = depth
         return out
 
 
@@ -261,11 +279,13 @@ class HemisphereStack(Transform):
             raise InvalidInputError(f"{source_name(img)}: HemisphereStack needs (C, H, W, D) and a split axis 1 or 2,"
                                     f" got shape {tuple(img.shape)} and axis {self.axis}")
         original = original_slice_indices(img)
+        depth = volume_depth(img)
         h = img.shape[self.axis] // 2
         first, second = img.narrow(self.axis, 0, h), img.narrow(self.axis, h, h)
         out = torch.cat([first, second], dim=-1)
         if isinstance(out, MetaTensor):
             out.meta["slice_indices"] = original + original
+            out.meta["volume_depth"] = depth
             out.meta["hemisphere"] = ["L"] * len(original) + ["R"] * len(original)
         return out
 
@@ -297,12 +317,14 @@ def _slice_spacing(volume, axis: int) -> float | None:
 
 
 def _slice_item(d: Mapping, keys: Sequence[str], axis: int, position: int, original: Sequence[int]) -> dict:
-    """One 2D item: ``keys`` sliced at ``position`` (slice axis removed), other keys shared, ``slice_index``."""
+    """One 2D item: ``keys`` sliced at ``position`` (slice axis removed), other keys shared, ``slice_index``; a
+    MetaTensor slice records its volume's ``volume_depth`` (reports number slices "z of depth")."""
     item = {k: v for k, v in d.items() if k not in keys}  # shared, not copied: names, paths, scalars
     for key in keys:
         item[key] = d[key].select(axis, position)
         if isinstance(item[key], MetaTensor):  # per-volume lists do not collate across cases of different depth
             item[key].meta = {k: v for k, v in item[key].meta.items() if k not in _VOLUME_META}
+            item[key].meta["volume_depth"] = volume_depth(d[key], axis)
             spacing = _slice_spacing(d[key], axis)
             if spacing is not None:  # the distance between slices, for volumes in mL in reports (medcnn.report)
                 item[key].meta["slice_spacing"] = spacing
