@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from medcnn.config import flag
+
 __all__ = [
     "destroy_process_group",
     "gather_lists",
@@ -67,7 +69,7 @@ def init_process_group(device: torch.device | str, quiet_other_ranks: bool = Tru
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def sync_batchnorm(network: torch.nn.Module, enabled: bool, device: torch.device | str) -> torch.nn.Module:
+def sync_batchnorm(network: torch.nn.Module, enabled: bool | str, device: torch.device | str) -> torch.nn.Module:
     """``network`` with every ``BatchNorm*d`` replaced by ``torch.nn.SyncBatchNorm`` when ``enabled`` (statistics over
     the whole global batch rather than each rank's share: what small per-GPU batches need), else unchanged.
 
@@ -76,7 +78,7 @@ def sync_batchnorm(network: torch.nn.Module, enabled: bool, device: torch.device
     be on GPU", torch 2.14 with Gloo), so a user learns it before the data is loaded. Bundles set
     ``sync_batchnorm`` to ``$@device.type == 'cuda'`` in ``configs/multi_gpu_train.json``.
     """
-    if not enabled:
+    if not flag(enabled, "sync_batchnorm"):
         return network
     device = torch.device(device)
     if device.type == "cpu":

@@ -53,6 +53,7 @@ def test_sync_batchnorm_converts_for_gpus_and_refuses_the_cpu():
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
     assert sync_batchnorm(net, False, "cpu") is net and isinstance(net[1], torch.nn.BatchNorm2d)
+    assert sync_batchnorm(net, "false", "cpu") is net  # as `--sync_batchnorm false` arrives from the command line
     with pytest.raises(ValueError, match=r"SyncBatchNorm needs GPU .* --sync_batchnorm false"):
         sync_batchnorm(net, True, torch.device("cpu"))
     converted = sync_batchnorm(net, True, "cuda:0")  # the conversion itself needs no GPU; moving it does
