@@ -12,7 +12,7 @@ from medcnn.networks.segmentation import (
     deep_supervision_loss,
     segmentation_divisor,
 )
-from medcnn.networks.weights import CheckpointError, load_weights
+from medcnn.networks.weights import CheckpointError, load_pretrained, load_weights
 
 __all__ = [
     "BrainFractionGate",
@@ -20,6 +20,7 @@ __all__ = [
     "slice_classifier",
     "CheckpointError",
     "load_weights",
+    "load_pretrained",
     "ClassicCNN",
     "small_image_classifier",
     "ResNetClassifier",
