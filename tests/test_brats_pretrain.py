@@ -179,3 +179,22 @@ def test_tiny_pretraining_on_lgg_then_finetuning_starts_from_its_weights(tmp_pat
     ft.initialize()
     state = torch.load(pretrained, weights_only=True)
     assert all(torch.equal(ft.parser.get_parsed_content("network").state_dict()[k], v) for k, v in state.items())
+
+
+def test_evaluate_checkpoint_loader_names_the_file_of_weights_of_another_network(tmp_path):
+    """``--ckpt_path`` of another network's weights (the evaluate / inference loader) stops with the file named,
+    not with PyTorch's size-mismatch list only."""
+    from ignite.engine import Engine
+
+    from medcnn.handlers import CheckpointLoader
+
+    wrong = tmp_path / "lgg_3ch.pt"
+    torch.save(_classifier(in_channels=3).state_dict(), wrong)
+    loader = CheckpointLoader(load_path=str(wrong), load_dict={"model": _classifier()}, map_location="cpu")
+    with pytest.raises(CheckpointError, match="lgg_3ch.pt: the weights do not fit the network.*size mismatch"):
+        loader(Engine(lambda engine, batch: None))
+    good = tmp_path / "good.pt"
+    torch.save(_classifier().state_dict(), good)
+    net = _classifier()
+    CheckpointLoader(load_path=str(good), load_dict={"model": net}, map_location="cpu")(Engine(lambda e, b: None))
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in torch.load(good, weights_only=True).items())
