@@ -40,6 +40,7 @@ __all__ = [
     "lgg_patients",
     "lgg_patient_slices",
     "lgg_datalist",
+    "lgg_volume_datalist",
     "add_slice_neighbours",
     "expand_volume_datalist",
     "load_lgg_datalist",
@@ -143,6 +144,23 @@ def lgg_datalist(
     for name in names:
         items += [{k: v for k, v in i.items() if k not in drop} for i in lgg_patient_slices(root / name, name)]
     return add_slice_neighbours(items, context)
+
+
+def lgg_volume_datalist(
+    dataset_dir: str | os.PathLike, patients: Sequence[str] | None = None, mask_key: str = "mask"
+) -> list[dict]:
+    """One entry per patient whose slice files, in slice order, form one volume: ``{"image": [tif, ...],
+    <mask_key>: [mask tif, ...], "patient": name, "id": name}``.
+
+    ``LoadTiffPagesd`` reads such a list of one-page files as one stack (``(C, D, H, W)`` after
+    ``EnsureChannelFirstd``), so a per-volume pipeline (e.g. the BraTS localiser's brain z-score over the whole
+    case and its slice sampler) can run on LGG patients. The folder checks are those of :func:`lgg_datalist`.
+    """
+    by_patient: dict[str, list[dict]] = {}
+    for item in lgg_datalist(dataset_dir, patients):
+        by_patient.setdefault(item["patient"], []).append(item)
+    return [{"image": [i["image"] for i in items], mask_key: [i["mask"] for i in items], "patient": name, "id": name}
+            for name, items in by_patient.items()]
 
 
 def expand_volume_datalist(entries: Sequence[dict]) -> list[dict]:

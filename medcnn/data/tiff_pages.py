@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 from monai.data import ImageReader
-from monai.data.image_reader import _copy_compatible_dict, _stack_images
 from monai.transforms import LoadImaged
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
@@ -109,7 +108,8 @@ def write_tiff_pages(array, path: str | os.PathLike, overwrite: bool = False) ->
 class TiffPagesReader(ImageReader):
     """MONAI image reader for TIFF files of grey or colour 2D pages (see the module docstring).
 
-    ``get_data`` returns ``(N, H, W)`` or ``(N, H, W, C)``; ``meta["n_slices"]`` records N and
+    ``get_data`` returns ``(N, H, W)`` or ``(N, H, W, C)`` (several files: their pages in order, one volume);
+    ``meta["n_slices"]`` records N and
     ``original_channel_dim`` is ``-1`` for colour pages (``nan`` for grey), so ``EnsureChannelFirst`` gives
     ``(C, N, H, W)`` either way.
     """
@@ -123,28 +123,41 @@ class TiffPagesReader(ImageReader):
         return all(Path(f).suffix.lower() in STACK_SUFFIXES for f in ensure_tuple(filename))
 
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any):
-        """Read each TIFF of ``data`` as an ``(N, H, W[, C])`` array (a list when several are given)."""
-        arrays = [read_tiff_pages(f) for f in ensure_tuple(data)]
-        return arrays if len(arrays) > 1 else arrays[0]
+        """Read each TIFF of ``data`` as an ``(N, H, W[, C])`` array (a list of ``(file, array)`` when several are
+        given)."""
+        files = ensure_tuple(data)
+        if len(files) == 1:
+            return read_tiff_pages(files[0])
+        return [(str(f), read_tiff_pages(f)) for f in files]
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
-        """``(array, meta)`` of one file, or the arrays of several files of one shape stacked on a new first axis."""
-        arrays: list[np.ndarray] = []
-        meta: dict = {}
-        for arr in img if isinstance(img, list) else [img]:
-            colour = arr.ndim == 4
-            spatial = arr.shape[:3]
-            header = {
-                MetaKeys.SPATIAL_SHAPE: np.asarray(spatial),
-                MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if colour else float("nan"),
-                MetaKeys.AFFINE: np.eye(4),
-                MetaKeys.ORIGINAL_AFFINE: np.eye(4),
-                MetaKeys.SPACE: SpaceKeys.RAS,
-                "n_slices": int(arr.shape[0]),
-            }
-            arrays.append(arr)
-            _copy_compatible_dict(header, meta)
-        return _stack_images(arrays, meta), meta
+        """``(array, meta)`` of one file; several files (e.g. a patient's slice files in slice order) are one
+        volume: their pages concatenated in the given order, ``(sum N, H, W[, C])``.
+
+        MONAI's default for a list of files, stacking them on a new channel axis, would mix the pages' colour
+        channels with the files; a file whose pages differ in size, channels or dtype from the first file's raises
+        :class:`StackReadError` naming both files.
+        """
+        if isinstance(img, list):
+            first_file, first = img[0]
+            for f, arr in img[1:]:
+                if arr.shape[1:] != first.shape[1:] or arr.dtype != first.dtype:
+                    raise StackReadError(
+                        f"{f}: pages of shape {arr.shape[1:]} / {arr.dtype} do not match {first_file} "
+                        f"({first.shape[1:]} / {first.dtype}); the files of one volume need one page size and type")
+            arr = np.concatenate([a for _, a in img])
+        else:
+            arr = img
+        colour = arr.ndim == 4
+        header = {
+            MetaKeys.SPATIAL_SHAPE: np.asarray(arr.shape[:3]),
+            MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if colour else float("nan"),
+            MetaKeys.AFFINE: np.eye(4),
+            MetaKeys.ORIGINAL_AFFINE: np.eye(4),
+            MetaKeys.SPACE: SpaceKeys.RAS,
+            "n_slices": int(arr.shape[0]),
+        }
+        return arr, header
 
 
 class LoadTiffPagesd(LoadImaged):

@@ -18,7 +18,7 @@ from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
 
 from medcnn.config import flag
-from medcnn.networks.weights import load_weights
+from medcnn.networks.weights import CheckpointError, load_weights
 
 __all__ = [
     "CheckpointLoader",
@@ -384,13 +384,22 @@ class CheckpointLoader(_MonaiCheckpointLoader):
     """``monai.handlers.CheckpointLoader`` that first checks the file with :func:`medcnn.networks.load_weights`.
 
     A zero-byte or truncated ``model.pt`` otherwise stops a bundle with a bare ``EOFError`` or a zip-format
-    ``RuntimeError``; here it raises :class:`medcnn.networks.CheckpointError` naming the file and the problem.
+    ``RuntimeError``, and weights of another network (e.g. ``--ckpt_path`` of a 3-channel model) with PyTorch's
+    ``size mismatch`` list; here both raise :class:`medcnn.networks.CheckpointError` naming the file and the problem.
     Arguments are those of MONAI's loader (``load_path``, ``load_dict``, ``map_location``, ``strict``, ...).
     """
 
     def __call__(self, engine: Engine) -> None:
         load_weights(self.load_path, map_location="cpu")  # raises CheckpointError naming the file
-        super().__call__(engine)
+        try:
+            super().__call__(engine)
+        except RuntimeError as exc:  # torch's load_state_dict: "Error(s) in loading state_dict ..." (size mismatch)
+            if "state_dict" not in str(exc):
+                raise
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            shown = "; ".join(lines[1:4]) + (f"; ... ({len(lines) - 4} more)" if len(lines) > 4 else "")
+            raise CheckpointError(f"{self.load_path}: the weights do not fit the network ({shown}); was it trained "
+                                  "with another network_def (channels, stages, classes)?") from exc
 
 
 class CheckpointSaver(_MonaiCheckpointSaver):

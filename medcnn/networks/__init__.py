@@ -13,7 +13,7 @@ from medcnn.networks.segmentation import (
     segmentation_divisor,
 )
 from medcnn.networks.slice_scoring import SliceBatchError, SliceScoreInferer, neighbour_mean
-from medcnn.networks.weights import CheckpointError, load_weights
+from medcnn.networks.weights import CheckpointError, load_pretrained, load_weights
 
 __all__ = [
     "BrainFractionGate",
@@ -21,6 +21,7 @@ __all__ = [
     "slice_classifier",
     "CheckpointError",
     "load_weights",
+    "load_pretrained",
     "ClassicCNN",
     "small_image_classifier",
     "ResNetClassifier",

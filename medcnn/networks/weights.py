@@ -4,7 +4,8 @@
 central directory, and on a pickle holding code an ``UnpicklingError`` about PyTorch 2.6 defaults; none says which
 file. :func:`load_weights` turns each into a :class:`CheckpointError` naming the file and the problem, and never
 unpickles arbitrary objects. :class:`medcnn.handlers.CheckpointLoader` uses it in the bundles, and the MONAI Label
-app uses it to serve the bundle weights.
+app uses it to serve the bundle weights. :func:`load_pretrained` initialises a network from another run's weights
+(pre-training -> fine-tuning) and refuses a state dict that does not fit it, naming the file and the tensors.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "load_weights"]
+__all__ = ["CheckpointError", "load_weights", "load_pretrained"]
 
 
 class CheckpointError(ValueError):
@@ -60,3 +61,34 @@ def load_weights(
     if key is not None and isinstance(checkpoint.get(key), Mapping):
         checkpoint = checkpoint[key]
     return checkpoint
+
+
+def load_pretrained(
+    network: torch.nn.Module, path: str | os.PathLike, map_location: Any = "cpu", key: str | None = "model"
+) -> torch.nn.Module:
+    """``network`` with the weights of ``path`` loaded strictly (every tensor present, same names, same shapes).
+
+    For initialising a network before training from another run's weights (e.g. pre-training on another dataset,
+    then fine-tuning): a bundle overrides its ``network`` id with this call, so a ``--resume`` of the fine-tuning
+    run (the training checkpoint, loaded when the trainer starts) still replaces these weights. Why not MONAI's
+    ``CheckpointLoader``: it is an engine handler that loads when the trainer starts (a bundle would have to
+    repeat its whole ``train#handlers`` list to put it before the resume handler), and a state dict of the wrong
+    architecture stops it with PyTorch's ``RuntimeError`` listing every tensor but not the file. Here a wrong
+    state dict raises :class:`CheckpointError` naming the file, the number of tensors that do not fit and the first
+    few of them (missing, unexpected, or ``name: file shape vs network shape``); nothing is loaded then.
+    """
+    path = Path(path).expanduser()
+    state = load_weights(path, map_location=map_location, key=key)
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the network" for k in own
+             if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected] + wrong
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; ... ({len(problems) - 4} more)" if len(problems) > 4 else "")
+        raise CheckpointError(f"{path}: the weights do not fit the network {type(network).__name__} "
+                              f"({len(problems)} tensor(s): {shown}); was it trained with another network_def "
+                              f"(channels, stages, classes)?")
+    network.load_state_dict(state, strict=True)
+    return network

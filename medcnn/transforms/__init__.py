@@ -4,7 +4,7 @@ from medcnn.transforms.coco import CocoAnnotationError, CocoToMask, CocoToMaskd,
 from medcnn.transforms.colour import ToGrey, ToGreyd
 from medcnn.transforms.compose import PlainTailCompose
 from medcnn.transforms.instances import MembraneToInstances, MembraneToInstancesd, membrane_to_instances
-from medcnn.transforms.intensity import BrainZScore, BrainZScored
+from medcnn.transforms.intensity import BrainZScore, BrainZScored, HeadMask, HeadMaskd
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
 from medcnn.transforms.mask import BinaryMask, BinaryMaskd, MaskPresence, MaskPresenced
 from medcnn.transforms.slices import (
@@ -34,6 +34,8 @@ __all__ = [
     "border_weight_map",
     "BrainZScore",
     "BrainZScored",
+    "HeadMask",
+    "HeadMaskd",
     "CheckImage",
     "CheckImaged",
     "CheckImageLabeld",
