@@ -116,7 +116,8 @@ def native_probabilities(ckpt: Path, work_dir: Path, tta: bool = True) -> dict:
     cache = work_dir / f"probabilities_{tag}.npz"
     if cache.is_file():
         z = np.load(cache, allow_pickle=False)
-        return {"names": list(z["names"]), "prob": list(z["prob"]), "label": list(z["label"]), "wall_s": 0.0}
+        return {"names": list(z["names"]), "prob": list(z["prob"]), "label": list(z["label"]),
+                "wall_s": float(z["wall_s"]) if "wall_s" in z else None, "cached": True}
     parser = ConfigParser()
     parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "evaluate.json")])
     parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
@@ -140,8 +141,8 @@ def native_probabilities(ckpt: Path, work_dir: Path, tta: bool = True) -> dict:
                 labels.append(np.asarray(item["label"][0]) > 0)
     wall = time.perf_counter() - start
     work_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, names=np.array(names), prob=np.stack(probs), label=np.stack(labels))
-    return {"names": names, "prob": probs, "label": labels, "wall_s": round(wall, 1)}
+    np.savez(cache, names=np.array(names), prob=np.stack(probs), label=np.stack(labels), wall_s=round(wall, 1))
+    return {"names": names, "prob": probs, "label": labels, "wall_s": round(wall, 1), "cached": False}
 
 
 def rule_mask(prob, threshold: float = 0.5, region: str = "largest", shape: str = "filled", level: float = 0.0,
@@ -303,7 +304,8 @@ def sweep(ckpt: Path, work_dir: Path, out: Path, tta: bool = True) -> int:
                    f"scripts/select_coco_postprocessing.py --sweep --ckpt_dir {ckpt.parent}"
                    + ("" if tta else " --no_tta"),
         "checkpoint": str(ckpt), "dihedral_tta": tta, "split": "validation (150 images of train/)",
-        "network_pass_wall_s": data["wall_s"], "load_average_1m": [load_start, os.getloadavg()[0]],
+        "network_pass_wall_s": data["wall_s"], "probabilities_from_cache": data["cached"],
+        "load_average_1m": [load_start, os.getloadavg()[0]],
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "reference": reference, "best_by_global_dice": best,
         "zero_dice_reference": describe_zero_dice(names, probs, labels, masks_of[reference]),
