@@ -63,10 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true",
                         help="score threshold / region / box rules from cached native-grid probabilities")
     parser.add_argument("--no_tta", action="store_true", help="--sweep without the dihedral TTA")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=list(SWEEP_THRESHOLDS),
+                        help="--sweep probability thresholds (0.5 alone: the default's threshold, fewer rules)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.sweep:
-        return sweep(Path(args.ckpt_dir) / "model.pt", args.work_dir, args.out, tta=not args.no_tta)
+        return sweep(Path(args.ckpt_dir) / "model.pt", args.work_dir, args.out, tta=not args.no_tta,
+                     thresholds=args.thresholds)
 
     def score(name: str, rule: dict) -> dict:
         out = args.work_dir / name
@@ -274,13 +277,13 @@ SWEEP_SHAPES = (("filled", 0.0), ("box", 0.0), ("core_box", 0.7), ("core_box", 0
                 ("trim_box", 0.05))
 
 
-def sweep(ckpt: Path, work_dir: Path, out: Path, tta: bool = True) -> int:
+def sweep(ckpt: Path, work_dir: Path, out: Path, tta: bool = True, thresholds=SWEEP_THRESHOLDS) -> int:
     """Score the rules of :func:`rule_mask` on the validation split from one network pass; write the JSON."""
     load_start = os.getloadavg()[0]
     data = native_probabilities(ckpt, work_dir, tta=tta)
     names, probs, labels = data["names"], [p.astype("float32") for p in data["prob"]], data["label"]
     rules = {}
-    for t in SWEEP_THRESHOLDS:
+    for t in sorted(set(thresholds) | {0.5}):
         rules[f"t{t}_all_filled"] = {"threshold": t, "region": "all", "shape": "filled"}
         for region in ("largest", "mass"):
             for shape, level in SWEEP_SHAPES:
@@ -302,7 +305,9 @@ def sweep(ckpt: Path, work_dir: Path, out: Path, tta: bool = True) -> int:
     result = {
         "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python "
                    f"scripts/select_coco_postprocessing.py --sweep --ckpt_dir {ckpt.parent}"
-                   + ("" if tta else " --no_tta"),
+                   + ("" if tta else " --no_tta")
+                   + ("" if tuple(thresholds) == SWEEP_THRESHOLDS
+                      else " --thresholds " + " ".join(map(str, thresholds))),
         "checkpoint": str(ckpt), "dihedral_tta": tta, "split": "validation (150 images of train/)",
         "network_pass_wall_s": data["wall_s"], "probabilities_from_cache": data["cached"],
         "load_average_1m": [load_start, os.getloadavg()[0]],
