@@ -65,11 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_tta", action="store_true", help="--sweep without the dihedral TTA")
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(SWEEP_THRESHOLDS),
                         help="--sweep probability thresholds (0.5 alone: the default's threshold, fewer rules)")
+    parser.add_argument("--baseline_ckpt_dir", default=None,
+                        help="--sweep: also bootstrap the default rule of these weights against the baseline's")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.sweep:
         return sweep(Path(args.ckpt_dir) / "model.pt", args.work_dir, args.out, tta=not args.no_tta,
-                     thresholds=args.thresholds)
+                     thresholds=args.thresholds,
+                     baseline=Path(args.baseline_ckpt_dir) / "model.pt" if args.baseline_ckpt_dir else None)
 
     def score(name: str, rule: dict) -> dict:
         out = args.work_dir / name
@@ -277,8 +280,13 @@ SWEEP_SHAPES = (("filled", 0.0), ("box", 0.0), ("core_box", 0.7), ("core_box", 0
                 ("trim_box", 0.05))
 
 
-def sweep(ckpt: Path, work_dir: Path, out: Path, tta: bool = True, thresholds=SWEEP_THRESHOLDS) -> int:
-    """Score the rules of :func:`rule_mask` on the validation split from one network pass; write the JSON."""
+def sweep(ckpt: Path, work_dir: Path, out: Path, tta: bool = True, thresholds=SWEEP_THRESHOLDS,
+          baseline: Path | None = None) -> int:
+    """Score the rules of :func:`rule_mask` on the validation split from one network pass; write the JSON.
+
+    With ``baseline`` (other weights, e.g. the committed ones) the default rule of both is also compared image by
+    image (:func:`paired_bootstrap`): whether a retrained candidate beats the committed model by more than the
+    150 images can resolve."""
     load_start = os.getloadavg()[0]
     data = native_probabilities(ckpt, work_dir, tta=tta)
     names, probs, labels = data["names"], [p.astype("float32") for p in data["prob"]], data["label"]
@@ -320,12 +328,23 @@ def sweep(ckpt: Path, work_dir: Path, out: Path, tta: bool = True, thresholds=SW
         "per_image_dice": {k: dict(zip(names, [round(x, 4) for x in rows[k]["per_image"]], strict=True))
                            for k in (reference, best)},
     }
+    if baseline is not None:
+        base = native_probabilities(baseline, work_dir, tta=tta)
+        if base["names"] != names:
+            raise ValueError(f"{baseline}: its validation images differ from those of {ckpt}")
+        base_rule = {k: rules[reference][k] for k in ("threshold", "region", "shape", "level")}
+        base_scores = score_masks([rule_mask(p.astype("float32"), **base_rule) for p in base["prob"]], labels)
+        result["baseline"] = {"checkpoint": str(baseline), "rule": reference,
+                              **{k: v for k, v in base_scores.items() if k not in ("per_image", "counts")},
+                              "bootstrap_minus_baseline": paired_bootstrap(rows[reference]["counts"],
+                                                                           base_scores["counts"])}
     out.mkdir(parents=True, exist_ok=True)
     (out / "postprocessing_sweep_validation.json").write_text(json.dumps(result, indent=2) + "\n")
     summary = {k: {f: round(v[f], 4) for f in ("dice", "pixel_accuracy", "tumour_precision", "tumour_recall",
                                                 "image_dice_median", "images_at_dice_0")} for k, v in rows.items()}
     print(json.dumps({"best": best, "reference": reference, "rows": summary,
                       "bootstrap_best_minus_reference": result["bootstrap_best_minus_reference"],
+                      "baseline": {k: v for k, v in result.get("baseline", {}).items() if k != "checkpoint"},
                       "zero_reference": {k: result["zero_dice_reference"][k] for k in
                                          ("n", "kinds", "box_fraction_quartiles_zero", "box_fraction_quartiles_other")},
                       "zero_best": {k: result["zero_dice_best"][k] for k in
