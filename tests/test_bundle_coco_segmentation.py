@@ -220,3 +220,43 @@ def test_committed_weights_reproduce_the_model_card(tmp_path, data_dir, weights)
     for key in ("dice", "pixel_accuracy", "tumour_precision", "tumour_recall", "image_dice_median"):
         assert m[key] == pytest.approx(card[key], abs=0.002), key
     np.testing.assert_allclose(m["confusion_matrix"], card["confusion_matrix"], rtol=0.002)
+
+
+def _postprocessing_script():
+    import importlib.util
+
+    path = ROOT.parents[1] / "scripts" / "select_coco_postprocessing.py"
+    spec = importlib.util.spec_from_file_location("select_coco_postprocessing", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_postprocessing_sweep_rules_on_a_known_map():
+    """The sweep's rules (scripts/select_coco_postprocessing.py --sweep): threshold, largest vs most probable
+    region, box fits, the fallback for an empty map, and the Dice they score against a known box."""
+    sweep = _postprocessing_script()
+    prob = np.zeros((40, 40), np.float32)
+    prob[2:14, 2:14] = 0.55  # large, unsure region: 144 px, summed probability 79.2
+    prob[25:34, 25:34] = 0.99  # smaller, sure region: 81 px, summed probability 80.2
+    prob[24, 25:34] = 0.6  # a less sure rim on the sure region
+    ref = np.zeros((40, 40), bool)
+    ref[25:34, 25:34] = True
+    largest = sweep.rule_mask(prob, 0.5, "largest", "filled")
+    mass = sweep.rule_mask(prob, 0.5, "mass", "filled")
+    assert largest.sum() == 144 and not (largest & ref).any()
+    assert mass.sum() == 90 and (mass & ref).sum() == 81
+    assert sweep.rule_mask(prob, 0.7, "largest", "filled").sum() == 81  # the unsure region is below 0.7
+    core = sweep.rule_mask(prob, 0.5, "mass", "core_box", level=0.9)
+    np.testing.assert_array_equal(core, ref)  # the box of the sure pixels drops the rim
+    assert sweep.rule_mask(prob, 0.5, "all", "box").sum() == 144 + 90
+    faint = np.where(ref, 0.3, 0.01).astype(np.float32)
+    assert not sweep.rule_mask(faint, 0.5, "largest", "filled").any()
+    np.testing.assert_array_equal(sweep.rule_mask(faint, 0.5, "largest", "filled", empty="relative"), ref)
+    scores = sweep.score_masks([largest, mass], [ref, ref])
+    assert scores["per_image"][0] == 0.0 and scores["per_image"][1] == pytest.approx(2 * 81 / (90 + 81))
+    assert scores["dice"] == pytest.approx(2 * 81 / (144 + 90 + 2 * 81)) and scores["images_at_dice_0"] == 1
+    same = sweep.paired_bootstrap(scores["counts"], scores["counts"], n=50)
+    assert same["observed"] == 0.0 and same["share_not_better"] == 1.0
+    better = sweep.paired_bootstrap([(81, 9, 0)] * 3, [(0, 144, 81)] * 3, n=50)
+    assert better["q2.5"] > 0.9 and better["share_not_better"] == 0.0
