@@ -444,8 +444,34 @@ def main_patient_cv(args: argparse.Namespace) -> int:
         record["recipes"][name] = {"overrides": meta.get("overrides"), "command": meta.get("command"),
                                    "folds": gather_folds(run_dir, meta.get("folds", [])), "summary": summary}
     if args.record:
+        record = merge_record(args.record, record)
         args.record.write_text(json.dumps(record, indent=1, default=float) + "\n")
     return 0
+
+
+def merge_record(path: Path, record: dict) -> dict:
+    """``record`` merged into the CV record already in ``path`` (if any): the recipes summarised now are added or
+    replaced, every other recipe and top-level key (``protocol``, ``chosen``, ...) is kept, and a new ``note`` is
+    appended to the old one (which describes the earlier recipes). Writing ``record`` alone would drop the recipes
+    of earlier runs from the card's JSON. A file that is not a CV record of the same bundle and number of folds is
+    refused, naming the file."""
+    if not path.is_file():
+        return record
+    try:
+        old = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SystemExit(f"--record {path}: not a JSON file ({err}); give a new file or a CV record") from None
+    if not isinstance(old, dict) or not isinstance(old.get("recipes"), dict):
+        raise SystemExit(f"--record {path}: not a CV record (no 'recipes' object); give a new file or a CV record")
+    for key in ("bundle", "n_folds"):
+        if old.get(key) != record[key]:
+            raise SystemExit(f"--record {path}: its {key} is {old.get(key)!r}, this run's is {record[key]!r}; "
+                             "folds of different CVs cannot be compared in one record")
+    merged = {**old, **{k: v for k, v in record.items() if k not in ("recipes", "note")}}
+    notes = [n for n in (old.get("note") or "", record["note"] or "") if n]
+    merged["note"] = " ".join(dict.fromkeys(notes))  # the same note twice (a re-run) is kept once
+    merged["recipes"] = {**old["recipes"], **record["recipes"]}
+    return merged
 
 
 def gather_folds(run_dir: Path, earlier: list[dict]) -> list[dict]:
@@ -487,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summarise", nargs="*", default=[], metavar="RECIPE",
                         help="--bundle: re-summarise finished recipe runs in --out")
     parser.add_argument("--record", type=Path, default=None,
-                        help="--bundle --summarise: write the folds and summaries of those recipes to this JSON")
+                        help="--bundle --summarise: write the folds and summaries of those recipes to this JSON "
+                             "(an existing record of the same bundle and folds keeps its other recipes)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.bundle:
