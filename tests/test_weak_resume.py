@@ -124,7 +124,7 @@ def test_resume_without_a_segmenter_state_names_the_file(pseudo_masks, tmp_path)
 
 
 @pytest.mark.parametrize("name, stacks", [
-    ("synthetic_localisation", [["train.json"], ["train.json", "weak_train_segmenter.json"],
+    ("synthetic_localisation", [["train.json"], ["train.json", "3d.json"], ["train.json", "weak_train_segmenter.json"],
                                 ["train.json", "3d.json", "weak_train_segmenter.json"]]),
     ("brats_tumour_localisation", [["train.json"], ["train.json", "weak_train_segmenter.json"]]),
 ])
