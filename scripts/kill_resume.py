@@ -7,7 +7,8 @@ completed, the per-epoch training loss and validation curve (``curves.json``), t
 whether the final network weights equal the uninterrupted run's bit for bit. From the repository root::
 
     OMP_NUM_THREADS=1 python scripts/kill_resume.py --bundle hippocampus_segmentation --output_dir /tmp/kr \\
-        --reference /tmp/uninterrupted --seed 20261202 --out kill_resume.json -- --train#trainer#max_epochs 10
+        --reference /tmp/uninterrupted --seed 20261202 --max_epochs 10 --out kill_resume.json \\
+        -- --train#trainer#max_epochs 10
 
 Everything after ``--`` is passed to ``monai.bundle run`` (the reference run must have used the same overrides).
 Another config stack (e.g. the weak -> dense segmenter) with ``--configs``, and where it writes its state and
