@@ -770,8 +770,11 @@ def write_case(predictor: BundlePredictor, item: PredictInput, pred: dict, outpu
                 v["volume_ml"] = None
         if report:
             outputs["report"] = f"{case}_report.pdf"
-            probability, per_slice = None, None
+            probability, per_slice, cam_name = None, None, "Grad-CAM"
             if predictor.is_classifier:
+                from medcnn.localisation.methods import cam_display_name
+
+                cam_name = cam_display_name(predictor.cam_rule.get("method"))
                 pos = int(predictor.cam_rule["class_idx"])
                 probability = float(list(pred["result"]["class_probabilities"].values())[pos])
                 if pred["result"].get("slices"):  # each page's own probability, the one its decision was made on
@@ -786,7 +789,7 @@ def write_case(predictor: BundlePredictor, item: PredictInput, pred: dict, outpu
                 tmp / outputs["report"], show[0], show[1], cam=show[2], case_id=case,
                 spacing=None if item.kind == "stack" else spacing,
                 class_names=("background", finding), finding_name=finding, probability=probability,
-                slice_probabilities=per_slice,
+                slice_probabilities=per_slice, cam_name=cam_name,
                 metrics={f"{n} volume (mL)": v["volume_ml"] for n, v in summary["labels"].items()
                          if v["volume_ml"] is not None} or None,
                 sources={"image": str(item.path), "model": f"{predictor.name} {summary['model']['version']}"},

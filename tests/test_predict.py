@@ -521,11 +521,13 @@ def test_predict_pages_get_the_probabilities_of_inference_json(tmp_path, capsys)
     assert summary["positive_slices"] == np.flatnonzero(probs >= 0.5).tolist()
     mask = np.asarray(nib.load(out / "U1" / "U1_seg.nii.gz").dataobj)
     assert not mask[probs < 0.5].any()
-    pypdf = pytest.importorskip("pypdf")
+    import pypdf  # a declared test dependency: missing, it fails
+
     pdf = pypdf.PdfReader(str(out / "U1" / "U1_report.pdf"))
     text = " ".join(" ".join(p.extract_text() for p in pdf.pages).split())
     shown = [k for k in range(len(probs)) if f"slice {k + 1} of {len(probs)}: p = " in text]
     assert shown and all(f"slice {k + 1} of {len(probs)}: p = {probs[k]:.3f}" in text for k in shown)
+    assert "colour overlay: LayerCAM attention" in text  # the bundle's CAM method, named in the legend
 
 
 def test_score_network_decides_and_the_cam_stays_on_the_network(tmp_path):

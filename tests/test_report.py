@@ -190,7 +190,7 @@ def test_handler_for_a_classifier_with_cam(tmp_path):
         return [{"image": b[0]["image"], "label": b[0]["label"], "pred": torch.tensor([0.08, 0.92]), "cam": cam}]
 
     handler = PDFReportHandler(tmp_path, ReportCases(label_key="mask", cam_key="cam"), {"max_slices": 1},
-                               cam_rule={"threshold": 0.9})
+                               cam_rule={"threshold": 0.9, "method": "layercam"})
     engine = Engine(step)
     handler.attach(engine)
     engine.run([batch], max_epochs=1)
@@ -200,6 +200,7 @@ def test_handler_for_a_classifier_with_cam(tmp_path):
     assert "The classifier gives a probability of 0.92 that this image shows a tumour-like region" in text
     assert "found a tumour-like region in this image" in text
     assert "Dice score, where 1 is perfect agreement) is 1.00" in text  # CAM mask (>= 0.9 max) = bright ball
+    assert "colour overlay: LayerCAM attention" in text  # the legend names the rule's method, not always Grad-CAM
     # a classifier that says "absent" gets no predicted region, whatever the CAM shows
     def step_absent(engine, b):
         return [{"image": b[0]["image"], "label": b[0]["label"], "pred": torch.tensor([0.8, 0.2]), "cam": cam}]
@@ -210,6 +211,7 @@ def test_handler_for_a_classifier_with_cam(tmp_path):
     engine.run([batch], max_epochs=1)
     text = " ".join(pdf_text(absent.written[0]).split())
     assert "probability of 0.20" in text and "The model found no tumour-like region in this image" in text
+    assert "colour overlay: Grad-CAM attention" in text  # no rule given: the default method's name
     # a classifier output without any CAM is refused with the case named
     bad = PDFReportHandler(tmp_path / "bad", ReportCases(label_key="mask", cam_key="heatmap"))
     engine = Engine(step)

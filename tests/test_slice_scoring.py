@@ -154,6 +154,7 @@ def test_pdf_report_slices_show_the_rule_probability_and_region(tmp_path):
     """An evaluation with the rule (sampler + PrepareBatchExtraInput + SliceScoreInferer, as evaluate.json): the
     report's slices are titled with the rule's probability, and only slices whose rule probability reaches the
     decision threshold get a region."""
+    import pypdf  # a declared test dependency: missing, it fails
     from monai.engines import SupervisedEvaluator
     from monai.transforms import Activationsd
 
@@ -161,7 +162,6 @@ def test_pdf_report_slices_show_the_rule_probability_and_region(tmp_path):
     from medcnn.handlers.cam import CAMDiceHandler
     from medcnn.report.cases import ReportCases
 
-    pypdf = pytest.importorskip("pypdf")
     net, inferer = _net(), SliceScoreInferer()
     items = [dict(i, mask=torch.ones(1, 16, 16)) for i in _items((6,))]
     sampler = PatientSliceBatchSampler(items)

@@ -19,7 +19,7 @@ __all__ = ["PDFReportHandler"]
 logger = logging.getLogger(__name__)
 
 # write_case_report's options that are the same for every case of an evaluation (the rest come from each case)
-PAGE_OPTIONS = ("class_names", "finding_name", "template", "max_slices", "transpose", "font_type")
+PAGE_OPTIONS = ("class_names", "finding_name", "template", "max_slices", "transpose", "font_type", "cam_name")
 
 
 class PDFReportHandler:
@@ -135,8 +135,12 @@ class PDFReportHandler:
         curves = None
         if self.curves_json and Path(self.curves_json).is_file():
             curves = load_json_or_none(self.curves_json, "curves")
-        self.written = write_case_reports(self.collector.grouped(), self.output_dir, metrics, curves,
-                                          **self.page_options)
+        from medcnn.localisation.methods import cam_display_name
+
+        options = dict(self.page_options)
+        if "cam_name" not in options and self._rule().method:  # the legend names the method the CAM came from
+            options["cam_name"] = cam_display_name(self._rule().method)
+        self.written = write_case_reports(self.collector.grouped(), self.output_dir, metrics, curves, **options)
         if self.collector.skipped:
             logger.info("PDFReportHandler: %d items beyond max_cases=%s got no report", self.collector.skipped,
                         self.collector.max_cases)

@@ -271,6 +271,20 @@ CAM_METHODS = {
 }
 
 
+#: name -> how reports and logs name the method (the papers' spelling).
+CAM_DISPLAY_NAMES = {
+    "monai_gradcam": "Grad-CAM", "monai_gradcampp": "Grad-CAM++", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++",
+    "hirescam": "HiResCAM", "layercam": "LayerCAM", "xgradcam": "XGradCAM",
+    "gradcam_elementwise": "Grad-CAM (element-wise)", "eigencam": "EigenCAM", "eigengradcam": "EigenGradCAM",
+    "scorecam": "Score-CAM",
+}
+
+
+def cam_display_name(method: str | None) -> str:
+    """The name a report gives ``method`` (a key of ``CAM_METHODS``); ``"CAM"`` when it is not known."""
+    return CAM_DISPLAY_NAMES.get(str(method).lower(), "CAM") if method else "CAM"
+
+
 def available_cam_methods(spatial_dims: int | None = None) -> list[str]:
     """Names in ``CAM_METHODS`` (those supporting ``spatial_dims`` when given)."""
     if spatial_dims is None:

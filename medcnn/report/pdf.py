@@ -145,6 +145,7 @@ def write_case_report(
     font_type: int = 3,
     probability: float | None = None,
     slice_probabilities: Sequence[float | None] | None = None,
+    cam_name: str = "Grad-CAM",
 ) -> Path:
     """Write the PDF report of one case and return its path.
 
@@ -163,6 +164,7 @@ def write_case_report(
         probability: a classifier's probability that the finding is present (weakly supervised bundles).
         slice_probabilities: a slice classifier's probability of every slice (along the last axis; ``None`` where
             unknown), printed above each slice shown: the probability the slice's decision was made on.
+        cam_name: how the legend names the heatmap's method (``medcnn.localisation.methods.cam_display_name``).
     """
     output_path = Path(output_path)
     if output_path.suffix.lower() != ".pdf":
@@ -210,7 +212,7 @@ def write_case_report(
                 "Creator": f"medcnn {__version__}"}
         with PdfPages(output_path, metadata=meta) as pdf:
             _summary_page(pdf, tmp, case_id, summary, case_metrics, metrics_d, matrices, class_names, sources)
-            _slices_page(pdf, case_id, img, mask, ref, heat, max_slices, transpose, slice_probabilities)
+            _slices_page(pdf, case_id, img, mask, ref, heat, max_slices, transpose, slice_probabilities, cam_name)
             if curves_d:
                 _curves_page(pdf, tmp, curves_d)
     logger.info("report written to %s", output_path)
@@ -289,7 +291,7 @@ def _summary_page(pdf: PdfPages, tmp: Path, case_id: str, summary: str, case_met
 
 def _slices_page(pdf: PdfPages, case_id: str, img: np.ndarray, mask: np.ndarray, ref: np.ndarray | None,
                  heat: np.ndarray | None, max_slices: int, transpose: bool,
-                 slice_probabilities: Sequence[float | None] | None = None) -> None:
+                 slice_probabilities: Sequence[float | None] | None = None, cam_name: str = "Grad-CAM") -> None:
     """Page 2: slices ``(X, Y, Z)`` with the predicted mask (green), reference (yellow dashed) and CAM overlay."""
     idx = select_slices(mask, ref, heat, max_slices)
     ncol = 2 if len(idx) > 1 else 1
@@ -322,7 +324,7 @@ def _slices_page(pdf: PdfPages, case_id: str, img: np.ndarray, mask: np.ndarray,
         ax.axis("off")
     legend = "green outline: predicted region"
     legend += "; yellow dashed: reference" if ref is not None else ""
-    legend += "; colour overlay: Grad-CAM attention (red = strongest)" if heat is not None else ""
+    legend += f"; colour overlay: {cam_name} attention (red = strongest)" if heat is not None else ""
     what = ("slices from the first to the last with a predicted region, and its largest" if img.shape[-1] > 1
             else "image and predicted region")
     fig.suptitle(f"{case_id}: {what}\n{legend}", fontsize=10)
