@@ -265,10 +265,11 @@ def slice_scores(net, data, batch_size: int = 32) -> dict[str, np.ndarray]:
 
 
 def run_patient_fold(bundle: Path, recipe: dict, train: list[str], heldout: list[str], out_dir: Path,
-                     dataset_dir: str | None) -> dict:
+                     dataset_dir: str | None, cams: bool = True) -> dict:
     """Train the bundle's ``train.json`` (+ ``recipe``) on ``train``, early stopping / checkpoint on ``heldout``;
-    store the held-out slice scores and, for its tumour slices, the CAM heatmaps of :data:`CV_CAMS` at the network
-    input size with the masks at that size and at the native grid (``<out_dir>/heldout.npz``)."""
+    store the held-out slice scores and, for its tumour slices (unless ``cams`` is false), the CAM heatmaps of
+    :data:`CV_CAMS` at the network input size with the masks at that size and at the native grid
+    (``<out_dir>/heldout.npz``)."""
     from monai.transforms import Compose
 
     from medcnn.localisation import localise_items
@@ -281,7 +282,7 @@ def run_patient_fold(bundle: Path, recipe: dict, train: list[str], heldout: list
     native = Compose(config.get_parsed_content("load_transforms"))
     pos = [i for i in range(len(held)) if int(scores["label"][i]) == 1]
     arrays["native_masks"] = np.stack([np.asarray(native(dict(held.data[i]))["mask"]) for i in pos]).astype(np.uint8)
-    for method, layer in CV_CAMS:
+    for method, layer in CV_CAMS if cams else ():
         res = localise_items(net, held, method, layer)
         arrays[f"cam:{method}:{layer}"] = res["heatmaps"].numpy().astype(np.float16)
         arrays["masks"] = res["masks"].numpy().astype(np.uint8)
@@ -290,6 +291,57 @@ def run_patient_fold(bundle: Path, recipe: dict, train: list[str], heldout: list
             "epochs": len(curves.get("loss", [])),
             "best_epoch": int(np.argmin(curves["val_loss"])) + 1 if curves.get("val_loss") else None,
             "curves": {k: v for k, v in curves.items() if k in ("loss", "val_loss", "val_auc")}}
+
+
+ENSEMBLE_MEAN_KEYS = ("whole", "flip")  # per-slice log-odds; the mean over members = log-odds of the mean logits
+ENSEMBLE_SAME_KEYS = ("label", "case", "z", "native_masks", "masks")  # must be identical in every member
+
+
+def ensemble_run(out: Path, name: str, members: list[str]) -> Path:
+    """Write ``<out>/<name>``, the ensemble of finished recipe runs ``<out>/<member>``, fold by fold.
+
+    Its held-out scores are the mean of the members' log-odds (= the log-odds of the mean of their logits, which is
+    what an ensemble of the two networks with averaged logits outputs), its CAM heatmaps the mean of the members'
+    (each normalised per slice as stored). A fold is only made when every member has it, on the same held-out
+    slices in the same order; anything else is an error naming the member and fold. The result summarises like
+    any recipe run (``--summarise <name>``)."""
+    if len(members) < 2:
+        raise ValueError(f"--ensemble {name}: needs at least two member recipes, got {members}")
+    run_dir = out / name
+    done = [sorted(p.parent.name for p in (out / m).glob("fold*/heldout.npz")) for m in members]
+    common = sorted(set(done[0]).intersection(*done[1:]))
+    if not common:
+        raise FileNotFoundError(f"--ensemble {name}: no fold finished by every member of {members} in {out}")
+    meta: dict = {"recipe": name, "ensemble_of": members, "overrides": None, "folds": [],
+                  "command": f"python scripts/cv_classifier.py --bundle <bundle> --out {out} --ensemble "
+                             f"{name}={'+'.join(members)}"}
+    for fold in common:
+        arrays = [dict(np.load(out / m / fold / "heldout.npz")) for m in members]
+        merged: dict = {}
+        for key in arrays[0]:
+            values = [a.get(key) for a in arrays]
+            for m, v in zip(members[1:], values[1:], strict=True):
+                if v is None or v.shape != values[0].shape:
+                    raise ValueError(f"--ensemble {name}: {out / m / fold / 'heldout.npz'} has no {key!r} of shape "
+                                     f"{values[0].shape} like {members[0]}'s")
+            if key in ENSEMBLE_SAME_KEYS:
+                for m, v in zip(members[1:], values[1:], strict=True):
+                    if not np.array_equal(v, values[0]):
+                        raise ValueError(f"--ensemble {name}: {out / m / fold / 'heldout.npz'} holds other held-out "
+                                         f"slices than {members[0]}'s ({key!r} differs)")
+                merged[key] = values[0]
+            elif key in ENSEMBLE_MEAN_KEYS or key.startswith("cam:"):
+                merged[key] = np.mean([v.astype(np.float32) for v in values], axis=0).astype(values[0].dtype)
+        (run_dir / fold).mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(run_dir / fold / "heldout.npz", **merged)
+        records = [json.loads(p.read_text()) for p in (out / m / fold / "fold.json" for m in members) if p.is_file()]
+        fold_meta = {"members": members, "heldout_patients": records[0]["heldout_patients"] if records else None,
+                     "train_s": round(sum(r["train_s"] for r in records), 1) if len(records) == len(members) else None,
+                     "member_epochs": [r.get("epochs") for r in records]}
+        (run_dir / fold / "fold.json").write_text(json.dumps(fold_meta, indent=1) + "\n")
+    meta["folds"] = gather_folds(run_dir, [])
+    (run_dir / "cv.json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
+    return run_dir
 
 
 def _z_smooth_scores(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -422,7 +474,8 @@ def main_patient_cv(args: argparse.Namespace) -> int:
                 continue
             train = [p for p in patients if p not in heldout]
             load = [round(v, 2) for v in os.getloadavg()]
-            fold = run_patient_fold(bundle, recipe, train, heldout, run_dir / f"fold{i}", args.dataset_dir)
+            fold = run_patient_fold(bundle, recipe, train, heldout, run_dir / f"fold{i}", args.dataset_dir,
+                                    cams=not args.no_cam)
             fold["load_average_at_start"] = load
             fold["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
             # one file per fold, so runs of different --only_folds into one --out (two at a time) do not race
@@ -431,6 +484,12 @@ def main_patient_cv(args: argparse.Namespace) -> int:
             (run_dir / "cv.json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
             print(f"{name} fold {i}: {fold['epochs']} epochs ({fold['train_s']} s, load {load}), best epoch "
                   f"{fold['best_epoch']}", flush=True)
+        summary = summarise_patient_cv(run_dir, cams=() if args.no_cam else CV_CAM_NAMES)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+        print_patient_cv(name, summary)
+    for item in args.ensemble:
+        name, value = item.split("=", 1)
+        run_dir = ensemble_run(args.out, name, value.split("+"))
         summary = summarise_patient_cv(run_dir, cams=() if args.no_cam else CV_CAM_NAMES)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
         print_patient_cv(name, summary)
@@ -503,13 +562,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/brats_cv"))
     parser.add_argument("--dataset_dir", default=None)
     parser.add_argument("--no_cam", action="store_true", help="skip the Grad-CAM++ Dice of each fold "
-                             "(--bundle --summarise: the CAM rule summary)")
+                             "(--bundle: the CAM heatmaps of each fold and the CAM rule summary)")
     parser.add_argument("--bundle", default=None,
                         help="patient-level k-fold CV of this slice-labelled bundle (lgg_tumour_localisation) "
                              "on its train + validation patients instead of the BraTS case CV")
     parser.add_argument("--folds", type=int, default=4, help="--bundle: number of patient folds")
     parser.add_argument("--only_folds", nargs="+", type=int, default=None, metavar="I",
                         help="--bundle: run only these fold indices (added to an earlier run of the recipe in --out)")
+    parser.add_argument("--ensemble", action="append", default=[], metavar="NAME=RECIPE+RECIPE[+...]",
+                        help="--bundle: make recipe run NAME in --out, the ensemble (mean log-odds, mean CAM) of "
+                             "finished recipe runs, on the folds all of them have; summarise it with --summarise")
     parser.add_argument("--summarise", nargs="*", default=[], metavar="RECIPE",
                         help="--bundle: re-summarise finished recipe runs in --out")
     parser.add_argument("--record", type=Path, default=None,
