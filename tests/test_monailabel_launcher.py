@@ -251,3 +251,30 @@ def test_installed_launcher_needs_a_bundles_folder_and_says_which(layout, how):
     cmd = json.loads(lines[-2])["command"]
     assert cmd[cmd.index("--conf") + 2] == "cls_b,seg_a"
     assert json.loads(lines[-1])["pythonpath"] is None  # not <site>: the MONAI Label environment's own medcnn
+
+
+@pytest.mark.parametrize("how", ["nothing", "env"])
+def test_installed_launcher_needs_a_monailabel_environment_and_says_which(layout, how):
+    """Installed outside the repository, the launcher does not invent <site-packages>/../.venv-monailabel: without
+    --venv (or MEDCNN_MONAILABEL_VENV) it says what to pass; with the variable it uses that environment."""
+    import os
+
+    site = _installed_copy(layout["tmp"] / "site-packages")
+    args = _args(layout, "--check")
+    i = args.index("--venv")
+    del args[i:i + 2]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", launcher.VENV_ENV)}
+    env["PYTHONPATH"] = str(site)
+    if how == "env":
+        env[launcher.VENV_ENV] = str(layout["venv"])
+    code = ("import sys; from medcnn.monailabel import launcher; assert not launcher.IN_CHECKOUT, "
+            "launcher.__file__; sys.exit(launcher.main(sys.argv[1:]))")
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
+                         cwd=layout["tmp"], env=env)
+    if how == "nothing":
+        assert res.returncode == 2, res.stderr
+        assert "no MONAI Label environment" in res.stderr and "--venv" in res.stderr, res.stderr
+        assert launcher.VENV_ENV in res.stderr and ".venv-monailabel" not in res.stderr
+        return
+    assert res.returncode == 0, res.stderr
+    assert "start_server" in res.stdout

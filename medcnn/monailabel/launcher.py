@@ -52,7 +52,8 @@ IN_CHECKOUT = (MEDCNN_ROOT / "setup.cfg").is_file() and (MEDCNN_ROOT / "medcnn" 
 BUNDLES_ENV = "MEDCNN_BUNDLES_DIR"
 APP_TEMPLATE = PACKAGE_DIR / "app_template"
 OVERRIDES_DIR = PACKAGE_DIR / "overrides"
-DEFAULT_VENV = REPO_ROOT / ".venv-monailabel"
+VENV_ENV = "MEDCNN_MONAILABEL_VENV"
+DEFAULT_VENV = REPO_ROOT / ".venv-monailabel"  # only meaningful in a checkout (scripts/monailabel_env.sh builds it)
 WEIGHT_FILES = ("model.pt", "model.ts")
 
 
@@ -212,9 +213,24 @@ def check_port(host: str, port: int) -> None:
                               f"or stop the process that uses it") from None
 
 
-def check_venv(venv: str | os.PathLike) -> Path:
-    """The MONAI Label environment's python; LaunchError when it is missing or has no monailabel."""
-    v = Path(venv)
+def default_venv() -> Path:
+    """The MONAI Label environment when ``--venv`` is not given: ``$MEDCNN_MONAILABEL_VENV``, else the checkout's
+    ``.venv-monailabel``. LaunchError saying what to pass when medcnn is installed without the repository (a path
+    beside site-packages would name a folder nobody made)."""
+    env = os.environ.get(VENV_ENV)
+    if env:
+        return Path(env).expanduser()
+    if IN_CHECKOUT:
+        return DEFAULT_VENV
+    raise LaunchError(f"no MONAI Label environment: medcnn is installed at {PACKAGE_DIR.parent} without the "
+                      f"repository; pass --venv /path/to/env (made by the repository's scripts/monailabel_env.sh) "
+                      f"or set {VENV_ENV}")
+
+
+def check_venv(venv: str | os.PathLike | None) -> Path:
+    """The MONAI Label environment's python (``venv`` None: :func:`default_venv`); LaunchError when it is missing
+    or has no monailabel."""
+    v = Path(venv) if venv else default_venv()
     py = v / "bin" / "python"
     if not py.exists():
         raise LaunchError(f"MONAI Label environment {v} not found: build it with scripts/monailabel_env.sh "
@@ -324,8 +340,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--bundles-dir", default=None,
                     help=f"folder of the bundles (default: ${BUNDLES_ENV}, else bundles/ of this checkout; needed "
                          "when medcnn is pip-installed)")
-    ap.add_argument("--venv", default=os.environ.get("MEDCNN_MONAILABEL_VENV", str(DEFAULT_VENV)),
-                    help="MONAI Label environment made by scripts/monailabel_env.sh")
+    ap.add_argument("--venv", default=None,
+                    help=f"MONAI Label environment made by scripts/monailabel_env.sh (default: ${VENV_ENV}, else "
+                         ".venv-monailabel of this checkout; needed when medcnn is pip-installed)")
     ap.add_argument("--app-dir", default=None,
                     help="where the app is assembled (default: ~/.cache/medcnn/monailabel/app-<port>)")
     ap.add_argument("--device", default="auto", help="'auto' (cuda when available, else cpu), 'cpu' or 'cuda'")
