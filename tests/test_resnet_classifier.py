@@ -44,6 +44,25 @@ def test_kaiming_init_and_channels():
     assert abs(float(w.detach().std()) - (2 / 36) ** 0.5) < 0.15
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_zero_init_residual_starts_every_identity_block_as_the_identity(dims):
+    torch.manual_seed(0)
+    net = ResNetClassifier(dims, 1, 2, num_blocks=3, channels=4, zero_init_residual=True).train()
+    for block in net.blocks:
+        assert float(block.identity.norm.weight.abs().sum()) == 0.0
+        x = torch.randn(2, block.identity.norm.weight.numel(), *([8] * dims))
+        torch.testing.assert_close(block.identity(x), torch.relu(x))  # act(x + 0)
+        assert float(block.conv.adn.N.weight.min()) == 1.0  # the strided convolution's norm is untouched
+    default = ResNetClassifier(dims, 1, 2, num_blocks=3, channels=4)
+    assert all(float(b.identity.norm.weight.min()) == 1.0 for b in default.blocks)  # the study's network unchanged
+    torch.jit.script(net.eval())  # still exportable
+
+
+def test_zero_init_residual_without_a_norm_is_refused():
+    with pytest.raises(ValueError, match="zero_init_residual needs a normalisation"):
+        ResNetClassifier(2, 1, 2, num_blocks=2, channels=4, norm=None, zero_init_residual=True)
+
+
 def test_torchscript_matches_eager():
     net = ResNetClassifier(2, 1, 2, num_blocks=3, channels=4).eval()
     x = torch.randn(2, 1, 32, 32)

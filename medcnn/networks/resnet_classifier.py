@@ -35,6 +35,8 @@ __all__ = ["ResNetClassifier", "ResNetStage", "IdentityBlock"]
 class IdentityBlock(nn.Module):
     """Same-size residual convolution: ``act(x + dropout(norm(conv(x))))``, shape ``(B, C, *S)`` kept."""
 
+    __jit_unused_properties__ = ["norm"]
+
     def __init__(
         self,
         spatial_dims: int,
@@ -50,6 +52,12 @@ class IdentityBlock(nn.Module):
             dropout=dropout, adn_ordering="ND", bias=False,
         )
         self.act = get_act_layer(act)
+
+    @property
+    def norm(self) -> nn.Module | None:
+        """The residual branch's normalisation layer (its scale is zeroed by ``zero_init_residual``), if any."""
+        adn = getattr(self.conv, "adn", None)
+        return getattr(adn, "N", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(x + self.conv(x))
@@ -97,6 +105,8 @@ class ResNetClassifier(nn.Module):
         fc_dropout: dropout between the two fully connected layers.
         act: activation (MONAI factory name or ``(name, kwargs)``).
         norm: normalisation (MONAI factory name or ``(name, kwargs)``), batch norm by default.
+        zero_init_residual: start every identity block as the identity (its batch-norm scale at 0, ResNet practice:
+            Goyal et al. 2017, "Accurate, large minibatch SGD", section 5.1); off by default (the study's network).
         cam_layer: name of the default CAM target layer (a module name such as ``"blocks.1"`` or
             ``"blocks.1.identity"``); exposed as ``cam_target_layer_name`` / ``cam_target_layer``.
 
@@ -123,6 +133,7 @@ class ResNetClassifier(nn.Module):
         act: str | tuple = Act.RELU,
         norm: str | tuple = Norm.BATCH,
         cam_layer: str = "blocks.1",
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -162,6 +173,13 @@ class ResNetClassifier(nn.Module):
         self.fc_dropout = nn.Dropout(fc_dropout)
         self.fc2 = nn.Linear(fc_hidden, num_classes)
         self._init_weights(act)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, IdentityBlock):
+                    if getattr(m.norm, "weight", None) is None:
+                        raise ValueError("ResNetClassifier: zero_init_residual needs a normalisation layer with a "
+                                         f"scale in the identity blocks, got norm={norm!r}")
+                    nn.init.zeros_(m.norm.weight)
 
         modules = dict(self.named_modules())
         if cam_layer not in modules:
