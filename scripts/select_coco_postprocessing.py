@@ -65,13 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_tta", action="store_true", help="--sweep without the dihedral TTA")
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(SWEEP_THRESHOLDS),
                         help="--sweep probability thresholds (0.5 alone: the default's threshold, fewer rules)")
+    parser.add_argument("--override", type=json.loads, default={}, metavar="JSON",
+                        help="--sweep: train.json ids the --ckpt_dir weights were trained with (e.g. "
+                             "'{\"network_kwargs\": {...}, \"spatial_size\": [160, 160]}'); not for the baseline")
     parser.add_argument("--baseline_ckpt_dir", default=None,
                         help="--sweep: also bootstrap the default rule of these weights against the baseline's")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.sweep:
         return sweep(Path(args.ckpt_dir) / "model.pt", args.work_dir, args.out, tta=not args.no_tta,
-                     thresholds=args.thresholds,
+                     thresholds=args.thresholds, overrides=args.override,
                      baseline=Path(args.baseline_ckpt_dir) / "model.pt" if args.baseline_ckpt_dir else None)
 
     def score(name: str, rule: dict) -> dict:
@@ -101,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- --sweep
-def native_probabilities(ckpt: Path, work_dir: Path, tta: bool = True) -> dict:
+def native_probabilities(ckpt: Path, work_dir: Path, tta: bool = True, overrides: dict | None = None) -> dict:
     """Tumour probability ``(W, H)`` float16 and reference mask of every validation image on its native grid.
 
     The bundle's own ``validate#preprocessing``, ``validate#inferer`` and the softmax + ``Invertd`` of
     ``validate#native_prediction`` (``evaluate.json``), so the maps are exactly what its argmax sees. Cached in
-    ``work_dir`` by checkpoint (path, size, modification time) and TTA flag.
+    ``work_dir`` by checkpoint (path, size, modification time), TTA flag and ``overrides`` (train.json ids the
+    weights were trained with, e.g. another network or input size).
     """
     import numpy as np
     import torch
@@ -117,7 +121,7 @@ def native_probabilities(ckpt: Path, work_dir: Path, tta: bool = True) -> dict:
     from medcnn.networks import load_weights
 
     stat = ckpt.stat()
-    key = f"{ckpt.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()
+    key = f"{ckpt.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{json.dumps(overrides or {}, sort_keys=True)}".encode()
     tag = f"{hashlib.sha1(key).hexdigest()[:12]}_{'tta' if tta else 'plain'}"
     cache = work_dir / f"probabilities_{tag}.npz"
     if cache.is_file():
@@ -128,7 +132,7 @@ def native_probabilities(ckpt: Path, work_dir: Path, tta: bool = True) -> dict:
     parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "evaluate.json")])
     parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
     parser.update({"bundle_root": str(BUNDLE), "ckpt_path": str(ckpt), "output_dir": str(work_dir / "eval"),
-                   "eval_items": "$@split['validation']", "dihedral_tta": tta})
+                   "eval_items": "$@split['validation']", "dihedral_tta": tta, **(overrides or {})})
     net = parser.get_parsed_content("network")
     net.load_state_dict(load_weights(ckpt, key="model"))
     net.eval()
@@ -281,14 +285,14 @@ SWEEP_SHAPES = (("filled", 0.0), ("box", 0.0), ("core_box", 0.7), ("core_box", 0
 
 
 def sweep(ckpt: Path, work_dir: Path, out: Path, tta: bool = True, thresholds=SWEEP_THRESHOLDS,
-          baseline: Path | None = None) -> int:
+          baseline: Path | None = None, overrides: dict | None = None) -> int:
     """Score the rules of :func:`rule_mask` on the validation split from one network pass; write the JSON.
 
     With ``baseline`` (other weights, e.g. the committed ones) the default rule of both is also compared image by
     image (:func:`paired_bootstrap`): whether a retrained candidate beats the committed model by more than the
     150 images can resolve."""
     load_start = os.getloadavg()[0]
-    data = native_probabilities(ckpt, work_dir, tta=tta)
+    data = native_probabilities(ckpt, work_dir, tta=tta, overrides=overrides)
     names, probs, labels = data["names"], [p.astype("float32") for p in data["prob"]], data["label"]
     rules = {}
     for t in sorted(set(thresholds) | {0.5}):
@@ -315,7 +319,8 @@ def sweep(ckpt: Path, work_dir: Path, out: Path, tta: bool = True, thresholds=SW
                    f"scripts/select_coco_postprocessing.py --sweep --ckpt_dir {ckpt.parent}"
                    + ("" if tta else " --no_tta")
                    + ("" if tuple(thresholds) == SWEEP_THRESHOLDS
-                      else " --thresholds " + " ".join(map(str, thresholds))),
+                      else " --thresholds " + " ".join(map(str, thresholds)))
+                   + (f" --override '{json.dumps(overrides)}'" if overrides else ""),
         "checkpoint": str(ckpt), "dihedral_tta": tta, "split": "validation (150 images of train/)",
         "network_pass_wall_s": data["wall_s"], "probabilities_from_cache": data["cached"],
         "load_average_1m": [load_start, os.getloadavg()[0]],
