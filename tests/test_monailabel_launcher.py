@@ -220,27 +220,35 @@ def _installed_copy(site: Path) -> Path:
     return site
 
 
+def _run_installed(layout, code: str, env_name: str, option: str | None, env_value: str | None):
+    """Run ``code`` with ``_args(layout, "--check")`` against an installed (non-checkout) copy of the launcher, with
+    ``option`` and its value left out of the arguments and ``env_name`` unset, or set to ``env_value``."""
+    import os
+
+    site = _installed_copy(layout["tmp"] / "site-packages")
+    args = _args(layout, "--check")
+    if option is not None:
+        i = args.index(option)
+        del args[i:i + 2]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", env_name)}
+    env["PYTHONPATH"] = str(site)
+    if env_value is not None:
+        env[env_name] = env_value
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
+                          cwd=layout["tmp"], env=env)
+
+
 @pytest.mark.parametrize("how", ["nothing", "bundles-dir", "env"])
 def test_installed_launcher_needs_a_bundles_folder_and_says_which(layout, how):
     """Installed outside the repository there is no bundles/ beside the package: without --bundles-dir (or
     MEDCNN_BUNDLES_DIR) the launcher says what to pass; with either it serves those bundles, and the server's
     PYTHONPATH does not get the installing environment's site-packages."""
-    import os
-
-    site = _installed_copy(layout["tmp"] / "site-packages")
-    args = _args(layout, "--check")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", launcher.BUNDLES_ENV)}
-    env["PYTHONPATH"] = str(site)
-    if how != "bundles-dir":
-        i = args.index("--bundles-dir")
-        del args[i:i + 2]
-    if how == "env":
-        env[launcher.BUNDLES_ENV] = str(layout["bundles"])
     code = ("import json, sys; from medcnn.monailabel import launcher; assert not launcher.IN_CHECKOUT, "
             "launcher.__file__; rc = launcher.main(sys.argv[1:]); "
             "print(json.dumps({'pythonpath': launcher.server_env({}).get('PYTHONPATH')})); sys.exit(rc)")
-    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
-                         cwd=layout["tmp"], env=env)
+    res = _run_installed(layout, code, launcher.BUNDLES_ENV,
+                         option=None if how == "bundles-dir" else "--bundles-dir",
+                         env_value=str(layout["bundles"]) if how == "env" else None)
     if how == "nothing":
         assert res.returncode == 2, res.stderr
         assert "error: no bundles folder" in res.stderr and "--bundles-dir" in res.stderr, res.stderr
@@ -257,20 +265,10 @@ def test_installed_launcher_needs_a_bundles_folder_and_says_which(layout, how):
 def test_installed_launcher_needs_a_monailabel_environment_and_says_which(layout, how):
     """Installed outside the repository, the launcher does not invent <site-packages>/../.venv-monailabel: without
     --venv (or MEDCNN_MONAILABEL_VENV) it says what to pass; with the variable it uses that environment."""
-    import os
-
-    site = _installed_copy(layout["tmp"] / "site-packages")
-    args = _args(layout, "--check")
-    i = args.index("--venv")
-    del args[i:i + 2]
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", launcher.VENV_ENV)}
-    env["PYTHONPATH"] = str(site)
-    if how == "env":
-        env[launcher.VENV_ENV] = str(layout["venv"])
     code = ("import sys; from medcnn.monailabel import launcher; assert not launcher.IN_CHECKOUT, "
             "launcher.__file__; sys.exit(launcher.main(sys.argv[1:]))")
-    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
-                         cwd=layout["tmp"], env=env)
+    res = _run_installed(layout, code, launcher.VENV_ENV, option="--venv",
+                         env_value=str(layout["venv"]) if how == "env" else None)
     if how == "nothing":
         assert res.returncode == 2, res.stderr
         assert "no MONAI Label environment" in res.stderr and "--venv" in res.stderr, res.stderr
