@@ -484,21 +484,14 @@ def main_patient_cv(args: argparse.Namespace) -> int:
             (run_dir / "cv.json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
             print(f"{name} fold {i}: {fold['epochs']} epochs ({fold['train_s']} s, load {load}), best epoch "
                   f"{fold['best_epoch']}", flush=True)
-        summary = summarise_patient_cv(run_dir, cams=() if args.no_cam else CV_CAM_NAMES)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
-        print_patient_cv(name, summary)
+        _summarise_run(run_dir, name, args.no_cam)
     for item in args.ensemble:
         name, value = item.split("=", 1)
-        run_dir = ensemble_run(args.out, name, value.split("+"))
-        summary = summarise_patient_cv(run_dir, cams=() if args.no_cam else CV_CAM_NAMES)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
-        print_patient_cv(name, summary)
+        _summarise_run(ensemble_run(args.out, name, value.split("+")), name, args.no_cam)
     record: dict = {"bundle": args.bundle, "n_folds": args.folds, "note": args.note, "recipes": {}}
     for name in args.summarise:
         run_dir = args.out / name
-        summary = summarise_patient_cv(run_dir, cams=() if args.no_cam else CV_CAM_NAMES)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
-        print_patient_cv(name, summary)
+        summary = _summarise_run(run_dir, name, args.no_cam)
         meta = json.loads((run_dir / "cv.json").read_text()) if (run_dir / "cv.json").is_file() else {}
         record["recipes"][name] = {"overrides": meta.get("overrides"), "command": meta.get("command"),
                                    "folds": gather_folds(run_dir, meta.get("folds", [])), "summary": summary}
@@ -531,6 +524,14 @@ def merge_record(path: Path, record: dict) -> dict:
     merged["note"] = " ".join(dict.fromkeys(notes))  # the same note twice (a re-run) is kept once
     merged["recipes"] = {**old["recipes"], **record["recipes"]}
     return merged
+
+
+def _summarise_run(run_dir: Path, name: str, no_cam: bool) -> dict:
+    """Summarise a recipe run (:func:`summarise_patient_cv`), write its ``summary.json`` and print it."""
+    summary = summarise_patient_cv(run_dir, cams=() if no_cam else CV_CAM_NAMES)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    print_patient_cv(name, summary)
+    return summary
 
 
 def gather_folds(run_dir: Path, earlier: list[dict]) -> list[dict]:
@@ -570,8 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only_folds", nargs="+", type=int, default=None, metavar="I",
                         help="--bundle: run only these fold indices (added to an earlier run of the recipe in --out)")
     parser.add_argument("--ensemble", action="append", default=[], metavar="NAME=RECIPE+RECIPE[+...]",
-                        help="--bundle: make recipe run NAME in --out, the ensemble (mean log-odds, mean CAM) of "
-                             "finished recipe runs, on the folds all of them have; summarise it with --summarise")
+                        help="--bundle: make and summarise recipe run NAME in --out, the ensemble (mean log-odds, "
+                             "mean CAM) of finished recipe runs on the folds all of them have (record it with "
+                             "--summarise NAME --record)")
     parser.add_argument("--summarise", nargs="*", default=[], metavar="RECIPE",
                         help="--bundle: re-summarise finished recipe runs in --out")
     parser.add_argument("--record", type=Path, default=None,
