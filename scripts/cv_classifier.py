@@ -297,6 +297,10 @@ ENSEMBLE_MEAN_KEYS = ("whole", "flip")  # per-slice log-odds; the mean over memb
 ENSEMBLE_SAME_KEYS = ("label", "case", "z", "native_masks", "masks")  # must be identical in every member
 
 
+def _cam_key(key: str) -> bool:
+    return key.startswith("cam:") or key in ("masks", "native_masks")
+
+
 def ensemble_run(out: Path, name: str, members: list[str]) -> Path:
     """Write ``<out>/<name>``, the ensemble of finished recipe runs ``<out>/<member>``, fold by fold.
 
@@ -318,7 +322,16 @@ def ensemble_run(out: Path, name: str, members: list[str]) -> Path:
     for fold in common:
         arrays = [dict(np.load(out / m / fold / "heldout.npz")) for m in members]
         merged: dict = {}
+        # CAM heatmaps and the masks they are scored on are optional (a member run with --no_cam has none): the
+        # ensemble keeps those every member has
+        optional = [{k for k in a if _cam_key(k)} for a in arrays]
+        kept = set.intersection(*optional)
+        dropped = sorted(set.union(*optional) - kept)
+        if dropped:
+            meta.setdefault("cams_not_in_every_member", dropped)
         for key in arrays[0]:
+            if _cam_key(key) and key not in kept:
+                continue
             values = [a.get(key) for a in arrays]
             for m, v in zip(members[1:], values[1:], strict=True):
                 if v is None or v.shape != values[0].shape:

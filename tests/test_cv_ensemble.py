@@ -16,12 +16,12 @@ BUNDLE = "lgg_tumour_localisation"
 LABEL = np.asarray([0, 0, 1, 1])
 
 
-def _member(out: Path, name: str, whole: list[float], z=(0, 1, 2, 3), train_s: float = 10.0) -> None:
+def _member(out: Path, name: str, whole: list[float], z=(0, 1, 2, 3), train_s: float = 10.0, cams: bool = True) -> None:
     d = out / name / "fold0"
     d.mkdir(parents=True)
+    cam = {"cam:layercam:blocks.0": np.full((2, 1, 4, 4), float(whole[2]), dtype=np.float16)} if cams else {}
     np.savez(d / "heldout.npz", whole=np.asarray(whole), flip=np.asarray(whole), label=LABEL,
-             case=np.asarray(["P"] * 4), z=np.asarray(z),
-             **{"cam:layercam:blocks.0": np.full((2, 1, 4, 4), float(whole[2]), dtype=np.float16)})
+             case=np.asarray(["P"] * 4), z=np.asarray(z), **cam)
     (d / "fold.json").write_text(json.dumps({"heldout_patients": ["P"], "epochs": 5, "train_s": train_s}))
 
 
@@ -40,6 +40,17 @@ def test_the_ensemble_scores_the_mean_log_odds_and_beats_both_members(tmp_path):
     assert auc == {"a": 0.75, "b": 0.75, "ab": 1.0}
     fold = json.loads((tmp_path / "ab" / "fold0" / "fold.json").read_text())
     assert fold["members"] == ["a", "b"] and fold["train_s"] == 20.0  # both members' training time
+
+
+def test_a_member_trained_without_cams_gives_an_ensemble_of_the_scores_only(tmp_path):
+    _member(tmp_path, "a", [-1.0, 2.0, 1.0, 3.0])
+    _member(tmp_path, "b", [-1.0, -3.0, 1.0, -2.0], cams=False)
+    cv_script().main(["--bundle", BUNDLE, "--out", str(tmp_path), "--no_cam", "--ensemble", "ab=a+b"])
+    merged = np.load(tmp_path / "ab" / "fold0" / "heldout.npz")
+    np.testing.assert_allclose(merged["whole"], [-1.0, -0.5, 1.0, 0.5])
+    assert not [k for k in merged.files if k.startswith("cam:")]
+    dropped = json.loads((tmp_path / "ab" / "cv.json").read_text())["cams_not_in_every_member"]
+    assert dropped == ["cam:layercam:blocks.0"]
 
 
 def test_members_that_scored_other_slices_are_refused_naming_the_file(tmp_path):
