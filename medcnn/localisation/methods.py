@@ -24,6 +24,7 @@ from torch import nn
 
 __all__ = [
     "CAMMethod",
+    "EnsembleCAM",
     "MonaiCAM",
     "GradCAMPackageCAM",
     "CAM_METHODS",
@@ -46,6 +47,8 @@ def resolve_target_layer(model: nn.Module, target_layer: str | None) -> str:
     Raises:
         ValueError: naming the layer and listing valid choices when it does not exist.
     """
+    if _is_ensemble(model):  # a layer of an ensemble is named as in its members
+        return resolve_target_layer(model.members[0], target_layer)
     if target_layer is None:
         target_layer = getattr(model, "cam_target_layer_name", None)
         if target_layer is None:
@@ -58,6 +61,12 @@ def resolve_target_layer(model: nn.Module, target_layer: str | None) -> str:
             choices = [n for n in names if n][:30]
         raise ValueError(f"unknown CAM target_layer {target_layer!r}; choose a module name such as {choices}")
     return target_layer
+
+
+def _is_ensemble(model: nn.Module) -> bool:
+    from medcnn.networks.ensemble import ClassifierEnsemble
+
+    return isinstance(model, ClassifierEnsemble)
 
 
 def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
@@ -280,6 +289,34 @@ CAM_DISPLAY_NAMES = {
 }
 
 
+class EnsembleCAM:
+    """The CAM of a :class:`medcnn.networks.ClassifierEnsemble`: the map of its ``cam_member``, or (``cam_member``
+    None) the mean of all members' maps (each normalised to [0, 1] by its method) normalised again; every member
+    maps the same class (the ensemble's prediction when ``class_idx`` is None). It is called like a
+    :class:`CAMMethod` and has its ``name``, ``target_layer`` (named as in a member) and ``spatial_dims``."""
+
+    def __init__(self, model: nn.Module, method: str, target_layer: str | None = None) -> None:
+        self.model = model
+        members = list(model.members) if model.cam_member is None else [model.members[model.cam_member]]
+        self.methods = [CAM_METHODS[method](m, target_layer) for m in members]
+        self.name = self.methods[0].name
+        self.target_layer = self.methods[0].target_layer
+        self.spatial_dims = self.methods[0].spatial_dims
+
+    def __call__(self, images: torch.Tensor, class_idx: int | Sequence[int] | None = None) -> torch.Tensor:
+        if class_idx is None:
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    device = next(self.model.parameters()).device
+                    class_idx = self.model(torch.as_tensor(images).float().to(device)).argmax(dim=1).tolist()
+            finally:
+                self.model.train(was_training)
+        maps = torch.stack([method(images, class_idx) for method in self.methods]).mean(dim=0)
+        return normalise_maps(maps)
+
+
 def cam_display_name(method: str | None) -> str:
     """The name a report gives ``method`` (a key of ``CAM_METHODS``); ``"CAM"`` when it is not known."""
     return CAM_DISPLAY_NAMES.get(str(method).lower(), "CAM") if method else "CAM"
@@ -307,4 +344,6 @@ def get_cam_method(name: str, model: nn.Module, target_layer: str | None = None)
     key = str(name).lower()
     if key not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {name!r}; choose one of {sorted(CAM_METHODS)}")
+    if _is_ensemble(model):
+        return EnsembleCAM(model, key, target_layer)
     return CAM_METHODS[key](model, target_layer)

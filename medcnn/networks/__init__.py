@@ -1,6 +1,7 @@
 """medcnn.networks."""
 
 from medcnn.networks.classic_cnn import ClassicCNN, small_image_classifier
+from medcnn.networks.ensemble import ClassifierEnsemble, assemble_ensemble, checkpoint_members, ensemble_or_member
 from medcnn.networks.gate import BrainFractionGate, brain_fraction, slice_classifier
 from medcnn.networks.resnet_classifier import ResNetClassifier
 from medcnn.networks.segmentation import (
@@ -25,6 +26,10 @@ __all__ = [
     "ClassicCNN",
     "small_image_classifier",
     "ResNetClassifier",
+    "ClassifierEnsemble",
+    "ensemble_or_member",
+    "assemble_ensemble",
+    "checkpoint_members",
     "SEGMENTATION_NETWORKS",
     "SEGMENTATION_NETWORKS_3D",
     "FlipEnsembleInferer",
