@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "report": "medcnn.report.pdf:add_parser",
     "predict": "medcnn.predict:add_parser",
     "monailabel": "medcnn.monailabel.launcher:add_parser",
+    "train-ensemble": "medcnn.train_ensemble:add_parser",
 }
 
 

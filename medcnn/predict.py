@@ -414,10 +414,12 @@ class BundlePredictor:
         if post is not None:
             post = Compose([t for t in post.transforms if not isinstance(t, SaveImaged)])
         slice_key = next((t.index_key for t in preprocessing.transforms if isinstance(t, SelectSliced)), None)
-        network = parser.get_parsed_content("network_def", instantiate=True).to(dev)
         weights = Path(weights) if weights else bundle_dir / "models" / "model.pt"
         if not weights.is_file():
             raise FileNotFoundError(f"bundle {bundle_dir}: weights {weights} not found")
+        if parser.get("ckpt_path") is not None:  # a network_def that depends on its checkpoint (an ensemble's size)
+            parser["ckpt_path"] = str(weights)
+        network = parser.get_parsed_content("network_def", instantiate=True).to(dev)
         state = torch.load(weights, map_location=dev, weights_only=True)
         network.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
         network.eval()

@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         key, value = item.split("=", 1)
         config[key] = json.loads(value)
-    net = config.get_parsed_content("network_def")
+    from medcnn.networks import checkpoint_members, ensemble_or_member
+
+    # the committed weights may be an ensemble of train.json networks (its size is read from the checkpoint)
+    net = ensemble_or_member(config.get_parsed_content("network_def"), checkpoint_members(ckpt))
     net.load_state_dict(torch.load(ckpt, weights_only=True, map_location="cpu"))
     net.eval()
     validation = config.get_parsed_content(args.dataset_id)
