@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["member_command", "train_ensemble", "add_parser"]
+__all__ = ["member_command", "member_summary", "train_ensemble", "add_parser"]
 
 
 def member_command(bundle_root: Path, seed: int, member_dir: Path, extra: list[str] | None = None,
@@ -46,6 +46,24 @@ def _default_seeds(bundle_root: Path) -> list[int]:
         raise ValueError(f"{path}: no 'ensemble_seeds' list of integers: this bundle's inference does not load an "
                          "ensemble; pass --seeds")
     return seeds
+
+
+def member_summary(curves_path: Path) -> dict:
+    """Epochs run, the best validation loss and its epoch, and the other validation figures at that epoch, from
+    a member's ``curves.json`` (what :class:`medcnn.handlers.TrainingCurvesHandler` writes); ``{}`` without it."""
+    if not curves_path.is_file():
+        return {}
+    curves = json.loads(curves_path.read_text())
+    losses, epochs = curves.get("val_loss") or [], curves.get("val_loss_x") or []
+    summary: dict = {"epochs": len(curves.get("epoch") or [])}
+    if losses:
+        best = min(range(len(losses)), key=losses.__getitem__)
+        summary.update(best_epoch=epochs[best], best_val_loss=round(float(losses[best]), 4))
+        for name in ("val_auc", "val_accuracy", "val_dice"):
+            x = curves.get(f"{name}_x") or []
+            if epochs[best] in x:
+                summary[f"{name}_at_best"] = round(float(curves[name][x.index(epochs[best])]), 4)
+    return summary
 
 
 def train_ensemble(bundle_root: str | os.PathLike, seeds: list[int] | None = None,
@@ -92,11 +110,13 @@ def train_ensemble(bundle_root: str | os.PathLike, seeds: list[int] | None = Non
             raise FileNotFoundError(f"train-ensemble: member seed {seed} finished without {model}; see {log_path}")
         curves = member_dir / "curves.json"
         record = {"seed": seed, "model": str(model), "log": str(log_path), "wall_s": round(time.time() - start, 1),
-                  "torch_threads": threads, "command": cmd, "resumed": resume}
+                  "torch_threads": threads, "command": cmd, "resumed": resume, **member_summary(curves)}
         if curves.is_file():
             record["curves"] = str(curves)
         record_path.write_text(json.dumps(record, indent=1) + "\n")
-        log(f"member seed {seed}: done in {record['wall_s']:.0f} s")
+        # one line per member: a seed that trained badly shows here, not only in its log
+        figures = ", ".join(f"{k} {v}" for k, v in record.items() if k.startswith(("epochs", "best_", "val_")))
+        log(f"member seed {seed}: done in {record['wall_s']:.0f} s ({figures})")
         return record
 
     start = time.time()

@@ -130,6 +130,13 @@ def test_train_ensemble_trains_members_with_train_json_and_evaluate_json_loads_t
                  "--output_dir", str(out), "--jobs", "2", "--", *overrides]) == 0
     record = json.loads((out / "ensemble.json").read_text())
     assert record["seeds"] == [0, 1] and [m["seed"] for m in record["members"]] == [0, 1]
+    for m in record["members"]:  # each member's own training as its curves recorded it, also printed
+        curves = json.loads((out / f"member_{m['seed']}" / "curves.json").read_text())
+        best = curves["val_loss"].index(min(curves["val_loss"]))
+        assert (m["epochs"], m["best_epoch"]) == (2, curves["val_loss_x"][best])
+        assert m["best_val_loss"] == pytest.approx(curves["val_loss"][best], abs=1e-4)
+        assert m["val_auc_at_best"] == pytest.approx(curves["val_auc"][best], abs=1e-4)
+    assert capsys.readouterr().out.count("epochs 2, best_epoch") == 2
     member_states = [torch.load(out / f"member_{s}" / "models" / "model.pt", weights_only=True) for s in (0, 1)]
     ens_state = torch.load(out / "models" / "model.pt", weights_only=True)
     for k, state in enumerate(member_states):
