@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle_root, read_metrics, run_workflow
+from bundle_helpers import bundle_root, make_workflow, read_metrics, run_workflow
 from test_bundle_lgg_localisation import TINY, make_synthetic_patients
 
 from medcnn.localisation.methods import get_cam_method, normalise_maps
@@ -175,3 +176,32 @@ def test_train_ensemble_trains_members_with_train_json_and_evaluate_json_loads_t
                  "--output_dir", str(out), "--", *overrides]) == 0
     assert capsys.readouterr().out.count("already trained") == 2
     assert (out / "models" / "model.pt").read_bytes() == before
+    # a member killed after its first epoch (training_state.pt written, no member.json) is resumed by the next call
+    # and ends with the weights of the uninterrupted member
+    from ignite.engine import Events
+
+    uninterrupted = torch.load(out / "member_1" / "models" / "model.pt", weights_only=True)
+    shutil.rmtree(out / "member_1")
+    (out / "models" / "model.pt").unlink()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the command's members run (2 CPUs / 2 jobs), so the arithmetic is the same
+    try:
+        wf = make_workflow("lgg_tumour_localisation", ["train.json"], "train", **tiny, seed=1,
+                           output_dir=str(out / "member_1"))
+        wf.initialize()
+        wf.parser.get_parsed_content("train#trainer").add_event_handler(
+            Events.EPOCH_COMPLETED(once=1), lambda engine: engine.terminate())
+        wf.run()
+        wf.finalize()
+    finally:
+        torch.set_num_threads(threads)
+    assert main(["train-ensemble", "--bundle", str(bundle_root("lgg_tumour_localisation")), "--seeds", "0", "1",
+                 "--output_dir", str(out), "--jobs", "2", "--", *overrides]) == 0
+    assert "member seed 1: resumed" in capsys.readouterr().out
+    resumed = json.loads((out / "member_1" / "member.json").read_text())
+    assert resumed["resumed"] and resumed["epochs"] == 2 and "--resume" in resumed["command"]
+    log = (out / "member_1.log").read_text()  # the first call's training, then the resumed one: epoch 2 only
+    assert "resumed from" in log and log.count("SupervisedTrainer - INFO - Epoch[1] Complete") == 1
+    final = torch.load(out / "member_1" / "models" / "model.pt", weights_only=True)
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(final[name], value, rtol=0, atol=0)
