@@ -4,7 +4,8 @@ Each member is the bundle's own ``configs/train.json`` run at one seed (``python
 --output_dir <output_dir>/member_<k>``), exactly as a single training, with its own early stopping and best-loss
 checkpoint; members run ``--jobs`` at a time, the CPU threads split between them. The members' ``model.pt`` are
 then put together into the state dict of :class:`medcnn.networks.ClassifierEnsemble`, which the bundle's
-``inference.json`` / ``evaluate.json`` load when their ``ensemble_members`` id equals the number of seeds.
+``inference.json`` / ``evaluate.json`` load as an ensemble (they read the number of members from the checkpoint,
+:func:`medcnn.networks.checkpoint_members`).
 
 A member that finished (``member_<k>/member.json`` written) is not trained again when the command is repeated; a
 member that was killed resumes from its ``training_state.pt``. Nothing is overwritten: the ensemble's ``model.pt``

@@ -294,11 +294,12 @@ def run_patient_fold(bundle: Path, recipe: dict, train: list[str], heldout: list
 
 
 ENSEMBLE_MEAN_KEYS = ("whole", "flip")  # per-slice log-odds; the mean over members = log-odds of the mean logits
-ENSEMBLE_SAME_KEYS = ("label", "case", "z", "native_masks", "masks")  # must be identical in every member
+ENSEMBLE_MASK_KEYS = ("native_masks", "masks")  # stored with the CAM heatmaps, absent from --no_cam runs
+ENSEMBLE_SAME_KEYS = ("label", "case", "z", *ENSEMBLE_MASK_KEYS)  # must be identical in every member
 
 
 def _cam_key(key: str) -> bool:
-    return key.startswith("cam:") or key in ("masks", "native_masks")
+    return key.startswith("cam:") or key in ENSEMBLE_MASK_KEYS
 
 
 def ensemble_run(out: Path, name: str, members: list[str]) -> Path:

@@ -5,11 +5,11 @@ with several networks, one evaluator pass per network; the classifiers here are 
 inferer, the CAM handlers, the PDF report, ``medcnn predict``, the MONAI Label model and the TorchScript / ONNX
 export, which all take *one* ``nn.Module``. :class:`ClassifierEnsemble` is that module: one state dict
 (``members.<k>.<member key>``), one forward pass returning the mean of the members' logits (for a two-class
-softmax the log-odds of the mean logits are the mean of the members' log-odds), and a CAM that is the mean of the
-members' CAMs at the same layer (see :func:`medcnn.localisation.methods.get_cam_method`).
+softmax the log-odds of the mean logits are the mean of the members' log-odds), and a CAM that is one chosen
+member's or the mean of the members' CAMs at the same layer (see :func:`medcnn.localisation.methods.get_cam_method`).
 
 The members are trained one by one by the bundle's own ``train.json`` at different seeds and put together with
-:func:`assemble_ensemble` (``scripts/train_ensemble.py`` does both).
+:func:`assemble_ensemble` (``medcnn train-ensemble``, :mod:`medcnn.train_ensemble`, does both).
 """
 
 from __future__ import annotations
@@ -78,15 +78,13 @@ def checkpoint_members(path: str | os.PathLike | None, default: int = 1) -> int:
     of ``K`` members, 1 for one network (e.g. a ``train.json`` run); ``default`` when there is no readable file at
     ``path`` (the checkpoint loader then reports the problem, naming the file). Bundles use it so that the same
     ``evaluate.json`` / ``inference.json`` load the committed ensemble and a user's single training alike."""
-    if path is None or not os.path.isfile(path):
+    from medcnn.networks.weights import CheckpointError, load_weights
+
+    if path is None:
         return int(default)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - unreadable: the checkpoint loader raises the file-named error
-        return int(default)
-    if isinstance(state, dict) and set(state) == {"model"}:
-        state = state["model"]
-    if not isinstance(state, dict):
+        state = load_weights(path, key="model")
+    except CheckpointError:  # missing or unreadable: the checkpoint loader raises the file-named error later
         return int(default)
     members = {k.split(".")[1] for k in state if isinstance(k, str) and k.startswith("members.")}
     return len(members) if members else 1
