@@ -52,6 +52,10 @@ def test_training_draws_tumour_and_brain_slices_from_cached_volumes(cases):
     brain = nib.load(str(cases / "s1" / "brainmask.nii.gz")).get_fdata() > 0.5
     inside = torch.as_tensor(brain)[None, ..., slice_block_indices(16, 4, 4, 2)]
     assert float(vol["image"][:, inside[0]].abs().sum()) > 0 and float(vol["image"][0][~inside[0]].abs().max()) == 0
+    # the draws are random: seed them as the bundle's `run` list does before training, so the counts below are those
+    # of one reproducible draw (unseeded, 40 draws gave 6-15 tumour-free slices in 30 repeats and 4 once in CI)
+    parser.get_parsed_content("train#slice_sampler").set_random_state(seed=0)
+    parser.get_parsed_content("train#preprocessing").set_random_state(seed=0)
     slices = [b for batch in parser.get_parsed_content("train#dataloader") for b in torch.unbind(batch["label"], 0)]
     images = [i for batch in parser.get_parsed_content("train#dataloader") for i in torch.unbind(batch["image"], 0)]
     assert len(slices) == 40 and tuple(slices[0].shape) == (1, 32, 32)
