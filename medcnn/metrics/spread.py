@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["per_item_summary"]
+__all__ = ["per_group_mean", "per_item_summary"]
 
 
 def per_item_summary(values: Sequence[float] | np.ndarray | torch.Tensor, name: str) -> dict[str, float]:
@@ -31,4 +31,25 @@ def per_item_summary(values: Sequence[float] | np.ndarray | torch.Tensor, name: 
         f"{name}_q75": float(q75), f"{name}_max": float(valid.max()),
         f"{name}_below_0.5": float((valid < 0.5).mean()),
     })
+    return out
+
+
+def per_group_mean(
+    values: Sequence[float] | np.ndarray | torch.Tensor, groups: Sequence[str],
+) -> dict[str, float | None]:
+    """Mean of ``values`` per group (e.g. per-slice Dice -> per patient), NaN entries left out; ``None`` for a group
+    with no valid value. ``values`` and ``groups`` are in the same (evaluation) order.
+
+    Raises:
+        ValueError: when the two lengths differ (the figures would be attributed to the wrong group).
+    """
+    arr = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=float)
+    arr = arr.reshape(len(arr), -1)[:, 0] if arr.ndim > 1 else arr
+    if len(arr) != len(groups):
+        raise ValueError(f"per_group_mean: {len(arr)} values for {len(groups)} group labels")
+    out: dict[str, float | None] = {}
+    for g in dict.fromkeys(groups):
+        v = arr[[i for i, x in enumerate(groups) if x == g]]
+        v = v[~np.isnan(v)]
+        out[str(g)] = float(v.mean()) if v.size else None
     return out

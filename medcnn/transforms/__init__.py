@@ -7,6 +7,7 @@ from medcnn.transforms.instances import MembraneToInstances, MembraneToInstances
 from medcnn.transforms.intensity import BrainZScore, BrainZScored, HeadMask, HeadMaskd
 from medcnn.transforms.io import LoadImageChecked, LoadImageCheckedd
 from medcnn.transforms.mask import BinaryMask, BinaryMaskd, MaskPresence, MaskPresenced
+from medcnn.transforms.resize import ResizeToMatchd
 from medcnn.transforms.slices import (
     HemisphereStack,
     HemisphereStackd,
@@ -29,6 +30,7 @@ __all__ = [
     "BinaryMaskd",
     "MaskPresence",
     "MaskPresenced",
+    "ResizeToMatchd",
     "BorderWeightMap",
     "BorderWeightMapd",
     "border_weight_map",
