@@ -127,6 +127,7 @@ def test_resume_without_a_segmenter_state_names_the_file(pseudo_masks, tmp_path)
     ("synthetic_localisation", [["train.json"], ["train.json", "3d.json"], ["train.json", "weak_train_segmenter.json"],
                                 ["train.json", "3d.json", "weak_train_segmenter.json"]]),
     ("brats_tumour_localisation", [["train.json"], ["train.json", "weak_train_segmenter.json"]]),
+    ("lgg_tumour_localisation", [["train.json"], ["train.json", "weak_train_segmenter.json"]]),
 ])
 def test_every_training_of_a_bundle_has_its_own_state_file(name, stacks):
     """With one --ckpt_dir for all of them, the classifier's and each segmenter's training states stay apart, and
