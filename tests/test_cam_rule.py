@@ -102,3 +102,16 @@ def test_dictionary_version_reads_probability_key():
     d = t({"cam": _two_blobs(), "pred": torch.tensor([0.8, 0.2])})
     assert int(d["cam_mask"].sum()) == 0
     assert t.rule.threshold == 0.5
+
+
+def test_a_rule_scaled_to_a_coarser_grid_smooths_the_same_extent():
+    """smooth_sigma is in pixels: chosen on 256 x 256 masks, applied to 128 x 128 heatmaps, it halves; the rest of
+    the rule does not depend on the grid."""
+    from medcnn.localisation import CAMRule
+
+    rule = CAMRule(method="layercam", threshold=0.2, largest_component=True, smooth_sigma=4.0)
+    coarse = rule.scaled_to_grid(256, 128)
+    assert coarse.smooth_sigma == 2.0 and coarse.threshold == 0.2 and coarse.largest_component
+    assert rule.smooth_sigma == 4.0  # the rule itself is unchanged
+    with pytest.raises(ValueError, match="sizes must be > 0"):
+        rule.scaled_to_grid(0, 128)

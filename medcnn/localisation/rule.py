@@ -141,6 +141,18 @@ class CAMRule:
 
         return get_cam_method(self.method, network, self.target_layer)
 
+    def scaled_to_grid(self, from_size: float, to_size: float) -> CAMRule:
+        """This rule for heatmaps on another grid: ``smooth_sigma`` (pixels) scaled by ``to_size / from_size``.
+
+        A rule chosen with Dice on the native mask grid (heatmaps resized to it before smoothing) and applied on the
+        network grid (e.g. pseudo-masks at 128 x 128 of 256 x 256 slices) needs half the smoothing in pixels to
+        smooth the same extent of anatomy. The threshold (a fraction of each heatmap's maximum) and the largest
+        component do not depend on the grid.
+        """
+        if float(from_size) <= 0 or float(to_size) <= 0:
+            raise ValueError(f"CAMRule.scaled_to_grid: sizes must be > 0 pixels, got {from_size!r} -> {to_size!r}")
+        return dataclasses.replace(self, smooth_sigma=self.smooth_sigma * float(to_size) / float(from_size))
+
     def check(self, network: nn.Module) -> CAMRule:
         """Raise a ``ValueError`` naming the parameter when the method or layer does not exist in ``network``."""
         from medcnn.localisation.methods import CAM_METHODS, resolve_target_layer
