@@ -6,6 +6,8 @@ the pipeline never reads them), before and after each refinement step, with the 
         --out bundles/synthetic_localisation/docs/weak_pseudo_masks_2d.json
     OMP_NUM_THREADS=1 MEDCNN_DATA_DIR=... python scripts/weak_pseudo_mask_table.py --bundle brats_tumour_localisation \
         --select --out bundles/brats_tumour_localisation/docs/weak_pseudo_masks.json
+    OMP_NUM_THREADS=1 MEDCNN_DATA_DIR=... python scripts/weak_pseudo_mask_table.py --bundle lgg_tumour_localisation \
+        --select --out bundles/lgg_tumour_localisation/docs/weak_pseudo_masks.json
 """
 
 from __future__ import annotations
@@ -36,12 +38,18 @@ _BRATS_ITEMS = (
     "monai.transforms.Resized(['image', 'mask'], spatial_size=@spatial_size, mode=['area', 'nearest'])]), "
     "with_coordinates=False)"
 )
+#: LGG slices of the training or validation patients with their FLAIR-abnormality mask (``mask``) and slice label
+#: (``label``, mask not empty) on the classifier's grid, read through the classifier's load + resize transforms
+_LGG_ITEMS = ("$monai.data.Dataset(medcnn.data.lgg.lgg_datalist(@dataset_dir, @{patients}), "
+              "monai.transforms.Compose(@load_transforms + @resize_transforms))")
 #: per bundle: the config id (or expression) of the validation items, of the training items with their masks
 #: (None: ``pseudo_mask_items``), and of the transform that brings items (image + mask) to the classifier's grid
 #: (None: items are already on it)
 BUNDLE_ITEMS = {
     "synthetic_localisation": ("validate#dataset#data", None, None),
     "brats_tumour_localisation": (_BRATS_ITEMS.format(val=True), _BRATS_ITEMS.format(val=False), None),
+    "lgg_tumour_localisation": (_LGG_ITEMS.format(patients="validation_patients"),
+                                _LGG_ITEMS.format(patients="train_patients"), None),
 }
 
 def _crf(spatial: float, intensity: float, weight: float, image_sigma: float = 0.0) -> list[dict]:
@@ -55,7 +63,8 @@ def _crf(spatial: float, intensity: float, weight: float, image_sigma: float = 0
 CRF_CANDIDATES = {
     2: {"raw CAM": [], "crf s3 i0.5 w3": _crf(3, 0.5, 3), "crf s5 i0.5 w3": _crf(5, 0.5, 3),
         "crf s5 i1 w3": _crf(5, 1, 3), "crf s8 i0.5 w5": _crf(8, 0.5, 5),
-        "crf s5 i0.5 w3 c0.6": [{**_crf(5, 0.5, 3)[0], "confidence": 0.6}]},
+        "crf s5 i0.5 w3 c0.6": [{**_crf(5, 0.5, 3)[0], "confidence": 0.6}],
+        "crf s12 i0.5 w5": _crf(12, 0.5, 5), "crf s8 i0.5 w8": _crf(8, 0.5, 8)},
     3: {"raw CAM": [], "crf s1 i0.5 w1": _crf(1, 0.5, 1), "crf s1.5 i0.5 w1": _crf(1.5, 0.5, 1),
         "crf s2 i0.5 w1": _crf(2, 0.5, 1), "crf s1.5 i0.5 w2": _crf(1.5, 0.5, 2),
         "crf s1.5 i0.5 w3": _crf(1.5, 0.5, 3), "crf s2 i0.5 w2": _crf(2, 0.5, 2),

@@ -26,12 +26,12 @@ TINY = {"spatial_size": [32, 32], "network_def#num_blocks": 3, "batch_size": 8, 
 FEW_TEST_PATIENTS = ["TCGA_CS_5393_19990606", "TCGA_HT_7694_19950404"]
 
 
-def make_synthetic_patients(root: Path) -> dict:
-    """Four synthetic patients of 12 slices (tumour on slices 3-8) in ``root`` and a split file (2 train, 1
-    validation, 1 test); returns the overrides that point the bundle at them."""
+def make_synthetic_patients(root: Path, size: int = 32) -> dict:
+    """Four synthetic patients of 12 slices of ``size`` x ``size`` (tumour on slices 3-8) in ``root`` and a split
+    file (2 train, 1 validation, 1 test); returns the overrides that point the bundle at them."""
     names = [f"TCGA_S{i}_000{i}_20000101" for i in range(4)]
     for i, name in enumerate(names):
-        make_patient(root, name, n_slices=12, tumour=range(3, 9), seed=i)
+        make_patient(root, name, n_slices=12, tumour=range(3, 9), size=size, seed=i)
     split = root / "split.json"
     split.write_text(json.dumps({"train": names[:2], "validation": names[2:3], "test": names[3:]}))
     return {"dataset_dir": str(root), "split_file": str(split)}
