@@ -23,6 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from medcnn.handlers.checkpoint import training_state_completed
+
 __all__ = ["member_command", "member_summary", "train_ensemble", "add_parser"]
 
 
@@ -96,28 +98,38 @@ def train_ensemble(bundle_root: str | os.PathLike, seeds: list[int] | None = Non
         if record_path.is_file():
             log(f"member seed {seed}: already trained ({record_path}), kept")
             return json.loads(record_path.read_text())
-        resume = (member_dir / "models" / "training_state.pt").is_file()
-        cmd = member_command(bundle_root, seed, member_dir, extra, resume)
-        member_dir.mkdir(parents=True, exist_ok=True)
-        log_path = out / f"member_{seed}.log"
-        log(f"member seed {seed}: {'resumed' if resume else 'started'}, log {log_path}")
-        start = time.time()
-        with open(log_path, "a") as f:
-            code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=bundle_root)
-        if code != 0:
-            raise RuntimeError(f"train-ensemble: member seed {seed} failed (exit code {code}); see {log_path}")
+        state = member_dir / "models" / "training_state.pt"
         model = member_dir / "models" / "model.pt"
+        resume = state.is_file()
+        cmd = member_command(bundle_root, seed, member_dir, extra, resume)
+        log_path = out / f"member_{seed}.log"
+        start = time.time()
+        # killed after its training ended but before its record was written: the training is not run again (a
+        # resumed early-stopped run would train past its stop); the record is written from what the run left
+        ended = resume and model.is_file() and training_state_completed(state)
+        if ended:
+            log(f"member seed {seed}: its training had ended ({state}), record written now")
+        else:
+            member_dir.mkdir(parents=True, exist_ok=True)
+            log(f"member seed {seed}: {'resumed' if resume else 'started'}, log {log_path}")
+            with open(log_path, "a") as f:
+                code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=bundle_root)
+            if code != 0:
+                raise RuntimeError(f"train-ensemble: member seed {seed} failed (exit code {code}); see {log_path}")
         if not model.is_file():
             raise FileNotFoundError(f"train-ensemble: member seed {seed} finished without {model}; see {log_path}")
         curves = member_dir / "curves.json"
-        record = {"seed": seed, "model": str(model), "log": str(log_path), "wall_s": round(time.time() - start, 1),
-                  "torch_threads": threads, "command": cmd, "resumed": resume, **member_summary(curves)}
+        record = {"seed": seed, "model": str(model), "log": str(log_path),
+                  "wall_s": None if ended else round(time.time() - start, 1), "torch_threads": threads,
+                  "command": cmd, "resumed": resume and not ended, "record_written_after_the_run": ended,
+                  **member_summary(curves)}
         if curves.is_file():
             record["curves"] = str(curves)
         record_path.write_text(json.dumps(record, indent=1) + "\n")
         # one line per member: a seed that trained badly shows here, not only in its log
         figures = ", ".join(f"{k} {v}" for k, v in record.items() if k.startswith(("epochs", "best_", "val_")))
-        log(f"member seed {seed}: done in {record['wall_s']:.0f} s ({figures})")
+        took = "trained earlier" if ended else f"done in {record['wall_s']:.0f} s"
+        log(f"member seed {seed}: {took} ({figures})")
         return record
 
     start = time.time()

@@ -92,3 +92,14 @@ def error_messages(exc: BaseException) -> str:
         messages.append(f"{type(exc).__name__}: {exc}")
         exc = exc.__cause__
     return "\n".join(messages)
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL right after an epoch's training state was written (``engine.terminate()`` would not: it
+    ends the run, as an early stop does, and the training state records that the run ended)."""
+
+
+def kill(engine) -> None:
+    """An Ignite handler that 'kills' the run: attach it after the bundle's handlers, e.g. at
+    ``Events.EPOCH_COMPLETED(once=k)``; ``run()`` then raises an error whose chain contains :class:`Killed`."""
+    raise Killed(f"after epoch {engine.state.epoch}")

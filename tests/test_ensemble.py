@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle_root, make_workflow, read_metrics, run_workflow
+from bundle_helpers import bundle_root, error_messages, kill, make_workflow, read_metrics, run_workflow
 from test_bundle_lgg_localisation import TINY, make_synthetic_patients
 
 from medcnn.localisation.methods import get_cam_method, normalise_maps
@@ -189,9 +189,10 @@ def test_train_ensemble_trains_members_with_train_json_and_evaluate_json_loads_t
         wf = make_workflow("lgg_tumour_localisation", ["train.json"], "train", **tiny, seed=1,
                            output_dir=str(out / "member_1"))
         wf.initialize()
-        wf.parser.get_parsed_content("train#trainer").add_event_handler(
-            Events.EPOCH_COMPLETED(once=1), lambda engine: engine.terminate())
-        wf.run()
+        wf.parser.get_parsed_content("train#trainer").add_event_handler(Events.EPOCH_COMPLETED(once=1), kill)
+        with pytest.raises(Exception) as info:  # a kill: engine.terminate() would mark the run as ended
+            wf.run()
+        assert "Killed" in error_messages(info.value)
         wf.finalize()
     finally:
         torch.set_num_threads(threads)
@@ -205,3 +206,16 @@ def test_train_ensemble_trains_members_with_train_json_and_evaluate_json_loads_t
     final = torch.load(out / "member_1" / "models" / "model.pt", weights_only=True)
     for name, value in uninterrupted.items():
         torch.testing.assert_close(final[name], value, rtol=0, atol=0)
+    # a member killed after its training ended but before its record was written: the next call writes the record
+    # from the finished run and does not train it again (a resumed early-stopped run would train past its stop)
+    (out / "member_1" / "member.json").unlink()
+    (out / "models" / "model.pt").unlink()
+    weights = (out / "member_1" / "models" / "model.pt").read_bytes()
+    log_before = (out / "member_1.log").read_text()
+    assert main(["train-ensemble", "--bundle", str(bundle_root("lgg_tumour_localisation")), "--seeds", "0", "1",
+                 "--output_dir", str(out), "--", *overrides]) == 0
+    assert "member seed 1: its training had ended" in capsys.readouterr().out
+    record = json.loads((out / "member_1" / "member.json").read_text())
+    assert record["record_written_after_the_run"] and not record["resumed"] and record["epochs"] == 2
+    assert (out / "member_1" / "models" / "model.pt").read_bytes() == weights
+    assert (out / "member_1.log").read_text() == log_before  # nothing was run

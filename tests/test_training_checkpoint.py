@@ -194,3 +194,40 @@ def test_random_state_from_another_process_count_is_not_restored_and_says_so(tmp
     assert torch.equal(torch.get_rng_state(), moved)
     handler._restore_random_state(two_ranks[:1], Engine(lambda e, b: None))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_run_stopped_early_is_recorded_as_ended_and_not_resumed_past_its_stop(tmp_path):
+    """An early stop (the trainer terminated by a handler) marks the state as ended: resuming it is refused with the
+    file named, where a killed run (an exception after the same epoch) resumes."""
+    from ignite.engine import Engine, Events
+
+    from medcnn.handlers.checkpoint import TrainingCheckpoint, TrainingCheckpointError, training_state_completed
+
+    def run(path: Path, end, resume: bool = False) -> Engine:
+        torch.manual_seed(0)
+        net = torch.nn.Linear(2, 2)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        engine = Engine(lambda e, b: opt.step())
+        TrainingCheckpoint(path, net, opt, resume=resume).attach(engine)
+        if end is not None:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(once=2), end)
+        engine.run([0, 1, 2], max_epochs=5)
+        return engine
+
+    stopped = tmp_path / "stopped.pt"
+    run(stopped, lambda e: e.terminate())
+    assert torch.load(stopped, weights_only=True)["completed"] and training_state_completed(stopped)
+    with pytest.raises(TrainingCheckpointError, match=rf"{stopped}: the run already ended after epoch 2 of 5 "
+                                                      r"\(stopped early\)"):
+        run(stopped, None, resume=True)
+
+    killed = tmp_path / "killed.pt"
+
+    def die(engine):
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        run(killed, die)
+    assert "completed" not in torch.load(killed, weights_only=True) and not training_state_completed(killed)
+    assert run(killed, None, resume=True).state.epoch == 5  # resumed after epoch 2, ran to the end
+    assert training_state_completed(killed)  # all epochs done

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import BUNDLES, bundle_root, error_messages, make_workflow, run_workflow
+from bundle_helpers import BUNDLES, bundle_root, error_messages, kill, make_workflow, run_workflow
 from ignite.engine import Events
 
 EPOCHS, STOP = 4, 2
@@ -66,8 +66,12 @@ def _train(name: str, overrides: dict, ckpt: Path, stop_after: int | None = None
     assert not wf.check_properties()  # MONAI's bundle contract (it reads the handlers list as config dicts)
     if stop_after is not None:  # attached after the bundle's handlers: runs once the epoch's state is written
         trainer = wf.parser.get_parsed_content("train#trainer")
-        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after), lambda engine: engine.terminate())
-    wf.run()
+        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after), kill)
+        with pytest.raises(Exception) as info:  # a kill, not an ending: engine.terminate() would mark the run ended
+            wf.run()
+        assert "Killed" in error_messages(info.value)
+    else:
+        wf.run()
     wf.finalize()
 
 

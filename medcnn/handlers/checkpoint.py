@@ -28,6 +28,7 @@ __all__ = [
     "atomic_torch_save",
     "capture_random_state",
     "restore_random_state",
+    "training_state_completed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -267,11 +268,22 @@ class TrainingCheckpoint:
                                      and getattr(h, "_key_metric_checkpoint", None) is not None), None)
         self.resume = flag(resume, "TrainingCheckpoint: resume")
         self.map_location = map_location
+        self._completed = False
 
     def attach(self, engine: Engine) -> None:
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+        engine.add_event_handler(Events.COMPLETED, self.mark_completed)
+
+    def mark_completed(self, engine: Engine) -> None:
+        """Write the state once more with ``"completed": True`` when the run ends (all epochs, or stopped early).
+
+        Without it, a run stopped early looks like an interrupted one: resuming it would train past the early stop
+        and end with other weights than the run that stopped.
+        """
+        self._completed = True
+        self.save(engine)
 
     # -- the parts MONAI keeps in private attributes (checked by tests/test_training_checkpoint.py) -----------------
     def _early_stopping(self):
@@ -307,6 +319,8 @@ class TrainingCheckpoint:
         if self._best_saver() is not None:
             saved = self._best_saver().state_dict()["_saved"]
             state["best_checkpoint"] = {"_saved": [(float(p), str(f)) for p, f in saved]}
+        if self._completed:
+            state["completed"] = True
         return state
 
     def save(self, engine: Engine) -> None:
@@ -342,6 +356,10 @@ class TrainingCheckpoint:
         if done >= max_epochs:
             raise TrainingCheckpointError(f"{self.path}: the run already completed {done} of "
                                           f"max_epochs={max_epochs} epochs; raise max_epochs to train further")
+        if state.get("completed"):
+            raise TrainingCheckpointError(f"{self.path}: the run already ended after epoch {done} of {max_epochs} "
+                                          "(stopped early); resuming would train past its early stop. Its best "
+                                          "weights are in place; start a new run to train again")
         if int(trainer["epoch_length"]) != engine.state.epoch_length:
             raise TrainingCheckpointError(f"{self.path}: saved with {trainer['epoch_length']} iterations per epoch, "
                                           f"this run has {engine.state.epoch_length} (different data or batch size)")
@@ -378,6 +396,23 @@ class TrainingCheckpoint:
         if unmatched:
             logger.warning("%s: the augmentation pipeline changed since it was written; these random generators "
                            "were not restored: %s", self.path, ", ".join(unmatched))
+
+
+def training_state_completed(path: str | os.PathLike) -> bool:
+    """Whether the training state file ``path`` records a run that ended (all epochs or an early stop).
+
+    Raises:
+        TrainingCheckpointError: naming the file when it is not a readable medcnn training state.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, zero bytes, not a torch file
+        raise TrainingCheckpointError(f"{path}: not a readable training state ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or "trainer" not in state:
+        raise TrainingCheckpointError(f"{path}: not a medcnn training state file")
+    trainer = state["trainer"]
+    done = int(trainer["iteration"]) // max(1, int(trainer["epoch_length"]))
+    return bool(state.get("completed")) or done >= int(trainer.get("max_epochs") or done + 1)
 
 
 class CheckpointLoader(_MonaiCheckpointLoader):
