@@ -72,6 +72,24 @@ def test_no_pixel_label_of_a_training_slice_is_read(weak_run, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_an_ensemble_classifier_writes_the_pseudo_masks_of_its_cam_member(weak_run, tmp_path):
+    """A medcnn train-ensemble checkpoint is read too (members from the file, CAM of member cam_member): two copies
+    of the committed network give the committed network's pseudo-masks, and the provenance names the ensemble."""
+    from medcnn.networks import assemble_ensemble
+
+    root, data, out = weak_run
+    ensemble = tmp_path / "ensemble.pt"
+    assemble_ensemble([ROOT / "models" / "model.pt"] * 2, ensemble)
+    run_workflow(NAME, PSEUDO, None, output_dir=str(tmp_path / "out"), classifier_path=str(ensemble), **data, **TINY)
+    prov = json.loads((tmp_path / "out" / "pseudo_masks" / "pseudo_masks.json").read_text())
+    assert prov["classifier"]["network"] == "ClassifierEnsemble"
+    assert prov["classifier"]["weights"] == str(ensemble.resolve())
+    for e in json.loads((out / "pseudo_masks" / "pseudo_masks.json").read_text())["training"]:
+        a = nib.load(out / "pseudo_masks" / e["label"]).get_fdata()
+        b = nib.load(tmp_path / "out" / "pseudo_masks" / e["label"]).get_fdata()
+        np.testing.assert_array_equal(a, b)
+
+
 def test_segmenter_validates_on_true_masks_and_keeps_its_own_state(weak_run):
     root, data, out = weak_run
     wf = make_workflow(NAME, SEGMENTER, "train", output_dir=str(root / "other"), **data, **SEG_TINY)
