@@ -8,6 +8,11 @@ the pipeline never reads them), before and after each refinement step, with the 
         --select --out bundles/brats_tumour_localisation/docs/weak_pseudo_masks.json
     OMP_NUM_THREADS=1 MEDCNN_DATA_DIR=... python scripts/weak_pseudo_mask_table.py --bundle lgg_tumour_localisation \
         --select --out bundles/lgg_tumour_localisation/docs/weak_pseudo_masks.json
+
+``--out_of_fold <run>`` (LGG) scores the training patients' pseudo-masks twice: with the committed classifier and
+with, for each patient, the model of the patient-level CV fold that held it out (``scripts/cv_classifier.py --out
+<cv> --recipe <name>=...`` writes ``<cv>/<name>/fold*/{fold.json, model.pt}``): whether the committed classifier's
+CAM is worse on the patients it was trained on than on patients it never fitted.
 """
 
 from __future__ import annotations
@@ -72,6 +77,42 @@ CRF_CANDIDATES = {
 }
 
 
+def _out_of_fold(cv_dir: Path, make_network, committed, train: list, rule, stages: dict) -> dict:
+    """Per stage, the Dice of the training pseudo-masks made by the committed classifier and by the CV fold model
+    that held each patient out (same items, same rule and refinement), overall and per fold; ``make_network()``
+    returns a fresh classifier definition for the fold weights."""
+    folds = sorted(f for f in cv_dir.glob("fold*") if (f / "fold.json").is_file() and (f / "model.pt").is_file())
+    if not folds:
+        raise FileNotFoundError(f"--out_of_fold {cv_dir}: no fold*/fold.json with a model.pt")
+    if any("patient" not in d for d in train):
+        raise ValueError("--out_of_fold needs training items with a 'patient' key (the LGG bundle)")
+    records: dict[str, dict[str, list]] = {s: {"out_of_fold": [], "committed": []} for s in stages}
+    masks, per_fold, covered = [], {}, set()
+    for fold in folds:
+        held = set(json.loads((fold / "fold.json").read_text())["heldout_patients"])
+        items = [d for d in train if d["patient"] in held]
+        if not items:
+            continue
+        covered |= {d["patient"] for d in items}
+        fold_net = load_classifier(make_network(), fold / "model.pt")
+        fold_masks = [d["mask"] for d in items]
+        masks += fold_masks
+        per_fold[fold.name] = {"patients": sorted({d["patient"] for d in items})}
+        for stage, steps in stages.items():
+            for who, net in (("out_of_fold", fold_net), ("committed", committed)):
+                rec = list(compute_pseudo_masks(net, items, rule, steps))
+                records[stage][who] += rec
+                per_fold[fold.name][f"{stage} | {who}"] = pseudo_mask_quality(rec, fold_masks)["dice"]
+        logging.info("%s: %s", fold.name, {k: round(v, 4) for k, v in per_fold[fold.name].items() if k != "patients"})
+    missing = sorted({d["patient"] for d in train} - covered)
+    if missing:
+        raise ValueError(f"--out_of_fold {cv_dir}: no fold holds out the training patients {missing}")
+    overall = {s: {who: pseudo_mask_quality(r, masks) for who, r in by.items()} for s, by in records.items()}
+    for s, by in overall.items():
+        logging.info("%s: out-of-fold Dice %.4f, committed %.4f", s, by["out_of_fold"]["dice"], by["committed"]["dice"])
+    return {"cv_dir": str(cv_dir), "overall": overall, "folds": per_fold}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", choices=sorted(BUNDLE_ITEMS), default="synthetic_localisation")
@@ -79,6 +120,9 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="JSON file of the table (a .md table is written next to it)")
     ap.add_argument("--select", action="store_true", help="also score the CRF candidates on validation images")
     ap.add_argument("--select_only", action="store_true", help="only score the candidates (no training table)")
+    ap.add_argument("--out_of_fold", type=Path, default=None,
+                    help="a cv_classifier.py recipe folder (fold*/fold.json + model.pt): also score the training "
+                         "patients' pseudo-masks made by the fold model that held each patient out")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
@@ -120,6 +164,9 @@ def main() -> None:
         logging.info("%s: training pseudo-mask Dice %.4f, kept-pixel accuracy %.4f, ignored %.1f%%, %.1f images/s",
                      name, row["dice"], row["kept_accuracy"], 100 * row["ignored_fraction"], row["images_per_second"])
     result["training"] = rows
+    if args.out_of_fold is not None:
+        result["out_of_fold"] = _out_of_fold(
+            args.out_of_fold, lambda: parser.get_parsed_content("network_def", lazy=False), net, train, rule, stages)
     result["load_average_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(result, indent=2))
     md = ["| pseudo-masks (training images) | Dice | accuracy of the used pixels | ignored pixels | images/s |",
@@ -131,6 +178,10 @@ def main() -> None:
                "|---|---|---|---|"]
         md += [f"| {r['name']} | {r['dice']:.4f} | {r['kept_accuracy']:.4f} | {100 * r['ignored_fraction']:.1f}% |"
                for r in result["validation"]["table"]]
+    if "out_of_fold" in result:
+        md += ["", "| pseudo-masks (training images) | committed classifier | out-of-fold CV model |", "|---|---|---|"]
+        md += [f"| {s} | {by['committed']['dice']:.4f} | {by['out_of_fold']['dice']:.4f} |"
+               for s, by in result["out_of_fold"]["overall"].items()]
     Path(args.out).with_suffix(".md").write_text("\n".join(md) + "\n")
 
 
