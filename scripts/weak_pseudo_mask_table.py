@@ -13,11 +13,16 @@ the pipeline never reads them), before and after each refinement step, with the 
 with, for each patient, the model of the patient-level CV fold that held it out (``scripts/cv_classifier.py --out
 <cv> --recipe <name>=...`` writes ``<cv>/<name>/fold*/{fold.json, model.pt}``): whether the committed classifier's
 CAM is worse on the patients it was trained on than on patients it never fitted.
+
+``--from_segmenter <round-1 output_dir>`` (LGG) makes the table for a second round: the pseudo-masks come from the
+segmenter that round trained (``configs/weak_pseudo_masks_from_segmenter.json``), and ``--select`` scores the
+refinement candidates with and without the largest component on the validation images.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -123,15 +128,25 @@ def main() -> None:
     ap.add_argument("--out_of_fold", type=Path, default=None,
                     help="a cv_classifier.py recipe folder (fold*/fold.json + model.pt): also score the training "
                          "patients' pseudo-masks made by the fold model that held each patient out")
+    ap.add_argument("--from_segmenter", type=Path, default=None,
+                    help="the --output_dir of a weak -> dense run: pseudo-masks of its segmenter (a second round)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
     root = BUNDLES / args.bundle
     files = [str(root / "configs" / "train.json")] + ([str(root / "configs" / "3d.json")] if args.dims == 3 else [])
     files.append(str(root / "configs" / "weak_pseudo_masks.json"))
+    if args.from_segmenter is not None:
+        files += [str(root / "configs" / f)
+                  for f in ("weak_train_segmenter.json", "weak_pseudo_masks_from_segmenter.json")]
     parser = ConfigParser()
     parser.read_config(files)
     parser["bundle_root"] = str(root)
+    options = {}
+    if args.from_segmenter is not None:
+        parser["previous_round"] = str(args.from_segmenter)
+        parser["output_dir"] = str(Path(args.out).resolve().parent)
+        options = {k: parser.get_parsed_content(f"pseudo_masks#{k}") for k in ("heatmap", "ignore_empty_positives")}
     val_id, train_id, transform_id = BUNDLE_ITEMS[args.bundle]
     parser["weak_table_val_items"] = val_id if val_id.startswith("$") else f"@{val_id}"
     parser["weak_table_train_items"] = train_id or "@pseudo_mask_items"
@@ -140,11 +155,16 @@ def main() -> None:
     net = load_classifier(parser.get_parsed_content("network_def"), parser.get_parsed_content("classifier_path"))
     rule = parser.get_parsed_content("cam_rule")
     chain = parser.get_parsed_content("refinement")
-    result: dict = {"dims": args.dims, "rule": rule.to_dict(), "refinement": chain,
+    result: dict = {"dims": args.dims, "rule": rule.to_dict(), "refinement": chain, **options,
                     "load_average": os.getloadavg(), "threads": torch.get_num_threads()}
     if args.select:
         val = [to_grid(d) for d in parser.get_parsed_content("weak_table_val_items")]
-        result["validation"] = select_refinement(net, val, rule, {**CRF_CANDIDATES[args.dims], "bundle config": chain})
+        candidates = {**CRF_CANDIDATES[args.dims], "bundle config": chain}
+        result["validation"] = select_refinement(net, val, rule, candidates, **options)
+        if args.from_segmenter is not None:  # the segmenter's rule has one more choice: the largest component
+            other = dataclasses.replace(rule, largest_component=not rule.largest_component)
+            result["validation_largest_component_" + str(other.largest_component).lower()] = select_refinement(
+                net, val, other, candidates, **options)
     if args.select_only:
         Path(args.out).write_text(json.dumps(result, indent=2))
         return
@@ -155,7 +175,7 @@ def main() -> None:
     rows = []
     for name, steps in stages.items():
         t0 = time.perf_counter()
-        records = list(compute_pseudo_masks(net, train, rule, steps))
+        records = list(compute_pseudo_masks(net, train, rule, steps, **options))
         seconds = time.perf_counter() - t0
         row = {"stage": name, **pseudo_mask_quality(records, [d["mask"] for d in train]),
                "images": len(records), "seconds": round(seconds, 2),

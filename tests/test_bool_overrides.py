@@ -28,7 +28,8 @@ from test_bundle_coco_segmentation import make_coco_images
 #: the configs a file is layered on in its bundle's model card (default: ``train.json``); ``split.json`` is data
 BASE = {"inference.json": [], "train.json": [], "predict.json": ["inference.json"],
         "instances.json": ["inference.json"],
-        "weak_evaluate_segmenter.json": ["train.json", "weak_train_segmenter.json"]}
+        "weak_evaluate_segmenter.json": ["train.json", "weak_train_segmenter.json"],
+        "weak_pseudo_masks_from_segmenter.json": ["train.json", "weak_pseudo_masks.json", "weak_train_segmenter.json"]}
 NOT_CONFIGS = {"metadata.json", "split.json"}
 
 

@@ -136,6 +136,50 @@ def test_evaluation_scores_the_native_masks_per_patient(weak_run):
     assert len(dice) == 6 and m["dice"] == pytest.approx(float(np.mean(dice)), abs=1e-4)
 
 
+ROUND2 = ["train.json", "weak_pseudo_masks.json", "weak_train_segmenter.json", "weak_pseudo_masks_from_segmenter.json"]
+
+
+def test_a_second_round_writes_the_pseudo_masks_of_the_first_rounds_segmenter(weak_run, tmp_path):
+    """--previous_round: every tumour slice's pseudo-mask is the round-1 segmenter's softmax >= 0.5 on the image the
+    file holds (refinement off here), tumour-free slices stay empty, the provenance names the segmenter; the round
+    never writes into the round it learns from."""
+    from medcnn.weak import file_sha256
+
+    root, data, out = weak_run
+    weights = out / "segmenter" / "model_segmenter.pt"
+    before = {p: p.read_bytes() for p in (out / "pseudo_masks").iterdir()}
+    r2 = tmp_path / "round2"
+    wf = run_workflow(NAME, ROUND2, None, output_dir=str(r2), previous_round=str(out), refinement=[], **data,
+                      **SEG_TINY)
+    prov = json.loads((r2 / "pseudo_masks" / "pseudo_masks.json").read_text())
+    assert prov["heatmap"] == "segmenter" and prov["ignore_empty_positives"] is True
+    assert prov["classifier"]["sha256"] == file_sha256(weights) and prov["rule"]["mode"] == "probability"
+    net = wf.parser.get_parsed_content("network_def", lazy=False).eval()
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    n_tumour_pixels = 0
+    for e in prov["training"]:
+        mask = nib.load(r2 / "pseudo_masks" / e["label"]).get_fdata()
+        if e["class"] == 0:
+            assert not mask.any()
+            continue
+        image = torch.as_tensor(nib.load(r2 / "pseudo_masks" / e["image"]).get_fdata(), dtype=torch.float32)
+        with torch.no_grad():
+            prob = torch.softmax(net(image.permute(2, 0, 1)[None]), 1)[0, 1]  # the file is channels-last
+        np.testing.assert_array_equal(mask > 0, (prob >= 0.5).numpy())
+        n_tumour_pixels += int(mask.sum())
+    assert n_tumour_pixels > 0  # the 3-epoch segmenter finds something: the comparison above means something
+    assert {p: p.read_bytes() for p in (out / "pseudo_masks").iterdir()} == before
+
+    with pytest.raises(Exception) as err:
+        run_workflow(NAME, ROUND2, None, output_dir=str(out), previous_round=str(out), **data, **SEG_TINY)
+    chain, exc = [], err.value
+    while exc is not None:
+        chain.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    assert any(f"--previous_round {out} is this run's --output_dir" in c for c in chain), chain
+    assert {p: p.read_bytes() for p in (out / "pseudo_masks").iterdir()} == before
+
+
 @pytest.mark.slow
 def test_pseudo_masks_of_the_real_training_patients_reproduce_the_model_card(tmp_path, data_dir):
     """The committed classifier's refined pseudo-masks of the 19 training patients, written by the bundle, against

@@ -221,3 +221,72 @@ def test_compute_pseudo_masks_3d(tmp_path):
     records = list(compute_pseudo_masks(net, data, RULE, [{"name": "dense_crf", "iterations": 2}]))
     assert [r["label"].shape for r in records] == [(1, 16, 16, 16)] * 2
     assert sum(int(r["label"].sum()) for r in records if r["class"] == 0) == 0
+
+
+class _FixedSegmenter(torch.nn.Module):
+    """A 'segmenter' whose tumour logit is +4 inside a known square of every image whose mean is > 0, -4 elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        logit = torch.full((x.shape[0], 1, *x.shape[2:]), -4.0)
+        for i in range(x.shape[0]):
+            if float(x[i].mean()) > 0:
+                logit[i, :, 8:16, 8:16] = 4.0
+        return torch.cat([torch.zeros_like(logit), logit * self.scale], 1)
+
+
+PROB_RULE = CAMRule(method="segmenter_softmax", threshold=0.5, mode="probability", decision_threshold=None)
+
+
+def test_a_second_round_takes_the_segmenters_probability_as_the_mask():
+    """heatmap='segmenter': positives get softmax >= 0.5 of the segmenter, negatives stay empty, and a positive whose
+    mask is empty is ignored (weight 0) only when asked."""
+    seg = _FixedSegmenter()
+    items = [{"image": torch.ones(1, 24, 24), "label": 1, "id": "found"},
+             {"image": -torch.ones(1, 24, 24), "label": 1, "id": "missed"},
+             {"image": torch.ones(1, 24, 24), "label": 0, "id": "negative"}]
+    for ignore in (False, True):
+        found, missed, negative = compute_pseudo_masks(seg, items, PROB_RULE, heatmap="segmenter",
+                                                       ignore_empty_positives=ignore)
+        torch.testing.assert_close(found["label"], _square())
+        assert float(found["cam"][0, 10, 10]) == pytest.approx(torch.sigmoid(torch.tensor(4.0)).item(), abs=1e-6)
+        assert found["weight"].min() == 1 and not negative["label"].any() and negative["weight"].min() == 1
+        assert not missed["label"].any()
+        assert float(missed["weight"].max()) == (0.0 if ignore else 1.0)
+
+
+def test_a_second_round_refuses_a_rule_or_source_it_cannot_apply(tmp_path):
+    from medcnn.weak import previous_round_segmenter
+
+    seg, items = _FixedSegmenter(), [{"image": torch.ones(1, 24, 24), "label": 1, "id": "a"}]
+    with pytest.raises(ValueError, match="mode='probability'"):
+        list(compute_pseudo_masks(seg, items, CAMRule(threshold=0.5), heatmap="segmenter"))
+    with pytest.raises(ValueError, match="unknown heatmap source 'softmax'"):
+        list(compute_pseudo_masks(seg, items, PROB_RULE, heatmap="softmax"))
+    with pytest.raises(ValueError, match="probability in \\(0, 1\\], got 1.5"):
+        CAMRule(mode="probability", threshold=1.5)
+    with pytest.raises(ValueError, match="needs --previous_round"):
+        previous_round_segmenter(None, tmp_path / "r2")
+    with pytest.raises(ValueError, match=f"--previous_round {tmp_path} is this run's --output_dir"):
+        previous_round_segmenter(tmp_path, tmp_path)
+    missing = tmp_path / "r1" / "segmenter" / "model_segmenter.pt"
+    with pytest.raises(FileNotFoundError, match=f"no segmenter {missing}"):
+        previous_round_segmenter(tmp_path / "r1", tmp_path / "r2")
+    (tmp_path / "r1" / "segmenter").mkdir(parents=True)
+    (tmp_path / "r1" / "segmenter" / "model_segmenter.pt").write_bytes(b"x")
+    assert previous_round_segmenter(tmp_path / "r1", tmp_path / "r2") == (tmp_path / "r1" / "segmenter" /
+                                                                          "model_segmenter.pt").resolve()
+
+
+def test_probability_mode_thresholds_the_value_not_the_fraction_of_the_peak():
+    from medcnn.localisation import cam_to_mask
+
+    unsure = torch.zeros(1, 8, 8)
+    unsure[0, 2:4, 2:4] = 0.4  # the segmenter never reaches 0.5: nothing is tumour
+    assert not cam_to_mask(unsure, 0.5, mode="probability").any()
+    assert int(cam_to_mask(unsure, 0.5, mode="fraction").sum()) == 4  # relative to its own peak it would be
+    unsure[0, 5, 5] = 0.5
+    assert cam_to_mask(unsure, 0.5, mode="probability").nonzero().tolist() == [[0, 5, 5]]

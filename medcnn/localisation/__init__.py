@@ -15,7 +15,14 @@ Public API:
 The Ignite handler that computes CAM Dice during an evaluation is :class:`medcnn.handlers.cam.CAMDiceHandler`.
 """
 
-from medcnn.localisation.masks import THRESHOLD_MODES, cam_dice, cam_to_mask, resize_heatmaps, select_threshold
+from medcnn.localisation.masks import (
+    MASK_MODES,
+    THRESHOLD_MODES,
+    cam_dice,
+    cam_to_mask,
+    resize_heatmaps,
+    select_threshold,
+)
 from medcnn.localisation.methods import (
     CAM_METHODS,
     CAMMethod,
@@ -31,7 +38,7 @@ from medcnn.localisation.rule import CAMRule, CAMToMask, CAMToMaskd, class_prese
 
 __all__ = [
     "CAM_METHODS", "CAMMethod", "CAMRule", "CAMToMask", "CAMToMaskd", "GradCAMPackageCAM", "MonaiCAM",
-    "THRESHOLD_MODES", "UnsupportedCAMError", "class_present",
+    "MASK_MODES", "THRESHOLD_MODES", "UnsupportedCAMError", "class_present",
     "available_cam_methods", "calibrate_cam", "cam_dice", "cam_to_mask", "evaluate_cam", "get_cam_method",
     "localise", "localise_items", "mask_rule", "resize_heatmaps", "resolve_target_layer", "select_threshold",
 ]

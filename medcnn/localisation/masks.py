@@ -2,8 +2,9 @@
 
 Thresholds: ``mode="fraction"`` keeps voxels ``>= threshold * max`` of each heatmap (heatmaps from
 :func:`medcnn.localisation.localise` are min-max normalised, so this is ``>= threshold``); ``mode="otsu"``
-uses Otsu's threshold of each heatmap (scikit-image), ``threshold`` is then ignored. Dice comes from MONAI's
-``DiceMetric``.
+uses Otsu's threshold of each heatmap (scikit-image), ``threshold`` is then ignored; ``mode="probability"`` keeps
+voxels ``>= threshold`` of maps that are probabilities already (a segmenter's softmax, e.g. a second round of
+pseudo-masks), whatever their maximum. Dice comes from MONAI's ``DiceMetric``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import torch
 from monai.metrics import DiceMetric
 from monai.transforms import GaussianSmooth, KeepLargestConnectedComponent
 
-__all__ = ["THRESHOLD_MODES", "cam_to_mask", "cam_dice", "resize_heatmaps", "select_threshold"]
+__all__ = ["MASK_MODES", "THRESHOLD_MODES", "cam_to_mask", "cam_dice", "resize_heatmaps", "select_threshold"]
 
 logger = logging.getLogger(__name__)
 
+#: the threshold modes chosen among for CAM heatmaps (:func:`select_threshold`)
 THRESHOLD_MODES = ("fraction", "otsu")
+#: every mode :func:`cam_to_mask` applies: the CAM modes and ``"probability"`` (an absolute threshold)
+MASK_MODES = (*THRESHOLD_MODES, "probability")
 
 
 def _as_batch(x: torch.Tensor | np.ndarray, name: str) -> tuple[torch.Tensor, bool]:
@@ -67,16 +71,17 @@ def cam_to_mask(
 
     Args:
         heatmap: non-negative maps (any scale for ``"fraction"``; it is relative to each map's max).
-        threshold: fraction of each map's maximum, in (0, 1]; ignored for ``"otsu"``.
-        mode: ``"fraction"`` or ``"otsu"``.
+        threshold: fraction of each map's maximum (``"fraction"``) or a probability (``"probability"``), in (0, 1];
+            ignored for ``"otsu"``.
+        mode: ``"fraction"``, ``"otsu"`` or ``"probability"``.
         largest_component: keep only the largest connected component of each mask.
         smooth_sigma: Gaussian smoothing of each map before thresholding (MONAI ``GaussianSmooth``), in pixels
             of the map's grid; 0 = none. Suppresses the checkerboard / speckle of fine-layer CAMs.
     """
-    if mode not in THRESHOLD_MODES:
-        raise ValueError(f"unknown threshold mode {mode!r}; choose one of {THRESHOLD_MODES}")
-    if mode == "fraction" and not 0.0 < float(threshold) <= 1.0:
-        raise ValueError(f"threshold must be a fraction of the maximum in (0, 1], got {threshold!r}")
+    if mode not in MASK_MODES:
+        raise ValueError(f"unknown threshold mode {mode!r}; choose one of {MASK_MODES}")
+    if mode != "otsu" and not 0.0 < float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be a fraction of the maximum or a probability in (0, 1], got {threshold!r}")
     if float(smooth_sigma) < 0:
         raise ValueError(f"smooth_sigma must be >= 0 pixels, got {smooth_sigma!r}")
     maps, unbatched = _as_batch(heatmap, "heatmap")
@@ -88,6 +93,8 @@ def cam_to_mask(
         if mode == "fraction":
             peak = float(m.max())
             masks[i] = (m >= float(threshold) * peak) & (m > 0) if peak > 0 else torch.zeros_like(m, dtype=torch.bool)
+        elif mode == "probability":
+            masks[i] = m >= float(threshold)
         else:
             masks[i] = m > _otsu(m.cpu().numpy())
     if largest_component:

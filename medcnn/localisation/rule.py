@@ -27,7 +27,7 @@ from monai.utils import TransformBackends
 from torch import nn
 
 from medcnn.config import flag
-from medcnn.localisation.masks import THRESHOLD_MODES, cam_to_mask
+from medcnn.localisation.masks import MASK_MODES, cam_to_mask
 
 __all__ = ["CAMRule", "CAMToMask", "CAMToMaskd", "RESULT_KEYS", "class_present"]
 
@@ -46,8 +46,9 @@ class CAMRule:
         method: CAM method name (:data:`medcnn.localisation.CAM_METHODS`).
         target_layer: module name of the CAM layer; ``None`` = the network's ``cam_target_layer_name``.
         class_idx: the class whose evidence is mapped (1 = object present).
-        threshold: fraction of each heatmap's maximum in (0, 1] (``mode="fraction"``); ignored for ``"otsu"``.
-        mode: ``"fraction"`` or ``"otsu"``.
+        threshold: fraction of each heatmap's maximum in (0, 1] (``mode="fraction"``), or a probability
+            (``mode="probability"``: heatmaps that are probabilities, a segmenter's softmax); ignored for ``"otsu"``.
+        mode: ``"fraction"``, ``"otsu"`` or ``"probability"``.
         largest_component: keep only the largest connected component of the mask.
         smooth_sigma: Gaussian smoothing of the heatmap before thresholding, in pixels of the grid the rule is
             applied on (0 = none).
@@ -66,10 +67,11 @@ class CAMRule:
     smooth_sigma: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.mode not in THRESHOLD_MODES:
-            raise ValueError(f"CAMRule: unknown threshold mode {self.mode!r}; choose one of {THRESHOLD_MODES}")
-        if self.mode == "fraction" and not 0.0 < float(self.threshold) <= 1.0:
-            raise ValueError(f"CAMRule: threshold must be a fraction of the maximum in (0, 1], got {self.threshold!r}")
+        if self.mode not in MASK_MODES:
+            raise ValueError(f"CAMRule: unknown threshold mode {self.mode!r}; choose one of {MASK_MODES}")
+        if self.mode != "otsu" and not 0.0 < float(self.threshold) <= 1.0:
+            raise ValueError(f"CAMRule: threshold must be a fraction of the maximum or a probability in (0, 1], "
+                             f"got {self.threshold!r}")
         if self.decision_threshold is not None and not 0.0 <= float(self.decision_threshold) <= 1.0:
             raise ValueError(f"CAMRule: decision_threshold must be a probability in [0, 1], "
                              f"got {self.decision_threshold!r}")

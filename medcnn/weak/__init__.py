@@ -9,24 +9,30 @@ training data for a segmentation network, from image-level labels only.
   (:mod:`medcnn.weak.select`),
 - :func:`pseudo_mask_datalist`: the ``"training"`` list of a pseudo-mask folder, for a segmentation bundle.
 
+A second round (self-training) is the same generator with ``heatmap="segmenter"``: the segmenter of the first
+round makes the next pseudo-masks (its softmax probability, thresholded with a ``mode="probability"`` rule).
+
 The segmenter trains with :class:`medcnn.losses.PixelWeightedDiceCELoss` (``mask_dice=True``), which ignores the
 pixels of weight 0.
 """
 
 from medcnn.weak.pseudo import (
+    HEATMAP_SOURCES,
     PROVENANCE_FILE,
     PseudoMaskGenerator,
     compute_pseudo_masks,
     file_sha256,
     image_level_items,
     load_classifier,
+    previous_round_segmenter,
     pseudo_mask_datalist,
 )
 from medcnn.weak.refine import REFINERS, DenseCRF, IgnoreBand, PseudoMaskRefiner, build_refiners, refine
 from medcnn.weak.select import pseudo_mask_quality, select_refinement
 
 __all__ = [
-    "PROVENANCE_FILE", "REFINERS", "DenseCRF", "IgnoreBand", "PseudoMaskGenerator", "PseudoMaskRefiner",
+    "HEATMAP_SOURCES", "PROVENANCE_FILE", "REFINERS", "DenseCRF", "IgnoreBand", "PseudoMaskGenerator",
+    "PseudoMaskRefiner",
     "build_refiners", "compute_pseudo_masks", "file_sha256", "image_level_items", "load_classifier",
-    "pseudo_mask_datalist", "pseudo_mask_quality", "refine", "select_refinement",
+    "previous_round_segmenter", "pseudo_mask_datalist", "pseudo_mask_quality", "refine", "select_refinement",
 ]

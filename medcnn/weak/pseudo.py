@@ -4,7 +4,14 @@ Only image-level labels are read: every item is reduced to its image, its class 
 (:func:`image_level_items`) before anything is loaded, so a training set's pixel labels (``"mask"``, ``"seg"``,
 ...) never reach the pipeline. Positive images (class 1) get the CAM mask of the rule (:class:`CAMToMask`, with
 the image-level label as the decision), then the refinement steps (:mod:`medcnn.weak.refine`); negative images
-get an empty mask with full weight.
+get an empty mask with full weight. A positive image whose mask comes out empty (the refinement can erase a small
+region) trains as an empty image unless ``ignore_empty_positives``: then it gets weight 0 everywhere, since its
+label says the object is there and the mask does not say where.
+
+A second round (self-training) uses the same path with ``heatmap="segmenter"``: the network is the segmenter
+trained on the first round's pseudo-masks, its softmax probability of ``rule.class_idx`` is the heatmap, and the
+rule thresholds it as a probability (``CAMRule(mode="probability", threshold=0.5)``); the image-level label still
+decides which images may hold the object.
 
 Files in ``output_dir`` (NIfTI, 2D or 3D, affine of the preprocessed image): ``<id>_image.nii.gz`` (the image the
 mask was computed on), ``<id>_pseudo.nii.gz`` (uint8 mask), ``<id>_weight.nii.gz`` (float32, 0 = ignored),
@@ -35,18 +42,22 @@ from medcnn.localisation.rule import CAMRule, CAMToMask
 from medcnn.weak.refine import PseudoMaskRefiner, build_refiners, refine
 
 __all__ = [
+    "HEATMAP_SOURCES",
     "PROVENANCE_FILE",
     "PseudoMaskGenerator",
     "compute_pseudo_masks",
     "file_sha256",
     "image_level_items",
     "load_classifier",
+    "previous_round_segmenter",
     "pseudo_mask_datalist",
 ]
 
 logger = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "pseudo_masks.json"
+#: where the heatmap of a positive image comes from: the rule's CAM of a classifier, or a segmenter's softmax
+HEATMAP_SOURCES = ("cam", "segmenter")
 SUFFIXES = {"image": "_image.nii.gz", "label": "_pseudo.nii.gz", "weight": "_weight.nii.gz", "cam": "_cam.nii.gz"}
 
 
@@ -146,18 +157,23 @@ def compute_pseudo_masks(
     keys: Sequence[str] = ("image", "label"),
     id_key: str = "id",
     progress: bool = False,
+    heatmap: str = "cam",
+    ignore_empty_positives: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Yield ``{"id", "class", "image" (C, *S), "cam" (1, *S), "label" (1, *S) uint8, "weight" (1, *S)}`` per item.
 
     ``items`` are reduced by :func:`image_level_items` first (pixel labels are dropped unread), then
-    ``preprocessing`` (default: load a path / ensure a tensor) maps each to a channel-first image.
+    ``preprocessing`` (default: load a path / ensure a tensor) maps each to a channel-first image. ``heatmap``:
+    ``"cam"`` (the rule's CAM of ``network``, a classifier) or ``"segmenter"`` (the softmax probability of
+    ``rule.class_idx`` of ``network``, a segmenter; the ``"cam"`` key then holds that probability).
+    ``ignore_empty_positives``: a positive image with an empty mask gets weight 0 everywhere (default: weight 1).
     """
     image_key, label_key = keys
     rule = CAMRule.from_dict(rule)
     steps = build_refiners(refinement)
     items = image_level_items(items, image_key, label_key, id_key)
     prep = preprocessing or _default_preprocessing(image_key)
-    cam = rule.cam(network)
+    cam = _heatmap_fn(network, rule, heatmap)
     to_mask = CAMToMask(rule)
     device = next(network.parameters()).device
     rng = range(0, len(items), batch_size)
@@ -174,7 +190,7 @@ def compute_pseudo_masks(
         if pos:
             x = torch.stack([torch.as_tensor(images[i]).float() for i in pos]).to(device)
             x = x.as_tensor() if isinstance(x, MetaTensor) else x
-            for i, h in zip(pos, cam(x, rule.class_idx).cpu(), strict=True):
+            for i, h in zip(pos, cam(x).cpu(), strict=True):
                 heat[i] = h
         for i, d in enumerate(chunk):
             image = d[image_key]
@@ -185,8 +201,60 @@ def compute_pseudo_masks(
             mask = to_mask(h, float(classes[i]))
             mask, weight = refine(steps, img_t, h, mask) if classes[i] == 1 else (
                 mask, torch.ones_like(mask, dtype=torch.float32))
+            if ignore_empty_positives and classes[i] == 1 and not bool(mask.any()):  # there, but not in the mask
+                weight = torch.zeros_like(weight, dtype=torch.float32)
             yield {"id": items[start + i][id_key], "class": classes[i], "image": image, "cam": h,
                    "label": mask.to(torch.uint8), "weight": weight.float()}
+
+
+def previous_round_segmenter(
+    previous_round: str | os.PathLike | None,
+    output_dir: str | os.PathLike,
+    checkpoint: str = "segmenter/model_segmenter.pt",
+) -> Path:
+    """The segmenter checkpoint of the round written to ``previous_round`` (its ``--output_dir``), for the next round.
+
+    Raises:
+        ValueError: no previous round given, or it is this round's own ``output_dir`` (the next round would write
+            over the pseudo-masks and segmenter it learns from).
+        FileNotFoundError: naming the checkpoint when that round has no segmenter.
+    """
+    if previous_round is None or str(previous_round) == "":
+        raise ValueError("a second round of pseudo-masks needs --previous_round <the --output_dir of the round whose "
+                         "segmenter makes them>")
+    prev = Path(previous_round).resolve()
+    if prev == Path(output_dir).resolve():
+        raise ValueError(f"--previous_round {previous_round} is this run's --output_dir: the next round must be "
+                         f"written to another folder, or it would replace the pseudo-masks and segmenter it learns "
+                         f"from")
+    path = prev / checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"--previous_round {previous_round}: no segmenter {path} (train one with "
+                                f"weak_train_segmenter.json and that --output_dir first)")
+    return path
+
+
+def _heatmap_fn(network: nn.Module, rule: CAMRule, source: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x (B, C, *S) -> (B, 1, *S)`` heatmaps of ``source`` (:data:`HEATMAP_SOURCES`)."""
+    if source == "cam":
+        cam = rule.cam(network)
+        return lambda x: cam(x, rule.class_idx)
+    if source != "segmenter":
+        raise ValueError(f"pseudo-masks: unknown heatmap source {source!r}; choose one of {HEATMAP_SOURCES}")
+    if rule.mode != "probability":
+        raise ValueError(f"pseudo-masks: a segmenter's heatmap is a probability; its rule needs "
+                         f"mode='probability' (a threshold such as 0.5), got mode={rule.mode!r}")
+
+    def probability(x: torch.Tensor) -> torch.Tensor:
+        network.eval()
+        with torch.no_grad():
+            logits = network(x)
+        if logits.ndim != x.ndim or logits.shape[2:] != x.shape[2:] or logits.shape[1] <= rule.class_idx:
+            raise ValueError(f"pseudo-masks: the segmenter maps an input {tuple(x.shape)} to {tuple(logits.shape)}; "
+                             f"expected (B, classes > {rule.class_idx}, {', '.join(map(str, x.shape[2:]))})")
+        return torch.softmax(logits.float(), dim=1)[:, rule.class_idx: rule.class_idx + 1]
+
+    return probability
 
 
 def _affine(image: Any) -> np.ndarray:
@@ -214,6 +282,10 @@ class PseudoMaskGenerator:
         refinement: refinement steps (instances or ``{"name": ..., **params}`` dicts), applied in order.
         preprocessing: callable on an item dict -> dict with a channel-first image (default: load / ensure tensor).
         overwrite: replace existing files; otherwise any existing target file is an error before work starts.
+        heatmap: ``"cam"`` (``network`` is a classifier) or ``"segmenter"`` (a second round: ``network`` is a
+            segmenter, ``weights_file`` its checkpoint, ``rule`` a ``mode="probability"`` rule).
+        ignore_empty_positives: a positive image whose (refined) mask is empty gets weight 0 everywhere instead of
+            training as an empty image.
         batch_size, keys, id_key, device, progress: as named.
     """
 
@@ -232,7 +304,14 @@ class PseudoMaskGenerator:
         id_key: str = "id",
         device: Any = None,
         progress: bool = True,
+        heatmap: str = "cam",
+        ignore_empty_positives: bool = False,
     ) -> None:
+        if heatmap not in HEATMAP_SOURCES:
+            raise ValueError(f"PseudoMaskGenerator: unknown heatmap source {heatmap!r}; "
+                             f"choose one of {HEATMAP_SOURCES}")
+        self.heatmap = heatmap
+        self.ignore_empty_positives = flag(ignore_empty_positives, "PseudoMaskGenerator: ignore_empty_positives")
         self.network, self.weights_file = network, Path(weights_file)
         self.data, self.output_dir = data, Path(output_dir)
         self.rule = CAMRule.from_dict(rule)
@@ -248,7 +327,8 @@ class PseudoMaskGenerator:
     def run(self) -> dict[str, Any]:
         """Check everything, compute all pseudo-masks, then write them; returns the provenance dict."""
         load_classifier(self.network, self.weights_file, self.device)
-        self.rule.check(self.network)
+        if self.heatmap == "cam":
+            self.rule.check(self.network)
         items = image_level_items(self.data, *self.keys, self.id_key)
         n_pos = sum(it[self.keys[1]] == 1 for it in items)
         if n_pos == 0:
@@ -261,9 +341,11 @@ class PseudoMaskGenerator:
                                       f"e.g. {existing[0]}; pass overwrite=True (--overwrite true) to replace them")
         t0 = time.perf_counter()
         records = list(compute_pseudo_masks(self.network, items, self.rule, self.refinement, self.preprocessing,
-                                            self.batch_size, self.keys, self.id_key, self.progress))
+                                            self.batch_size, self.keys, self.id_key, self.progress, self.heatmap,
+                                            self.ignore_empty_positives))
         seconds = time.perf_counter() - t0
         nonempty = sum(bool(r["label"].any()) for r in records if r["class"] == 1)
+        ignored = sum(not bool(r["weight"].any()) for r in records if r["class"] == 1)
         if nonempty == 0:
             raise ValueError(f"pseudo-masks: all {n_pos} positive images got an empty mask with rule "
                              f"{self.rule.to_dict()} and refinement {[s.describe() for s in self.refinement]} "
@@ -275,10 +357,12 @@ class PseudoMaskGenerator:
             "medcnn_version": _version(),
             "classifier": {"weights": str(self.weights_file.resolve()), "sha256": file_sha256(self.weights_file),
                            "network": type(self.network).__name__},
+            "heatmap": self.heatmap, "ignore_empty_positives": self.ignore_empty_positives,
             "rule": self.rule.to_dict(),
             "refinement": [s.describe() for s in self.refinement],
             "label_source": f"image-level labels only (keys {list(self.keys)}); no pixel label was read",
             "n_images": len(records), "n_positive": int(n_pos), "n_positive_nonempty": int(nonempty),
+            "n_positive_ignored": int(ignored),
             "seconds": round(seconds, 3), "images_per_second": round(len(records) / max(seconds, 1e-9), 3),
             "training": entries,
         }

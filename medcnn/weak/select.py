@@ -50,11 +50,15 @@ def select_refinement(
     mask_key: str = "mask",
     preprocessing: Callable | None = None,
     keys: Sequence[str] = ("image", "label"),
+    heatmap: str = "cam",
+    ignore_empty_positives: bool = False,
 ) -> dict[str, Any]:
     """Pseudo-mask quality of each candidate refinement chain on validation data; the best by Dice.
 
     ``candidates`` maps a name to a chain (``[]`` = the raw CAM masks). The validation reference masks
-    (``mask_key``) are read here only, to score the candidates. Returns ``{"best", "table"}``.
+    (``mask_key``) are read here only, to score the candidates. ``heatmap``, ``ignore_empty_positives``: as
+    :func:`compute_pseudo_masks`.
+    Returns ``{"best", "table"}``.
     """
     positives = [d for d in val_data if int(torch.as_tensor(d[keys[1]]).reshape(-1)[0]) == 1]
     if not positives:
@@ -63,7 +67,8 @@ def select_refinement(
         raise ValueError(f"select_refinement: validation items need reference masks under {mask_key!r}")
     table = []
     for name, chain in candidates.items():
-        records = list(compute_pseudo_masks(network, positives, rule, chain, preprocessing, keys=keys))
+        records = list(compute_pseudo_masks(network, positives, rule, chain, preprocessing, keys=keys,
+                                            heatmap=heatmap, ignore_empty_positives=ignore_empty_positives))
         row = {"name": name, **pseudo_mask_quality(records, [d[mask_key] for d in positives])}
         table.append(row)
         logger.info("refinement %s: validation pseudo-mask Dice %.4f (kept-pixel accuracy %.4f, %.1f%% ignored)",
