@@ -82,10 +82,10 @@ CRF_CANDIDATES = {
 }
 
 
-def _out_of_fold(cv_dir: Path, make_network, committed, train: list, rule, stages: dict) -> dict:
+def _out_of_fold(cv_dir: Path, make_network, committed, train: list, rule, stages: dict, options=None) -> dict:
     """Per stage, the Dice of the training pseudo-masks made by the committed classifier and by the CV fold model
     that held each patient out (same items, same rule and refinement), overall and per fold; ``make_network()``
-    returns a fresh classifier definition for the fold weights."""
+    returns a fresh classifier definition for the fold weights; ``options``: as the bundle's pseudo-mask step."""
     folds = sorted(f for f in cv_dir.glob("fold*") if (f / "fold.json").is_file() and (f / "model.pt").is_file())
     if not folds:
         raise FileNotFoundError(f"--out_of_fold {cv_dir}: no fold*/fold.json with a model.pt")
@@ -105,7 +105,7 @@ def _out_of_fold(cv_dir: Path, make_network, committed, train: list, rule, stage
         per_fold[fold.name] = {"patients": sorted({d["patient"] for d in items})}
         for stage, steps in stages.items():
             for who, net in (("out_of_fold", fold_net), ("committed", committed)):
-                rec = list(compute_pseudo_masks(net, items, rule, steps))
+                rec = list(compute_pseudo_masks(net, items, rule, steps, **(options or {})))
                 records[stage][who] += rec
                 per_fold[fold.name][f"{stage} | {who}"] = pseudo_mask_quality(rec, fold_masks)["dice"]
         logging.info("%s: %s", fold.name, {k: round(v, 4) for k, v in per_fold[fold.name].items() if k != "patients"})
@@ -142,11 +142,12 @@ def main() -> None:
     parser = ConfigParser()
     parser.read_config(files)
     parser["bundle_root"] = str(root)
-    options = {}
     if args.from_segmenter is not None:
         parser["previous_round"] = str(args.from_segmenter)
         parser["output_dir"] = str(Path(args.out).resolve().parent)
-        options = {k: parser.get_parsed_content(f"pseudo_masks#{k}") for k in ("heatmap", "ignore_empty_positives")}
+    # the generator options the bundle's pseudo-mask step uses (bundles without them: the library defaults)
+    options = {k: parser.get_parsed_content(f"pseudo_masks#{k}") for k in ("heatmap", "ignore_empty_positives")
+               if k in parser["pseudo_masks"]}
     val_id, train_id, transform_id = BUNDLE_ITEMS[args.bundle]
     parser["weak_table_val_items"] = val_id if val_id.startswith("$") else f"@{val_id}"
     parser["weak_table_train_items"] = train_id or "@pseudo_mask_items"
@@ -186,7 +187,8 @@ def main() -> None:
     result["training"] = rows
     if args.out_of_fold is not None:
         result["out_of_fold"] = _out_of_fold(
-            args.out_of_fold, lambda: parser.get_parsed_content("network_def", lazy=False), net, train, rule, stages)
+            args.out_of_fold, lambda: parser.get_parsed_content("network_def", lazy=False), net, train, rule, stages,
+            options)
     result["load_average_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(result, indent=2))
     md = ["| pseudo-masks (training images) | Dice | accuracy of the used pixels | ignored pixels | images/s |",
