@@ -51,3 +51,37 @@ def test_weak_configs_read_slices_through_the_volume_pipeline(tmp_path):
     val_kept = [z for z in slice_block_indices(16, 4, 4, 2, validation=True) if z not in (0, 10)]
     assert len(val) == 2 * len(val_kept) and tuple(val[0]["image"].shape) == (2, 16, 16)
     assert [bool(v["label"].sum() > 0) for v in val[: len(val_kept)]] == [3 <= z <= 8 for z in val_kept]
+
+
+def test_a_second_round_runs_on_the_volume_pipeline(tmp_path):
+    """weak_pseudo_masks_from_segmenter.json on this bundle's stack: the round-1 segmenter (here one that calls every
+    pixel tumour) makes the pseudo-masks of the same slice items; tumour slices get its mask, tumour-free slices stay
+    empty, and the provenance names the segmenter file."""
+    import nibabel as nib
+    import torch
+    from bundle_helpers import make_workflow
+    from test_brats_data import make_brats_cases
+
+    from medcnn.weak import file_sha256
+
+    make_brats_cases(tmp_path, (32, 32, 16), range(3, 9), names=("s1", "s2"))
+    common = {"dataset_dir": str(tmp_path), "train_cases": ["s1", "s2"], "crop_size": [32, 32],
+              "spatial_size": [16, 16], "min_tumour_pixels": 5, "validation_blocks#block": 4, "num_threads": 1}
+    seg_files = ["train.json", "weak_train_segmenter.json"]
+    net = make_workflow(NAME, seg_files, "train", output_dir=str(tmp_path / "r1"), **common).parser.get_parsed_content(
+        "network_def", lazy=False)
+    last = [m for m in net.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)][-1]
+    with torch.no_grad():
+        last.bias.copy_(torch.tensor([-20.0, 20.0]))  # tumour everywhere, whatever the image
+    weights = tmp_path / "r1" / "segmenter" / "model_segmenter.pt"
+    weights.parent.mkdir(parents=True)
+    torch.save(net.state_dict(), weights)
+    files = ["train.json", "weak_pseudo_masks.json", *seg_files[1:], "weak_pseudo_masks_from_segmenter.json"]
+    out = tmp_path / "r2"
+    run_workflow(NAME, files, None, output_dir=str(out), previous_round=str(tmp_path / "r1"), **common)
+    prov = json.loads((out / "pseudo_masks" / "pseudo_masks.json").read_text())
+    assert prov["heatmap"] == "segmenter" and prov["classifier"]["sha256"] == file_sha256(weights)
+    assert prov["n_positive"] > 0 and prov["n_positive_nonempty"] == prov["n_positive"]
+    for e in prov["training"]:
+        mask = nib.load(out / "pseudo_masks" / e["label"]).get_fdata()
+        assert mask.shape == (16, 16) and bool(mask.any()) == (e["class"] == 1)
