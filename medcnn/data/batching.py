@@ -1,13 +1,18 @@
-"""Batches that are one patient's slices in slice order (for :class:`medcnn.networks.SliceScoreInferer`)."""
+"""Batch-level tools: one patient's slices in slice order (for :class:`medcnn.networks.SliceScoreInferer`), and
+MixUp of classification batches (:class:`MixUpBatch`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
+import torch
+from monai.engines import default_prepare_batch
+from monai.transforms import MixUp
 from torch.utils.data import Sampler
 
-__all__ = ["PatientSliceBatchSampler"]
+__all__ = ["PatientSliceBatchSampler", "MixUpBatch"]
 
 
 def _name(item: Any, position: int) -> str:
@@ -57,3 +62,53 @@ class PatientSliceBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self._batches)
+
+
+class MixUpBatch:
+    """``prepare_batch`` of a classification trainer that mixes each training batch (Zhang et al., *mixup: Beyond
+    Empirical Risk Minimization*, ICLR 2018).
+
+    Every image becomes ``w * x_i + (1 - w) * x_perm(i)`` with its own weight ``w ~ Beta(alpha, alpha)`` and a random
+    pairing within the batch (MONAI's :class:`monai.transforms.MixUp` draws both and mixes the images); the label
+    becomes the same mixture of the two one-hot labels, a ``(B, num_classes)`` float target that
+    ``torch.nn.CrossEntropyLoss`` takes as class probabilities. MONAI's ``MixUp`` mixes only image-shaped labels
+    (``(B, C, *spatial)``), which is why the one-hot class labels are mixed here with the weights and pairing it drew.
+
+    Use it as ``SupervisedTrainer(prepare_batch=MixUpBatch(alpha=0.2, seed=@seed))``; the evaluator keeps MONAI's
+    ``default_prepare_batch``, so validation loss, metrics and checkpoints see the real slices and labels. ``seed``
+    makes the draws reproducible (MONAI's ``set_determinism`` does not reach a transform's own random state). A
+    label outside ``0 .. num_classes - 1`` or a batch without labels is a ``ValueError``.
+    """
+
+    def __init__(self, alpha: float = 0.2, num_classes: int = 2, seed: int | None = 0) -> None:
+        if float(alpha) <= 0:
+            raise ValueError(f"MixUpBatch: alpha must be > 0, got {alpha}")
+        if int(num_classes) < 2:
+            raise ValueError(f"MixUpBatch: num_classes must be >= 2, got {num_classes}")
+        self.alpha, self.num_classes = float(alpha), int(num_classes)
+        self.random_state = np.random.RandomState(seed)
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        # mixed on the CPU, where the loader left the batch (MixUp's weights are CPU tensors), then moved
+        images, labels = default_prepare_batch(batchdata, None, non_blocking, **kwargs)
+        if labels is None:
+            raise ValueError("MixUpBatch: the training batch has no 'label'")
+        labels = torch.as_tensor(labels).reshape(-1).long()
+        if labels.numel() != images.shape[0]:
+            raise ValueError(f"MixUpBatch: {labels.numel()} labels for a batch of {images.shape[0]} images "
+                             "(one class index per image expected)")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"MixUpBatch: labels must lie in 0 .. {self.num_classes - 1}, got "
+                             f"{sorted(set(labels.tolist()))}")
+        mixer = MixUp(batch_size=images.shape[0], alpha=self.alpha)
+        mixer.set_random_state(state=self.random_state)
+        mixer.randomize()
+        weight, perm, _ = mixer._params  # noqa: SLF001 - the draw MixUp.apply uses, reused for the labels
+        one_hot = torch.nn.functional.one_hot(labels, self.num_classes).to(images.dtype)
+        w = weight.to(images.dtype)[:, None]
+        targets = w * one_hot + (1 - w) * one_hot[perm]
+        mixed = mixer.apply(torch.as_tensor(images))
+        if device is not None:
+            mixed = mixed.to(device, non_blocking=non_blocking)
+            targets = targets.to(device, non_blocking=non_blocking)
+        return mixed, targets
