@@ -270,7 +270,7 @@ def test_a_second_round_refuses_a_rule_or_source_it_cannot_apply(tmp_path):
         CAMRule(mode="probability", threshold=1.5)
     with pytest.raises(ValueError, match="needs --previous_round"):
         previous_round_segmenter(None, tmp_path / "r2")
-    with pytest.raises(ValueError, match=f"--previous_round {tmp_path} is this run's --output_dir"):
+    with pytest.raises(ValueError, match=f"--previous_round {tmp_path} is \\(in\\) this run's --output_dir"):
         previous_round_segmenter(tmp_path, tmp_path)
     missing = tmp_path / "r1" / "segmenter" / "model_segmenter.pt"
     with pytest.raises(FileNotFoundError, match=f"no segmenter {missing}"):
@@ -279,6 +279,13 @@ def test_a_second_round_refuses_a_rule_or_source_it_cannot_apply(tmp_path):
     (tmp_path / "r1" / "segmenter" / "model_segmenter.pt").write_bytes(b"x")
     assert previous_round_segmenter(tmp_path / "r1", tmp_path / "r2") == (tmp_path / "r1" / "segmenter" /
                                                                           "model_segmenter.pt").resolve()
+    # a checkpoint file is taken as it is (a bundle's committed segmenter), unless the new round would write over it
+    committed = tmp_path / "models" / "model_segmenter.pt"
+    committed.parent.mkdir()
+    committed.write_bytes(b"x")
+    assert previous_round_segmenter(committed, tmp_path / "r2") == committed.resolve()
+    with pytest.raises(ValueError, match="is \\(in\\) this run's --output_dir"):
+        previous_round_segmenter(committed, tmp_path / "models")
 
 
 def test_probability_mode_thresholds_the_value_not_the_fraction_of_the_peak():

@@ -214,23 +214,29 @@ def previous_round_segmenter(
 ) -> Path:
     """The segmenter checkpoint of the round written to ``previous_round`` (its ``--output_dir``), for the next round.
 
+    ``previous_round`` may also be the segmenter checkpoint itself (e.g. a bundle's committed
+    ``models/model_segmenter.pt``), which then need not sit under an ``output_dir`` at ``checkpoint``.
+
     Raises:
-        ValueError: no previous round given, or it is this round's own ``output_dir`` (the next round would write
-            over the pseudo-masks and segmenter it learns from).
+        ValueError: no previous round given, or it is (or lies in) this round's own ``output_dir`` (the next round
+            would write over the pseudo-masks and segmenter it learns from).
         FileNotFoundError: naming the checkpoint when that round has no segmenter.
     """
     if previous_round is None or str(previous_round) == "":
         raise ValueError("a second round of pseudo-masks needs --previous_round <the --output_dir of the round whose "
-                         "segmenter makes them>")
-    prev = Path(previous_round).resolve()
-    if prev == Path(output_dir).resolve():
-        raise ValueError(f"--previous_round {previous_round} is this run's --output_dir: the next round must be "
+                         "segmenter makes them, or that segmenter's .pt file>")
+    prev, own = Path(previous_round).resolve(), Path(output_dir).resolve()
+    if prev == own or (prev.is_file() and own in prev.parents):
+        raise ValueError(f"--previous_round {previous_round} is (in) this run's --output_dir: the next round must be "
                          f"written to another folder, or it would replace the pseudo-masks and segmenter it learns "
                          f"from")
+    if prev.is_file():
+        return prev
     path = prev / checkpoint
     if not path.is_file():
         raise FileNotFoundError(f"--previous_round {previous_round}: no segmenter {path} (train one with "
-                                f"weak_train_segmenter.json and that --output_dir first)")
+                                f"weak_train_segmenter.json and that --output_dir first, or give the segmenter's "
+                                f".pt file)")
     return path
 
 
