@@ -85,3 +85,26 @@ def test_bad_parameters(kwargs, word):
     args = {"spatial_dims": 2, "in_channels": 1, "num_classes": 2, **kwargs}
     with pytest.raises(ValueError, match=word):
         ResNetClassifier(**args)
+
+
+@pytest.mark.parametrize("channels", [8, 7])
+def test_paired_stem_gives_every_first_filter_an_opposite_and_draws_everything_else_as_before(channels):
+    kwargs = dict(spatial_dims=2, in_channels=3, num_classes=2, num_blocks=3, channels=channels)
+    torch.manual_seed(1)
+    plain = ResNetClassifier(**kwargs)
+    torch.manual_seed(1)
+    paired = ResNetClassifier(**kwargs, paired_stem=True)
+    stem = "blocks.0.conv.conv.weight"
+    names = [n for n, p in paired.named_parameters() if p.ndim == 4]
+    assert names[0] == stem  # the stride-2 convolution on the input is the first convolution
+    w, w0 = dict(paired.named_parameters())[stem], dict(plain.named_parameters())[stem]
+    half = channels // 2
+    assert torch.equal(w[:half], w0[:half]) and torch.equal(w[half: 2 * half], -w0[:half])
+    if channels % 2:
+        assert torch.equal(w[-1], w0[-1])
+    # both polarities of every input channel: for each filter that brightens with a channel, one that darkens
+    response = w[: 2 * half].sum(dim=(2, 3))
+    assert ((response > 0).sum(0) == half).all()
+    for (name, a), (_, b) in zip(paired.state_dict().items(), plain.state_dict().items(), strict=True):
+        if name != stem:
+            assert torch.equal(a, b), name
