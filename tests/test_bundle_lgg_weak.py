@@ -176,7 +176,7 @@ def test_a_second_round_writes_the_pseudo_masks_of_the_first_rounds_segmenter(we
     while exc is not None:
         chain.append(str(exc))
         exc = exc.__cause__ or exc.__context__
-    assert any(f"--previous_round {out} is this run's --output_dir" in c for c in chain), chain
+    assert any(f"--previous_round {out} is (in) this run's --output_dir" in c for c in chain), chain
     assert {p: p.read_bytes() for p in (out / "pseudo_masks").iterdir()} == before
 
 
