@@ -1,5 +1,6 @@
 """medcnn.networks."""
 
+from medcnn.networks.autocast import AUTOCAST_DTYPES, autocast_dtype, autocast_forward
 from medcnn.networks.classic_cnn import ClassicCNN, small_image_classifier
 from medcnn.networks.ensemble import ClassifierEnsemble, assemble_ensemble, checkpoint_members, ensemble_or_member
 from medcnn.networks.gate import BrainFractionGate, brain_fraction, slice_classifier
@@ -17,6 +18,9 @@ from medcnn.networks.slice_scoring import SliceBatchError, SliceScoreInferer, ne
 from medcnn.networks.weights import CheckpointError, load_pretrained, load_weights
 
 __all__ = [
+    "AUTOCAST_DTYPES",
+    "autocast_forward",
+    "autocast_dtype",
     "BrainFractionGate",
     "brain_fraction",
     "slice_classifier",
