@@ -12,6 +12,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from medcnn.networks import autocast_dtype, autocast_forward
+from tests.bundle_helpers import BUNDLES, bundle_root
 
 
 def _unet(seed: int = 0) -> UNet:
@@ -97,16 +98,19 @@ def test_a_monai_trainer_trains_it_with_float32_gradients_and_a_falling_loss():
     assert losses[-1] < 0.6 * losses[0], losses
 
 
+BUNDLE_NAMES = sorted(p.parent.parent.name for p in BUNDLES.glob("*/configs/train.json"))
+
+
 @pytest.mark.parametrize("config", ["train.json", "inference.json"])
-def test_the_coco_bundle_takes_autocast_as_an_id_and_defaults_to_float32(config):
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_every_bundle_takes_autocast_as_an_id_and_defaults_to_float32(bundle, config):
+    """``--autocast bf16`` reaches the network every bundle trains and infers with; without it nothing changes."""
     from monai.bundle import ConfigParser
 
-    from tests.bundle_helpers import bundle_root
-
-    root = bundle_root("coco_tumour_segmentation")
+    root = bundle_root(bundle)
     for value, expected in ((None, None), ("bf16", torch.bfloat16)):
         parser = ConfigParser()
         parser.read_config(str(root / "configs" / config))
         parser.update({"bundle_root": str(root)} | ({"autocast": value} if value else {}))
-        net = parser.get_parsed_content("network_def")
-        assert autocast_dtype(net) == expected, (config, value)
+        net = parser.get_parsed_content("network")
+        assert autocast_dtype(net) == expected, (bundle, config, value)

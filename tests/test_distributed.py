@@ -31,7 +31,10 @@ def test_every_training_bundle_has_a_multi_gpu_config_in_step_with_train_json(na
     assert multi["finalize"][-1] == "$medcnn.distributed.destroy_process_group()"
     # SyncBatchNorm: an option, on by default on GPUs, off on the CPU (where torch does not support it)
     assert multi["sync_batchnorm"] == "$@device.type == 'cuda'"
-    assert multi["network"]["module"].startswith("$medcnn.distributed.sync_batchnorm(@network_def, @sync_batchnorm,")
+    # the wrapped network is train.json's, with its mixed-precision choice (the autocast id)
+    assert multi["network"]["module"] == ("$medcnn.networks.autocast_forward(medcnn.distributed.sync_batchnorm("
+                                          "@network_def, @sync_batchnorm, @device), @autocast).to(@device)")
+    assert "autocast" in train and train["network"].startswith("$medcnn.networks.autocast_forward(@network_def,")
     # each rank sees its own share of the training data: a DistributedSampler, or (volume pipelines that sample
     # slices from cached cases) its partition of the cases
     if "train#dataloader#sampler" in multi:
