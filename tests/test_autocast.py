@@ -11,7 +11,7 @@ from monai.engines import SupervisedTrainer
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from medcnn.networks import autocast_dtype, autocast_forward
+from medcnn.networks import autocast_disabled, autocast_dtype, autocast_forward
 from tests.bundle_helpers import BUNDLES, bundle_root
 
 
@@ -96,6 +96,31 @@ def test_a_monai_trainer_trains_it_with_float32_gradients_and_a_falling_loss():
     trainer.run()
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in net.parameters())
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_autocast_disabled_runs_float32_inside_and_restores_after():
+    x = torch.randn(1, 1, 32, 32)
+    net = autocast_forward(_unet().eval(), "bf16")
+    with autocast_disabled(net):
+        assert _conv_output_dtypes(net, x) == {torch.float32}
+        with torch.no_grad():
+            assert torch.allclose(net(x), _unet().eval()(x), atol=1e-6)
+    assert _conv_output_dtypes(net, x) == {torch.bfloat16}
+    with autocast_disabled(_unet()) as plain:  # a network without autocast: nothing to do
+        assert autocast_dtype(plain) is None
+
+
+def test_onnx_export_of_an_autocast_network_is_the_float32_network():
+    """ONNX Runtime's CPU provider has no bfloat16 convolution: the export must be the float32 graph."""
+    from medcnn.networks.export import OnnxRuntimeNetwork
+
+    x = torch.randn(2, 1, 32, 32)
+    net = autocast_forward(_unet().eval(), "bf16")
+    with torch.no_grad():
+        ort = OnnxRuntimeNetwork(net)(x)
+        reference = _unet().eval()(x)
+    assert torch.allclose(ort, reference, atol=1e-4)
+    assert _conv_output_dtypes(net, x) == {torch.bfloat16}  # the eager network keeps its autocast
 
 
 BUNDLE_NAMES = sorted(p.parent.parent.name for p in BUNDLES.glob("*/configs/train.json"))

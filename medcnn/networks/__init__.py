@@ -1,6 +1,6 @@
 """medcnn.networks."""
 
-from medcnn.networks.autocast import AUTOCAST_DTYPES, autocast_dtype, autocast_forward
+from medcnn.networks.autocast import AUTOCAST_DTYPES, autocast_disabled, autocast_dtype, autocast_forward
 from medcnn.networks.classic_cnn import ClassicCNN, small_image_classifier
 from medcnn.networks.ensemble import ClassifierEnsemble, assemble_ensemble, checkpoint_members, ensemble_or_member
 from medcnn.networks.gate import BrainFractionGate, brain_fraction, slice_classifier
@@ -21,6 +21,7 @@ __all__ = [
     "AUTOCAST_DTYPES",
     "autocast_forward",
     "autocast_dtype",
+    "autocast_disabled",
     "BrainFractionGate",
     "brain_fraction",
     "slice_classifier",

@@ -18,12 +18,14 @@ MONAI's ``amp=True`` (autocast + ``GradScaler``) for it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["AUTOCAST_DTYPES", "autocast_forward", "autocast_dtype"]
+__all__ = ["AUTOCAST_DTYPES", "autocast_forward", "autocast_dtype", "autocast_disabled"]
 
 #: the names ``autocast`` accepts (config value -> dtype); ``None`` / ``False`` / ``"none"`` mean float32
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -64,7 +66,8 @@ class _AutocastHooks:
 
     def __init__(self, dtype: torch.dtype):
         self.dtype = dtype
-        self._stack: list[torch.autocast] = []
+        self.enabled = True
+        self._stack: list[torch.autocast | None] = []
 
     def _device_type(self, module: nn.Module) -> str:
         for tensor in module.parameters():
@@ -74,13 +77,18 @@ class _AutocastHooks:
         return "cpu"
 
     def enter(self, module: nn.Module, args: Any) -> None:
+        if not self.enabled:
+            self._stack.append(None)
+            return
         context = torch.autocast(self._device_type(module), dtype=self.dtype)
         context.__enter__()
         self._stack.append(context)
 
     def exit(self, module: nn.Module, args: Any, output: Any) -> Any:
-        if self._stack:
-            self._stack.pop().__exit__(None, None, None)
+        context = self._stack.pop() if self._stack else None
+        if context is None:
+            return output
+        context.__exit__(None, None, None)
         return _to_float32(output)
 
 
@@ -111,3 +119,21 @@ def autocast_dtype(network: nn.Module) -> torch.dtype | None:
     """The dtype :func:`autocast_forward` gave ``network``, or ``None`` (plain float32)."""
     hooks = getattr(network, "_medcnn_autocast", None)
     return hooks.dtype if isinstance(hooks, _AutocastHooks) else None
+
+
+@contextmanager
+def autocast_disabled(network: nn.Module) -> Iterator[nn.Module]:
+    """Within the block ``network`` runs in float32 even if :func:`autocast_forward` hooked it (a no-op otherwise).
+
+    For exporters whose runtime has no bfloat16 kernels: ONNX Runtime's CPU provider rejects a graph with bfloat16
+    convolutions, so :func:`medcnn.networks.export.export_onnx` exports the float32 network inside this block.
+    """
+    hooks = getattr(network, "_medcnn_autocast", None)
+    if not isinstance(hooks, _AutocastHooks):
+        yield network
+        return
+    previous, hooks.enabled = hooks.enabled, False
+    try:
+        yield network
+    finally:
+        hooks.enabled = previous

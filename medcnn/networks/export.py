@@ -35,13 +35,19 @@ BACKENDS = ("torch", "torchscript", "onnxruntime")
 def export_onnx(
     network: torch.nn.Module, example: torch.Tensor, path: str | os.PathLike, opset_version: int = 17
 ) -> Path:
-    """Export ``network`` for inputs like ``example`` ``(B, C, *S)`` to ``path``; batch and spatial axes dynamic."""
+    """Export ``network`` for inputs like ``example`` ``(B, C, *S)`` to ``path``; batch and spatial axes dynamic.
+
+    Always the float32 network: a network running under ``autocast_forward`` (``--autocast bf16``) is exported
+    without it, since ONNX Runtime's CPU provider has no bfloat16 convolution.
+    """
     from monai.networks.utils import convert_to_onnx
+
+    from medcnn.networks.autocast import autocast_disabled
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     axes = {0: "batch", **{d: f"spatial_{d - 2}" for d in range(2, example.ndim)}}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), autocast_disabled(network):
         warnings.simplefilter("ignore")  # the exporter's deprecation notices and tracer warnings
         convert_to_onnx(
             network,
