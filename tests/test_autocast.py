@@ -11,7 +11,7 @@ from monai.engines import SupervisedTrainer
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from medcnn.networks import autocast_disabled, autocast_dtype, autocast_forward
+from medcnn.networks import autocast_disabled, autocast_dtype, autocast_forward, small_image_classifier
 from tests.bundle_helpers import BUNDLES, bundle_root
 
 
@@ -110,16 +110,21 @@ def test_autocast_disabled_runs_float32_inside_and_restores_after():
         assert autocast_dtype(plain) is None
 
 
-def test_onnx_export_of_an_autocast_network_is_the_float32_network():
-    """ONNX Runtime's CPU provider has no bfloat16 convolution: the export must be the float32 graph."""
-    from medcnn.networks.export import OnnxRuntimeNetwork
+@pytest.mark.parametrize("backend", ["onnxruntime", "torchscript"])
+@pytest.mark.parametrize("make", [_unet, lambda: small_image_classifier("classic_cnn", 2, 1, 2, spatial_size=28)])
+def test_exported_backends_of_an_autocast_network_are_the_float32_network(backend, make):
+    """ONNX Runtime's CPU provider has no bfloat16 convolution, and a TorchScript trace recorded under autocast fails
+    on Linear layers once frozen: both backends export the float32 network, the eager one keeps its autocast."""
+    from medcnn.networks.export import backend_network
 
-    x = torch.randn(2, 1, 32, 32)
-    net = autocast_forward(_unet().eval(), "bf16")
-    with torch.no_grad():
-        ort = OnnxRuntimeNetwork(net)(x)
-        reference = _unet().eval()(x)
-    assert torch.allclose(ort, reference, atol=1e-4)
+    x = torch.randn(2, 1, 32, 32) if make is _unet else torch.randn(3, 1, 28, 28)
+    torch.manual_seed(0)
+    net = autocast_forward(make().eval(), "bf16")
+    reference = copy.deepcopy(net)
+    with torch.no_grad(), autocast_disabled(reference):
+        expected = reference(x)
+        out = backend_network(net, backend)(x)
+    assert out.dtype == torch.float32 and torch.allclose(out, expected, atol=1e-4)
     assert _conv_output_dtypes(net, x) == {torch.bfloat16}  # the eager network keeps its autocast
 
 

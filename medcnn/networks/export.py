@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from medcnn.networks.autocast import autocast_disabled
+
 __all__ = ["BACKENDS", "OnnxRuntimeNetwork", "TorchScriptNetwork", "backend_network", "export_onnx"]
 
 logger = logging.getLogger(__name__)
@@ -38,11 +40,10 @@ def export_onnx(
     """Export ``network`` for inputs like ``example`` ``(B, C, *S)`` to ``path``; batch and spatial axes dynamic.
 
     Always the float32 network: a network running under ``autocast_forward`` (``--autocast bf16``) is exported
-    without it, since ONNX Runtime's CPU provider has no bfloat16 convolution.
+    without it, since ONNX Runtime's CPU provider has no bfloat16 convolution (TorchScript: see
+    :class:`TorchScriptNetwork`).
     """
     from monai.networks.utils import convert_to_onnx
-
-    from medcnn.networks.autocast import autocast_disabled
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,9 @@ class OnnxRuntimeNetwork(torch.nn.Module):
 
 
 class TorchScriptNetwork(torch.nn.Module):
-    """``network`` traced to TorchScript and frozen at the first call (same interface as the eager network)."""
+    """``network`` traced to TorchScript and frozen at the first call (same interface as the eager network).
+
+    The trace is of the float32 network, also when the eager network runs under ``--autocast bf16``."""
 
     def __init__(self, network: torch.nn.Module) -> None:
         super().__init__()
@@ -128,7 +131,9 @@ class TorchScriptNetwork(torch.nn.Module):
         """Trace at the first call, then run the frozen module on ``x`` ``(B, C, *S)``."""
         if self.scripted is None:
             self.network.eval()
-            with torch.no_grad(), warnings.catch_warnings():
+            # traced in float32, like the ONNX export: a trace recorded under autocast (``--autocast bf16``) bakes
+            # its casts into the graph and the frozen module then fails on layers such as Linear
+            with torch.no_grad(), warnings.catch_warnings(), autocast_disabled(self.network):
                 warnings.simplefilter("ignore")
                 self.scripted = torch.jit.freeze(torch.jit.trace(self.network, x[:1]))
         with torch.no_grad():
