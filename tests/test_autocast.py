@@ -57,7 +57,7 @@ def test_weights_and_state_dict_keys_are_unchanged_and_checkpoints_load_both_way
 
 def test_off_values_return_the_network_untouched_and_bad_dtypes_are_named():
     net = _unet()
-    for off in (None, False, "none", torch.float32):
+    for off in (None, False, "none", "None", "fp32", torch.float32):
         assert autocast_forward(net, off) is net and autocast_dtype(net) is None
     assert not net._forward_hooks and not net._forward_pre_hooks
     with pytest.raises(ValueError, match="'fp16' is not supported.*amp"):
@@ -144,3 +144,17 @@ def test_every_bundle_takes_autocast_as_an_id_and_defaults_to_float32(bundle, co
         parser.update({"bundle_root": str(root)} | ({"autocast": value} if value else {}))
         net = parser.get_parsed_content("network")
         assert autocast_dtype(net) == expected, (bundle, config, value)
+
+
+def test_only_reduced_precision_outputs_are_cast_float64_stays_float64():
+    class TwoOutputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            return {"logits": self.conv(x), "score": x.double().mean(), "index": torch.tensor([1])}
+
+    out = autocast_forward(TwoOutputs(), "bf16")(torch.randn(1, 1, 8, 8))
+    assert out["logits"].dtype == torch.float32  # bf16 inside, float32 out
+    assert out["score"].dtype == torch.float64 and out["index"].dtype == torch.int64

@@ -2,8 +2,9 @@
 
 MONAI's engines autocast on CUDA only (``SupervisedTrainer(amp=True)`` enters ``torch.autocast("cuda")``), so on a
 CPU their ``amp`` does nothing. CPUs with AVX512-BF16 / AMX (Intel Xeon from Cooper Lake / Sapphire Rapids on,
-AMD Zen 4) run bfloat16 convolutions about twice as fast as float32: on the project's 2-core machine one training
-step of the COCO bundle's UNet (batch 8, 160 x 160, DiceCE, AdamW, one thread) takes 0.44 s instead of 0.84 s.
+AMD Zen 4) run bfloat16 convolutions up to about twice as fast as float32: on the project's 2-core machine the
+bundles train 1.2-1.7x faster at one thread (``docs/benchmarks/README.md``, "Mixed precision"; the COCO bundle's
+UNet 1.57x).
 
 :func:`autocast_forward` makes a network run its ``forward`` under ``torch.autocast`` on the device its parameters
 are on, whichever engine, inferer or handler calls it, and hands back float32 outputs, so losses, metrics,
@@ -29,11 +30,14 @@ __all__ = ["AUTOCAST_DTYPES", "autocast_forward", "autocast_dtype", "autocast_di
 
 #: the names ``autocast`` accepts (config value -> dtype); ``None`` / ``False`` / ``"none"`` mean float32
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-_OFF = (None, False, "none", "float32", "fp32")
+_OFF = ("none", "null", "false", "float32", "fp32")
+_REDUCED = (torch.bfloat16, torch.float16)
 
 
 def _resolve(dtype: Any) -> torch.dtype | None:
-    if dtype in _OFF or dtype is torch.float32:
+    if dtype is None or dtype is False or dtype is torch.float32:
+        return None
+    if isinstance(dtype, str) and dtype.lower() in _OFF:
         return None
     if dtype is torch.bfloat16:
         return torch.bfloat16
@@ -48,7 +52,7 @@ def _resolve(dtype: Any) -> torch.dtype | None:
 def _to_float32(output: Any) -> Any:
     """``output`` with every reduced-precision floating tensor in it cast to float32 (tensors, tuples, lists, dicts)."""
     if isinstance(output, torch.Tensor):
-        return output.float() if output.is_floating_point() and output.dtype != torch.float32 else output
+        return output.float() if output.dtype in _REDUCED else output
     if isinstance(output, tuple) and hasattr(output, "_fields"):  # named tuple
         return type(output)(*(_to_float32(o) for o in output))
     if isinstance(output, (tuple, list)):
