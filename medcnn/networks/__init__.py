@@ -2,6 +2,13 @@
 
 from medcnn.networks.autocast import AUTOCAST_DTYPES, autocast_disabled, autocast_dtype, autocast_forward
 from medcnn.networks.classic_cnn import ClassicCNN, small_image_classifier
+from medcnn.networks.domain_adversarial import (
+    DomainAdversarialClassifier,
+    DomainAdversarialLoss,
+    DomainBatch,
+    GradientReversal,
+    tcga_site,
+)
 from medcnn.networks.ensemble import ClassifierEnsemble, assemble_ensemble, checkpoint_members, ensemble_or_member
 from medcnn.networks.gate import BrainFractionGate, brain_fraction, slice_classifier
 from medcnn.networks.resnet_classifier import ResNetClassifier
@@ -31,6 +38,11 @@ __all__ = [
     "ClassicCNN",
     "small_image_classifier",
     "ResNetClassifier",
+    "DomainAdversarialClassifier",
+    "DomainAdversarialLoss",
+    "DomainBatch",
+    "GradientReversal",
+    "tcga_site",
     "ClassifierEnsemble",
     "ensemble_or_member",
     "assemble_ensemble",

@@ -120,7 +120,7 @@ class ResNetClassifier(nn.Module):
             length or an unknown ``cam_layer``.
     """
 
-    __jit_unused_properties__ = ["cam_target_layer"]
+    __jit_unused_properties__ = ["cam_target_layer", "embedding_size"]
 
     def __init__(
         self,
@@ -239,9 +239,19 @@ class ResNetClassifier(nn.Module):
         """Last stage's feature map ``(B, channels[-1], *S')``."""
         return self.blocks(x)
 
+    @property
+    def embedding_size(self) -> int:
+        """Length of :meth:`embed`'s vectors (the last stage's channels)."""
+        return self.fc1.in_features
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, *S)`` -> globally pooled features ``(B, embedding_size)``, the head's input."""
+        return torch.flatten(self.pool(self.blocks(x)), 1)
+
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``(B, embedding_size)`` -> logits ``(B, num_classes)``."""
+        return self.fc2(self.fc_dropout(self.fc_act(self.fc1(z))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, *S)`` -> logits ``(B, num_classes)``."""
-        x = self.blocks(x)
-        x = torch.flatten(self.pool(x), 1)
-        x = self.fc_dropout(self.fc_act(self.fc1(x)))
-        return self.fc2(x)
+        return self.head(self.embed(x))
