@@ -97,10 +97,8 @@ def scoring_rules(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return rules
 
 
-def train_fold(bundle: Path, dataset_dir: str | None, out_dir: Path, overrides: dict):
-    """Run the bundle's ``train.json`` with ``overrides`` writing into ``out_dir``; return the parsed config, the
-    best-checkpoint network (eval mode), the training seconds and the training curves."""
-    import torch
+def bundle_config(bundle: Path, dataset_dir: str | None, out_dir: Path, overrides: dict):
+    """The bundle's ``train.json`` writing into ``out_dir``, with ``overrides`` (not parsed yet)."""
     from monai.bundle import ConfigParser
 
     config = ConfigParser()
@@ -108,8 +106,17 @@ def train_fold(bundle: Path, dataset_dir: str | None, out_dir: Path, overrides: 
     config["bundle_root"] = str(bundle)
     if dataset_dir:
         config["dataset_dir"] = dataset_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     config.update({"output_dir": str(out_dir), "ckpt_dir": str(out_dir), **overrides})
+    return config
+
+
+def train_fold(bundle: Path, dataset_dir: str | None, out_dir: Path, overrides: dict):
+    """Run the bundle's ``train.json`` with ``overrides`` writing into ``out_dir``; return the parsed config, the
+    best-checkpoint network (eval mode), the training seconds and the training curves."""
+    import torch
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = bundle_config(bundle, dataset_dir, out_dir, overrides)
     start = time.perf_counter()
     config.get_parsed_content("initialize")
     config.get_parsed_content("run")
@@ -262,6 +269,77 @@ def slice_scores(net, data, batch_size: int = 32) -> dict[str, np.ndarray]:
             out["case"] += list(batch["patient"])
             out["z"] += torch.as_tensor(batch["slice_index"]).reshape(-1).tolist()
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+def patient_adapted_scores(net, data) -> dict[str, np.ndarray]:
+    """:func:`slice_scores` with the network's batch norm adapted to each patient's own slices first
+    (:func:`medcnn.networks.adapt_batch_norm`, AdaBN); same keys, same slice order."""
+    import torch
+
+    from medcnn.networks import adapt_batch_norm
+
+    items = [data[i] for i in range(len(data))]
+    x = torch.stack([torch.as_tensor(i["image"]).float() for i in items])
+    case = np.asarray([i["patient"] for i in items])
+    out = {"whole": np.zeros(len(items)), "flip": np.zeros(len(items)), "case": case,
+           "label": np.asarray([int(torch.as_tensor(i["label"]).reshape(-1)[0]) for i in items]),
+           "z": np.asarray([int(torch.as_tensor(i["slice_index"]).reshape(-1)[0]) for i in items])}
+    for patient in dict.fromkeys(case):
+        idx = np.flatnonzero(case == patient)
+        adapted = adapt_batch_norm(net, x[idx])
+        with torch.no_grad():
+            for key, t in (("whole", x[idx]), ("flip", torch.flip(x[idx], dims=[3]))):
+                logits = adapted(t)
+                out[key][idx] = (logits[:, 1] - logits[:, 0]).numpy()
+    return out
+
+
+def fold_network(bundle: Path, dataset_dir: str | None, fold_dir: Path, overrides: dict):
+    """The parsed ``train.json`` (+ ``overrides``, the fold's patients) and the fold's trained network (eval mode)
+    of a finished recipe run, without training."""
+    import torch
+
+    fold = json.loads((fold_dir / "fold.json").read_text())
+    config = bundle_config(bundle, dataset_dir, fold_dir, {"train_patients": fold["train_patients"],
+                                                           "validation_patients": fold["heldout_patients"],
+                                                           **overrides})
+    net = config.get_parsed_content("network")
+    net.load_state_dict(torch.load(fold_dir / "model.pt", weights_only=True, map_location="cpu"))
+    return config, net.eval()
+
+
+def adapted_run(bundle: Path, out: Path, name: str, source: str, dataset_dir: str | None) -> Path:
+    """Run ``name`` in ``out``: the fold models of the finished recipe run ``source`` re-scoring their held-out
+    patients with batch norm adapted to each patient (:func:`patient_adapted_scores`). No training; the scores
+    without adaptation must reproduce the stored ones, else the fold is refused naming its file."""
+    src = out / source
+    meta = json.loads((src / "cv.json").read_text()) if (src / "cv.json").is_file() else None
+    fold_dirs = sorted(d for d in src.glob("fold*") if (d / "model.pt").is_file() and (d / "heldout.npz").is_file())
+    if meta is None or not fold_dirs:
+        raise FileNotFoundError(f"--adapt_bn {name}={source}: {src} has no finished fold (cv.json, fold*/model.pt "
+                                "and heldout.npz)")
+    run_dir = out / name
+    for fold_dir in fold_dirs:
+        config, net = fold_network(bundle, dataset_dir, fold_dir, meta.get("overrides") or {})
+        held = config.get_parsed_content("validate#dataset")
+        stored = np.load(fold_dir / "heldout.npz")
+        plain = slice_scores(net, held)
+        if not (np.array_equal(plain["z"], stored["z"]) and np.allclose(plain["whole"], stored["whole"], atol=1e-3)):
+            raise ValueError(f"{fold_dir / 'heldout.npz'}: the fold model does not reproduce its stored scores "
+                             "(another bundle config or data?); not re-scored")
+        arrays = patient_adapted_scores(net, held)
+        (run_dir / fold_dir.name).mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(run_dir / fold_dir.name / "heldout.npz", **arrays)
+        fold = json.loads((fold_dir / "fold.json").read_text())
+        fold["adapted_from"] = str(fold_dir)
+        (run_dir / fold_dir.name / "fold.json").write_text(json.dumps(fold, indent=1, default=float) + "\n")
+    (run_dir / "cv.json").write_text(json.dumps({
+        "bundle": meta.get("bundle"), "recipe": name, "adapted_from": source, "overrides": meta.get("overrides"),
+        "scoring": "batch norm adapted to each held-out patient (medcnn.networks.adapt_batch_norm)",
+        "folds": gather_folds(run_dir, []),
+        "command": f"python scripts/cv_classifier.py --bundle {meta.get('bundle')} --out <dir> --no_cam "
+                   f"--adapt_bn {name}={source}"}, indent=1, default=float) + "\n")
+    return run_dir
 
 
 def run_patient_fold(bundle: Path, recipe: dict, train: list[str], heldout: list[str], out_dir: Path,
@@ -502,6 +580,9 @@ def main_patient_cv(args: argparse.Namespace) -> int:
     for item in args.ensemble:
         name, value = item.split("=", 1)
         _summarise_run(ensemble_run(args.out, name, value.split("+")), name, args.no_cam)
+    for item in args.adapt_bn:
+        name, source = item.split("=", 1)
+        _summarise_run(adapted_run(bundle, args.out, name, source, args.dataset_dir), name, no_cam=True)
     record: dict = {"bundle": args.bundle, "n_folds": args.folds, "note": args.note, "recipes": {}}
     for name in args.summarise:
         run_dir = args.out / name
@@ -588,6 +669,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="--bundle: make and summarise recipe run NAME in --out, the ensemble (mean log-odds, "
                              "mean CAM) of finished recipe runs on the folds all of them have (record it with "
                              "--summarise NAME --record)")
+    parser.add_argument("--adapt_bn", action="append", default=[], metavar="NAME=RECIPE",
+                        help="--bundle: make and summarise run NAME in --out, the finished recipe run RECIPE's fold "
+                             "models scoring their held-out patients with batch norm adapted to each patient (AdaBN; "
+                             "no training)")
     parser.add_argument("--summarise", nargs="*", default=[], metavar="RECIPE",
                         help="--bundle: re-summarise finished recipe runs in --out")
     parser.add_argument("--record", type=Path, default=None,

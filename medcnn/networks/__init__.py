@@ -1,5 +1,6 @@
 """medcnn.networks."""
 
+from medcnn.networks.adaptation import adapt_batch_norm
 from medcnn.networks.autocast import AUTOCAST_DTYPES, autocast_disabled, autocast_dtype, autocast_forward
 from medcnn.networks.classic_cnn import ClassicCNN, small_image_classifier
 from medcnn.networks.domain_adversarial import (
@@ -25,6 +26,7 @@ from medcnn.networks.slice_scoring import SliceBatchError, SliceScoreInferer, ne
 from medcnn.networks.weights import CheckpointError, load_pretrained, load_weights
 
 __all__ = [
+    "adapt_batch_norm",
     "AUTOCAST_DTYPES",
     "autocast_forward",
     "autocast_dtype",
