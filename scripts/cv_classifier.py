@@ -330,8 +330,8 @@ def adapted_run(bundle: Path, out: Path, name: str, source: str, dataset_dir: st
         arrays = patient_adapted_scores(net, held)
         (run_dir / fold_dir.name).mkdir(parents=True, exist_ok=True)
         np.savez_compressed(run_dir / fold_dir.name / "heldout.npz", **arrays)
-        fold = json.loads((fold_dir / "fold.json").read_text())
-        fold["adapted_from"] = str(fold_dir)
+        fold = {k: v for k, v in json.loads((fold_dir / "fold.json").read_text()).items() if k != "curves"}
+        fold["adapted_from"] = str(fold_dir)  # the training (curves, times) is the source run's
         (run_dir / fold_dir.name / "fold.json").write_text(json.dumps(fold, indent=1, default=float) + "\n")
     (run_dir / "cv.json").write_text(json.dumps({
         "bundle": meta.get("bundle"), "recipe": name, "adapted_from": source, "overrides": meta.get("overrides"),

@@ -66,7 +66,7 @@ def _fake_run(out, dataset_dir, heldout):
     fold_dir.mkdir(parents=True)
     (src / "cv.json").write_text(json.dumps({"bundle": BUNDLE, "recipe": "src", "overrides": {"seed": 3}}))
     (fold_dir / "fold.json").write_text(json.dumps({"train_patients": [], "heldout_patients": heldout,
-                                                    "epochs": 1, "train_s": 1.0}))
+                                                    "epochs": 1, "train_s": 1.0, "curves": {"loss": [0.7]}}))
     config = cv.bundle_config(bundle, str(dataset_dir), fold_dir, {"train_patients": [],
                                                                    "validation_patients": heldout})
     net = config.get_parsed_content("network")
@@ -103,6 +103,7 @@ def test_adapt_bn_rescores_each_patient_with_its_own_statistics(tmp_path):
     assert summary["n_folds"] == 1 and "flip_mean_z3" in summary["scoring"]
     meta = json.loads((tmp_path / "ada" / "cv.json").read_text())
     assert meta["adapted_from"] == "src" and "--adapt_bn ada=src" in meta["command"]
+    assert "curves" not in json.loads((tmp_path / "ada" / "fold0" / "fold.json").read_text())
 
 
 def test_a_fold_model_that_does_not_reproduce_its_scores_is_refused_naming_the_file(tmp_path):
