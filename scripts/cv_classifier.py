@@ -558,7 +558,7 @@ def main_patient_cv(args: argparse.Namespace) -> int:
         run_dir = args.out / name
         meta = {"bundle": args.bundle, "recipe": name, "overrides": recipe, "folds": [],
                 "command": f"OMP_NUM_THREADS=1 python scripts/cv_classifier.py --bundle {args.bundle} "
-                           f"--folds {args.folds} --recipe {name}='{value}'"}
+                           f"--folds {args.folds}{' --no_cam' if args.no_cam else ''} --recipe {name}='{value}'"}
         if args.only_folds and (run_dir / "cv.json").is_file():  # add folds to an earlier run of the recipe
             meta = json.loads((run_dir / "cv.json").read_text())
         for i, heldout in enumerate(folds):

@@ -76,3 +76,27 @@ def test_a_record_that_cannot_be_merged_is_refused_naming_the_file(tmp_path, con
         _summarise(tmp_path / "runs", record)
     assert str(record) in str(err.value)
     assert record.read_text() == content  # left as it was
+
+
+@pytest.mark.parametrize("no_cam", [True, False])
+def test_the_recorded_command_repeats_the_cam_choice(tmp_path, monkeypatch, no_cam):
+    """A recipe run's ``cv.json`` command re-runs it as it was run: with ``--no_cam`` when the CAMs were skipped."""
+    cv = cv_script()
+    seen = []
+
+    def fake_fold(bundle, recipe, train, heldout, out_dir, dataset_dir, cams=True):
+        seen.append(cams)
+        out_dir.mkdir(parents=True)
+        np.savez(out_dir / "heldout.npz", whole=np.asarray([-1.0, 1.0]), flip=np.asarray([-1.0, 1.0]),
+                 label=np.asarray([0, 1]), case=np.asarray(["P", "P"]), z=np.asarray([0, 1]))
+        return {"train_patients": train, "heldout_patients": heldout, "train_s": 1.0, "epochs": 1,
+                "best_epoch": 1, "curves": {}}
+
+    monkeypatch.setattr(cv, "run_patient_fold", fake_fold)
+    monkeypatch.setattr(cv, "_summarise_run", lambda run_dir, name, no_cam: {})
+    cv.main(["--bundle", BUNDLE, "--out", str(tmp_path), "--folds", "2", "--recipe", 'r={"seed": 1}',
+             *(["--no_cam"] if no_cam else [])])
+    command = json.loads((tmp_path / "r" / "cv.json").read_text())["command"]
+    assert seen == [not no_cam] * 2
+    assert ("--no_cam" in command) is no_cam
+    assert command.endswith("""--recipe r='{"seed": 1}'""")
