@@ -1,6 +1,6 @@
 """Readers, datasets and datalists."""
 
-from medcnn.data.batching import MixUpBatch, PatientSliceBatchSampler
+from medcnn.data.batching import MixUpBatch, PatientSliceBatchSampler, group_balanced_weights
 from medcnn.data.brats import (
     BRATS_FILE_NAMES,
     BRATS_KEYS,
@@ -43,7 +43,8 @@ from medcnn.data.synthetic import (
 from medcnn.data.tiff import StackReadError, TiffStackReader, expand_stack_datalist, read_stack, write_tiff_stack
 from medcnn.data.tiff_pages import TiffPagesReader, read_tiff_pages, write_tiff_pages
 
-__all__ = ["common_parent", "load_datalist", "resolve_data_dir", "PatientSliceBatchSampler", "MixUpBatch"]
+__all__ = ["common_parent", "load_datalist", "resolve_data_dir", "PatientSliceBatchSampler", "MixUpBatch",
+           "group_balanced_weights"]
 __all__ += [
     "BRATS_FILE_NAMES", "BRATS_KEYS", "BratsDataError", "brats_case_datalist", "brats_hemispheres", "brats_slices",
     "brats_volume_transforms", "load_brats_case", "split_slices_by_block",

@@ -1,5 +1,6 @@
-"""Batch-level tools: one patient's slices in slice order (for :class:`medcnn.networks.SliceScoreInferer`), and
-MixUp of classification batches (:class:`MixUpBatch`)."""
+"""Batch-level tools: one patient's slices in slice order (for :class:`medcnn.networks.SliceScoreInferer`), MixUp
+of classification batches (:class:`MixUpBatch`), and sampling weights that give every group (site, patient) the
+same share of the training draws (:func:`group_balanced_weights`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from monai.engines import default_prepare_batch
 from monai.transforms import MixUp
 from torch.utils.data import Sampler
 
-__all__ = ["PatientSliceBatchSampler", "MixUpBatch"]
+__all__ = ["PatientSliceBatchSampler", "MixUpBatch", "group_balanced_weights"]
 
 
 def _name(item: Any, position: int) -> str:
@@ -21,6 +22,30 @@ def _name(item: Any, position: int) -> str:
             if key in item:
                 return f"{item[key]}"
     return f"item {position}"
+
+
+def group_balanced_weights(data: Any, group_of: Any = None, key: str = "patient") -> list[float]:
+    """Per-item sampling weights under which every group is drawn equally often, items within a group uniformly.
+
+    ``data``: a dataset with a ``.data`` list (MONAI ``Dataset`` / ``CacheDataset``) or the list of dicts; the group
+    of an item is ``group_of(item[key])`` (e.g. :func:`medcnn.networks.tcga_site` for the TCGA site of a patient id)
+    or ``item[key]`` itself. Use with ``torch.utils.data.WeightedRandomSampler(weights, len(data))``: a cohort of
+    10 patients from one hospital and 3 from another then trains on both hospitals alike. The weights sum to the
+    number of items. An item without ``key`` is a ``ValueError`` naming it.
+    """
+    items: Sequence = getattr(data, "data", data)
+    if len(items) == 0:
+        raise ValueError("group_balanced_weights: no items")
+    groups = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or key not in item:
+            raise ValueError(f"group_balanced_weights: {_name(item, i)} has no {key!r} to group by")
+        groups.append(group_of(item[key]) if group_of is not None else item[key])
+    counts: dict[Any, int] = {}
+    for g in groups:
+        counts[g] = counts.get(g, 0) + 1
+    share = len(items) / len(counts)
+    return [share / counts[g] for g in groups]
 
 
 class PatientSliceBatchSampler(Sampler[list[int]]):
