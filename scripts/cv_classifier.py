@@ -110,10 +110,18 @@ def bundle_config(bundle: Path, dataset_dir: str | None, out_dir: Path, override
     return config
 
 
+def trained_network(config, ckpt_dir: Path):
+    """``config``'s network with the weights of ``<ckpt_dir>/model.pt``, in eval mode."""
+    import torch
+
+    net = config.get_parsed_content("network")
+    net.load_state_dict(torch.load(ckpt_dir / "model.pt", weights_only=True, map_location="cpu"))
+    return net.eval()
+
+
 def train_fold(bundle: Path, dataset_dir: str | None, out_dir: Path, overrides: dict):
     """Run the bundle's ``train.json`` with ``overrides`` writing into ``out_dir``; return the parsed config, the
     best-checkpoint network (eval mode), the training seconds and the training curves."""
-    import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
     config = bundle_config(bundle, dataset_dir, out_dir, overrides)
@@ -122,10 +130,7 @@ def train_fold(bundle: Path, dataset_dir: str | None, out_dir: Path, overrides: 
     config.get_parsed_content("run")
     train_s = time.perf_counter() - start
     curves = json.loads((out_dir / "curves.json").read_text()) if (out_dir / "curves.json").is_file() else {}
-    net = config.get_parsed_content("network")
-    net.load_state_dict(torch.load(out_dir / "model.pt", weights_only=True, map_location="cpu"))
-    net.eval()
-    return config, net, train_s, curves
+    return config, trained_network(config, out_dir), train_s, curves
 
 
 def whole_slices(config, cases: list[dict], validation: bool | None = None) -> list[dict]:
@@ -279,33 +284,26 @@ def patient_adapted_scores(net, data) -> dict[str, np.ndarray]:
     from medcnn.networks import adapt_batch_norm
 
     items = [data[i] for i in range(len(data))]
-    x = torch.stack([torch.as_tensor(i["image"]).float() for i in items])
     case = np.asarray([i["patient"] for i in items])
-    out = {"whole": np.zeros(len(items)), "flip": np.zeros(len(items)), "case": case,
-           "label": np.asarray([int(torch.as_tensor(i["label"]).reshape(-1)[0]) for i in items]),
-           "z": np.asarray([int(torch.as_tensor(i["slice_index"]).reshape(-1)[0]) for i in items])}
+    order, parts = [], []
     for patient in dict.fromkeys(case):
         idx = np.flatnonzero(case == patient)
-        adapted = adapt_batch_norm(net, x[idx])
-        with torch.no_grad():
-            for key, t in (("whole", x[idx]), ("flip", torch.flip(x[idx], dims=[3]))):
-                logits = adapted(t)
-                out[key][idx] = (logits[:, 1] - logits[:, 0]).numpy()
-    return out
+        group = [items[i] for i in idx]
+        adapted = adapt_batch_norm(net, torch.stack([torch.as_tensor(i["image"]).float() for i in group]))
+        order.append(idx)
+        parts.append(slice_scores(adapted, group))
+    back = np.argsort(np.concatenate(order))  # patient-grouped rows -> the dataset's order
+    return {k: np.concatenate([p[k] for p in parts])[back] for k in parts[0]}
 
 
 def fold_network(bundle: Path, dataset_dir: str | None, fold_dir: Path, overrides: dict):
     """The parsed ``train.json`` (+ ``overrides``, the fold's patients) and the fold's trained network (eval mode)
     of a finished recipe run, without training."""
-    import torch
-
     fold = json.loads((fold_dir / "fold.json").read_text())
     config = bundle_config(bundle, dataset_dir, fold_dir, {"train_patients": fold["train_patients"],
                                                            "validation_patients": fold["heldout_patients"],
                                                            **overrides})
-    net = config.get_parsed_content("network")
-    net.load_state_dict(torch.load(fold_dir / "model.pt", weights_only=True, map_location="cpu"))
-    return config, net.eval()
+    return config, trained_network(config, fold_dir)
 
 
 def adapted_run(bundle: Path, out: Path, name: str, source: str, dataset_dir: str | None) -> Path:

@@ -4,6 +4,7 @@ same share of the training draws (:func:`group_balanced_weights`)."""
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -41,9 +42,7 @@ def group_balanced_weights(data: Any, group_of: Any = None, key: str = "patient"
         if not isinstance(item, dict) or key not in item:
             raise ValueError(f"group_balanced_weights: {_name(item, i)} has no {key!r} to group by")
         groups.append(group_of(item[key]) if group_of is not None else item[key])
-    counts: dict[Any, int] = {}
-    for g in groups:
-        counts[g] = counts.get(g, 0) + 1
+    counts = collections.Counter(groups)
     share = len(items) / len(counts)
     return [share / counts[g] for g in groups]
 

@@ -34,8 +34,7 @@ def adapt_batch_norm(net: nn.Module, images: torch.Tensor, batch_size: int | Non
     Raises:
         ValueError: a network without batch norm, or no images.
     """
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
         raise ValueError(f"adapt_batch_norm: {type(net).__name__} has no batch-norm layer to adapt")
     if images.ndim < 3 or images.shape[0] < 1:
         raise ValueError(f"adapt_batch_norm: needs a batch (N, C, *S) of at least one image, got {tuple(images.shape)}")

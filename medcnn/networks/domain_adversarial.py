@@ -155,7 +155,7 @@ class DomainBatch:
         domain_of: maps the key's value to a domain name (default :func:`tcga_site`).
 
     Raises:
-        ValueError: (when called) an item whose domain is not in ``domains``, naming its image.
+        ValueError: (when called) an item whose domain is not in ``domains``, naming its ``key`` value (the patient).
     """
 
     def __init__(self, domains: Sequence[str], key: str = "patient",
